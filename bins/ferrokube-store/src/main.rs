@@ -1,0 +1,179 @@
+//! `ferrokube-store`: one member of the replicated store, serving the etcd v3 gRPC API on
+//! its client URL and the Raft peer transport on its peer URL. Flags follow etcd's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use ferrokube_store::etcd::EtcdApi;
+use ferrokube_store::{ClusterState, RaftSettings, Store, StoreConfig};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+#[derive(Parser, Debug)]
+#[command(name = "ferrokube-store", version, about)]
+struct Args {
+    /// Human-readable name of this member.
+    #[arg(long, default_value = "default")]
+    name: String,
+    /// Directory for the database (default: <name>.etcd).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// URL to serve the etcd API on.
+    #[arg(long, default_value = "http://127.0.0.1:2379")]
+    listen_client_urls: String,
+    /// Client URLs published to the cluster (default: the listen URL).
+    #[arg(long)]
+    advertise_client_urls: Option<String>,
+    /// URL to serve the peer transport on.
+    #[arg(long, default_value = "http://127.0.0.1:2380")]
+    listen_peer_urls: String,
+    /// Peer URL other members use for this one (default: the listen URL).
+    #[arg(long)]
+    initial_advertise_peer_urls: Option<String>,
+    /// Initial members as name=peerURL,... (default: this member alone).
+    #[arg(long)]
+    initial_cluster: Option<String>,
+    /// `new` to bootstrap a cluster, `existing` to join one (after `member add`).
+    #[arg(long, default_value = "new")]
+    initial_cluster_state: String,
+    /// Token that makes member and cluster IDs unique to this cluster.
+    #[arg(long, default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Applied entries kept in the Raft log before it is truncated.
+    #[arg(long, default_value_t = 10_000)]
+    snapshot_count: u64,
+    /// Writes are refused once the database is larger than this.
+    #[arg(long, default_value_t = 2 << 30)]
+    quota_backend_bytes: u64,
+    /// Largest client request, in bytes.
+    #[arg(long, default_value_t = 1_572_864)]
+    max_request_bytes: usize,
+    /// Most operations in one transaction.
+    #[arg(long, default_value_t = 128)]
+    max_txn_ops: usize,
+    /// Revisions of history to keep; older ones are compacted automatically (0: never).
+    #[arg(long, default_value_t = 0)]
+    auto_compaction_retention: i64,
+    /// How often automatic compaction runs, in seconds.
+    #[arg(long, default_value_t = 300)]
+    auto_compaction_interval: u64,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    election_timeout: u64,
+}
+
+fn socket_of(url: &str) -> Result<SocketAddr> {
+    let rest = url
+        .strip_prefix("http://")
+        .with_context(|| format!("only http:// URLs can be served: {url}"))?;
+    let hostport = rest.trim_end_matches('/');
+    hostport
+        .parse()
+        .with_context(|| format!("URL must name an IP address and port: {url}"))
+}
+
+fn parse_cluster(s: &str) -> Result<Vec<(String, String)>> {
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (n, u) = p
+                .split_once('=')
+                .with_context(|| format!("--initial-cluster entry is not name=URL: {p}"))?;
+            Ok((n.to_string(), u.to_string()))
+        })
+        .collect()
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let peer_url = args
+        .initial_advertise_peer_urls
+        .clone()
+        .unwrap_or_else(|| args.listen_peer_urls.clone());
+    let client_url = args
+        .advertise_client_urls
+        .clone()
+        .unwrap_or_else(|| args.listen_client_urls.clone());
+    let initial_cluster = match &args.initial_cluster {
+        Some(s) => parse_cluster(s)?,
+        None => vec![(args.name.clone(), peer_url.clone())],
+    };
+    let state = match args.initial_cluster_state.as_str() {
+        "new" => ClusterState::New,
+        "existing" => ClusterState::Existing,
+        other => bail!("--initial-cluster-state must be new or existing, not {other:?}"),
+    };
+    if args.heartbeat_interval == 0 || args.election_timeout < 5 * args.heartbeat_interval {
+        bail!("--election-timeout must be at least 5 times --heartbeat-interval");
+    }
+    let client_addr = socket_of(&args.listen_client_urls)?;
+    let peer_addr = socket_of(&args.listen_peer_urls)?;
+    let cfg = StoreConfig {
+        name: args.name.clone(),
+        data_dir: args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name))),
+        advertise_peer_url: peer_url,
+        advertise_client_urls: client_url.split(',').map(str::to_string).collect(),
+        initial_cluster,
+        initial_cluster_state: state,
+        cluster_token: args.initial_cluster_token.clone(),
+        raft: RaftSettings {
+            tick: Duration::from_millis(args.heartbeat_interval),
+            election_ticks: (args.election_timeout / args.heartbeat_interval) as usize,
+            snapshot_count: args.snapshot_count,
+            catch_up_entries: (args.snapshot_count / 2).max(1),
+            compaction_retention: args.auto_compaction_retention,
+            compaction_interval: Duration::from_secs(args.auto_compaction_interval),
+        },
+        request_timeout: Duration::from_secs(5),
+        max_request_bytes: args.max_request_bytes,
+        quota_backend_bytes: args.quota_backend_bytes,
+        max_txn_ops: args.max_txn_ops,
+    };
+    // Bind first so a port clash fails before any data is touched.
+    let peer_listener = TcpListener::bind(peer_addr)
+        .await
+        .with_context(|| format!("listen on {peer_addr}"))?;
+    let client_listener = TcpListener::bind(client_addr)
+        .await
+        .with_context(|| format!("listen on {client_addr}"))?;
+    let store = Store::open(cfg).context("open store")?;
+    tracing::info!(
+        member = format!("{:x}", store.id()),
+        client = %client_addr,
+        peer = %peer_addr,
+        "ferrokube-store serving"
+    );
+    let peer = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .add_service(store.peer_service())
+        .serve_with_incoming(TcpListenerStream::new(peer_listener));
+    let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    let client = EtcdApi::new(store.clone())
+        .add_to(&mut builder)
+        .serve_with_incoming(TcpListenerStream::new(client_listener));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = peer => r.context("peer server")?,
+        r = client => r.context("client server")?,
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    Ok(())
+}

@@ -1,0 +1,316 @@
+//! The Raft log and hard state in RocksDB: raft-rs's [`Storage`] for this store.
+//!
+//! Layout in the `raft` column family: `hs` → HardState, `trunc` → index and term of the
+//! last entry folded into the state machine snapshot, `e<index>` → Entry.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use protobuf::Message as _;
+use raft::eraftpb::{Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState, Storage, StorageError};
+use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions};
+
+use crate::engine::{Engine, CF_RAFT};
+use crate::error::{Result, StoreError};
+use crate::mvcc::StateMachine;
+
+const KEY_HARD_STATE: &[u8] = b"hs";
+const KEY_TRUNCATED: &[u8] = b"trunc";
+
+fn entry_key(index: u64) -> [u8; 9] {
+    let mut k = [b'e'; 9];
+    k[1..].copy_from_slice(&index.to_be_bytes());
+    k
+}
+
+/// Raft log storage backed by RocksDB.
+pub struct RaftLog {
+    engine: Engine,
+    sm: Arc<StateMachine>,
+    hard_state: HardState,
+    truncated_index: u64,
+    truncated_term: u64,
+    /// Term of every entry in the log, from `truncated_index + 1` on.
+    terms: VecDeque<u64>,
+}
+
+fn storage_err(e: impl std::fmt::Display) -> raft::Error {
+    raft::Error::Store(StorageError::Other(e.to_string().into()))
+}
+
+impl RaftLog {
+    /// Loads the log's bookkeeping (not the entries themselves).
+    pub fn open(engine: Engine, sm: Arc<StateMachine>) -> Result<Self> {
+        let cf = engine.cf(CF_RAFT);
+        let hard_state = match engine.db.get_cf(cf, KEY_HARD_STATE)? {
+            Some(v) => HardState::parse_from_bytes(&v)?,
+            None => HardState::default(),
+        };
+        let (truncated_index, truncated_term) = match engine.db.get_cf(cf, KEY_TRUNCATED)? {
+            Some(v) if v.len() == 16 => (
+                u64::from_be_bytes(v[..8].try_into().unwrap()),
+                u64::from_be_bytes(v[8..].try_into().unwrap()),
+            ),
+            Some(_) => return Err(StoreError::Corrupt("raft truncation point".into())),
+            None => (0, 0),
+        };
+        let mut terms = VecDeque::new();
+        let start = entry_key(truncated_index + 1);
+        for item in engine
+            .db
+            .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
+        {
+            let (k, v) = item?;
+            if k.first() != Some(&b'e') {
+                break;
+            }
+            let e = Entry::parse_from_bytes(&v)?;
+            if e.index != truncated_index + 1 + terms.len() as u64 {
+                return Err(StoreError::Corrupt(format!("raft log gap at {}", e.index)));
+            }
+            terms.push_back(e.term);
+        }
+        Ok(RaftLog {
+            engine,
+            sm,
+            hard_state,
+            truncated_index,
+            truncated_term,
+            terms,
+        })
+    }
+
+    /// Whether nothing was ever written (a member that still has to be bootstrapped).
+    pub fn is_empty(&self) -> bool {
+        self.hard_state == HardState::default()
+            && self.truncated_index == 0
+            && self.terms.is_empty()
+    }
+
+    /// Starts a new cluster's log as if entries up to `index` were folded into a snapshot.
+    pub fn bootstrap(&mut self, index: u64, term: u64) -> Result<()> {
+        let mut hs = HardState::default();
+        hs.term = term;
+        hs.commit = index;
+        let mut batch = WriteBatch::default();
+        self.put_truncated(&mut batch, index, term);
+        batch.put_cf(self.cf(), KEY_HARD_STATE, hs.write_to_bytes()?);
+        self.write(batch, true)?;
+        self.hard_state = hs;
+        self.truncated_index = index;
+        self.truncated_term = term;
+        self.terms.clear();
+        Ok(())
+    }
+
+    fn cf(&self) -> &rocksdb::ColumnFamily {
+        self.engine.cf(CF_RAFT)
+    }
+
+    fn write(&self, batch: WriteBatch, sync: bool) -> Result<()> {
+        let mut opts = WriteOptions::default();
+        opts.set_sync(sync);
+        self.engine.db.write_opt(batch, &opts)?;
+        Ok(())
+    }
+
+    fn put_truncated(&self, batch: &mut WriteBatch, index: u64, term: u64) {
+        let mut v = [0u8; 16];
+        v[..8].copy_from_slice(&index.to_be_bytes());
+        v[8..].copy_from_slice(&term.to_be_bytes());
+        batch.put_cf(self.cf(), KEY_TRUNCATED, v);
+    }
+
+    fn last(&self) -> u64 {
+        self.truncated_index + self.terms.len() as u64
+    }
+
+    /// Current hard state.
+    pub fn hard_state(&self) -> &HardState {
+        &self.hard_state
+    }
+
+    /// Appends entries (replacing any conflicting tail) and the hard state, fsynced when
+    /// `sync`, before raft-rs may send messages that depend on them.
+    pub fn append(&mut self, entries: &[Entry], hs: Option<&HardState>, sync: bool) -> Result<()> {
+        let mut batch = WriteBatch::default();
+        if let Some(first) = entries.first() {
+            if first.index <= self.truncated_index {
+                return Err(StoreError::Corrupt(format!(
+                    "append at {} overwrites the compacted log (truncated at {})",
+                    first.index, self.truncated_index
+                )));
+            }
+            let new_last = entries.last().unwrap().index;
+            let old_last = self.last();
+            if new_last < old_last {
+                batch.delete_range_cf(self.cf(), entry_key(new_last + 1), entry_key(old_last + 1));
+            }
+            for e in entries {
+                batch.put_cf(self.cf(), entry_key(e.index), e.write_to_bytes()?);
+            }
+        }
+        if let Some(hs) = hs {
+            batch.put_cf(self.cf(), KEY_HARD_STATE, hs.write_to_bytes()?);
+        }
+        self.write(batch, sync)?;
+        if let Some(first) = entries.first() {
+            let keep = (first.index - self.truncated_index - 1) as usize;
+            self.terms.truncate(keep);
+            self.terms.extend(entries.iter().map(|e| e.term));
+        }
+        if let Some(hs) = hs {
+            self.hard_state = hs.clone();
+        }
+        Ok(())
+    }
+
+    /// Records a new commit index (not synced: it can be recomputed from the quorum).
+    pub fn set_commit(&mut self, commit: u64) -> Result<()> {
+        if commit <= self.hard_state.commit {
+            return Ok(());
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = commit;
+        self.append(&[], Some(&hs), false)
+    }
+
+    /// Installs a snapshot received from the leader: the state machine is replaced and the
+    /// log reset, atomically.
+    pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
+        let meta = snap.get_metadata();
+        let mut hs = self.hard_state.clone();
+        hs.term = hs.term.max(meta.term);
+        hs.commit = hs.commit.max(meta.index);
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(), entry_key(0), entry_key(u64::MAX));
+        self.put_truncated(&mut batch, meta.index, meta.term);
+        batch.put_cf(self.cf(), KEY_HARD_STATE, hs.write_to_bytes()?);
+        self.sm.restore(
+            snap.get_data(),
+            meta.index,
+            meta.term,
+            meta.get_conf_state(),
+            batch,
+        )?;
+        self.hard_state = hs;
+        self.truncated_index = meta.index;
+        self.truncated_term = meta.term;
+        self.terms.clear();
+        Ok(())
+    }
+
+    /// Drops entries up to and including `upto` (which must be applied already).
+    pub fn compact(&mut self, upto: u64) -> Result<()> {
+        if upto <= self.truncated_index || upto > self.last() {
+            return Ok(());
+        }
+        let term = self
+            .term_of(upto)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut batch = WriteBatch::default();
+        batch.delete_range_cf(self.cf(), entry_key(0), entry_key(upto + 1));
+        self.put_truncated(&mut batch, upto, term);
+        self.write(batch, false)?;
+        let n = (upto - self.truncated_index) as usize;
+        self.terms.drain(..n);
+        self.truncated_index = upto;
+        self.truncated_term = term;
+        Ok(())
+    }
+
+    /// Index of the first entry still in the log.
+    pub fn first(&self) -> u64 {
+        self.truncated_index + 1
+    }
+
+    /// Index of the last entry in the log.
+    pub fn last_index_now(&self) -> u64 {
+        self.last()
+    }
+
+    fn term_of(&self, idx: u64) -> raft::Result<u64> {
+        if idx == self.truncated_index {
+            return Ok(self.truncated_term);
+        }
+        if idx < self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        match self.terms.get((idx - self.truncated_index - 1) as usize) {
+            Some(t) => Ok(*t),
+            None => Err(raft::Error::Store(StorageError::Unavailable)),
+        }
+    }
+}
+
+impl Storage for RaftLog {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.sm.conf_state(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.truncated_index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if high > self.last() + 1 {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        let max_size = max_size.into().unwrap_or(u64::MAX);
+        let mut out = Vec::with_capacity((high - low) as usize);
+        let mut size = 0u64;
+        let start = entry_key(low);
+        for item in self
+            .engine
+            .db
+            .iterator_cf(self.cf(), IteratorMode::From(&start, Direction::Forward))
+        {
+            let (_, v) = item.map_err(storage_err)?;
+            let e = Entry::parse_from_bytes(&v).map_err(storage_err)?;
+            if e.index >= high {
+                break;
+            }
+            size += v.len() as u64;
+            if !out.is_empty() && size > max_size {
+                break;
+            }
+            out.push(e);
+        }
+        if out.is_empty() || out[0].index != low {
+            return Err(storage_err(format!("raft log entry {low} missing")));
+        }
+        Ok(out)
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.term_of(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.truncated_index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last())
+    }
+
+    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let p = self.sm.progress();
+        let mut snap = Snapshot::default();
+        snap.set_data(self.sm.snapshot_data().map_err(storage_err)?.into());
+        let meta = snap.mut_metadata();
+        meta.index = p.applied_index;
+        meta.term = p.applied_term;
+        meta.set_conf_state(self.sm.conf_state());
+        Ok(snap)
+    }
+}

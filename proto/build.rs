@@ -1,0 +1,12 @@
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "etcd/kv.proto",
+        "etcd/rpc.proto",
+        "ferrokube/raftpeer.proto",
+    ];
+    for p in protos {
+        println!("cargo:rerun-if-changed={p}");
+    }
+    tonic_prost_build::configure().compile_protos(&protos, &["."])?;
+    Ok(())
+}

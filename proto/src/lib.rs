@@ -1,0 +1,27 @@
+//! gRPC and protobuf definitions shared by ferrokube's processes.
+//!
+//! - [`etcdserverpb`] and [`mvccpb`]: the subset of the etcd v3 API that the store serves,
+//!   with upstream's package names and field numbers so that `etcdctl` works unchanged.
+//! - [`raftpeer`]: the transport between store members and the replicated command format.
+
+#![allow(clippy::all, missing_docs)]
+
+/// etcd's key-value record and watch event.
+pub mod mvccpb {
+    tonic::include_proto!("mvccpb");
+}
+
+/// etcd v3 API services and messages.
+pub mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+/// ferrokube's own packages (nested as protobuf packages are).
+pub mod ferrokube {
+    /// Store peer transport and replicated commands.
+    pub mod raftpeer {
+        tonic::include_proto!("ferrokube.raftpeer");
+    }
+}
+
+pub use ferrokube::raftpeer;
