@@ -99,6 +99,13 @@ async fn main() -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    // A panic anywhere (above all in the Raft thread) must stop the process rather than
+    // leave a member that answers but no longer replicates.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     let args = Args::parse();
     let peer_url = args
         .initial_advertise_peer_urls

@@ -62,7 +62,7 @@ impl RaftLog {
             .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
         {
             let (k, v) = item?;
-            if k.first() != Some(&b'e') {
+            if k.len() != 9 || k[0] != b'e' {
                 break;
             }
             let e = Entry::parse_from_bytes(&v)?;
@@ -274,7 +274,10 @@ impl Storage for RaftLog {
             .db
             .iterator_cf(self.cf(), IteratorMode::From(&start, Direction::Forward))
         {
-            let (_, v) = item.map_err(storage_err)?;
+            let (k, v) = item.map_err(storage_err)?;
+            if k.len() != 9 || k[0] != b'e' {
+                break;
+            }
             let e = Entry::parse_from_bytes(&v).map_err(storage_err)?;
             if e.index >= high {
                 break;

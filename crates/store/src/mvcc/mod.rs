@@ -229,8 +229,12 @@ impl StateMachine {
             inner.members.insert(m.id, m.clone());
         }
         batch.put_cf(meta, META_CONF_STATE, conf_state.write_to_bytes()?);
+        // Like etcd, an empty store is at revision 1; the first write makes revision 2.
+        batch.put_cf(meta, META_CURRENT, 1i64.to_be_bytes());
         Self::put_applied(&self.engine, &mut batch, index, term);
         self.engine.db.write(batch)?;
+        inner.current = 1;
+        self.revision_tx.send_replace(1);
         inner.cluster_id = cluster_id;
         inner.conf_state = conf_state.clone();
         inner.applied_index = index;
