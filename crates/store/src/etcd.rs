@@ -65,18 +65,16 @@ impl Kv for EtcdApi {
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
-        let mut resp = self.store.put(req.into_inner()).await?;
-        resp.header = Some(self.store.header());
-        Ok(Response::new(resp))
+        Ok(Response::new(self.store.put(req.into_inner()).await?))
     }
 
     async fn delete_range(
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
-        let mut resp = self.store.delete_range(req.into_inner()).await?;
-        resp.header = Some(self.store.header());
-        Ok(Response::new(resp))
+        Ok(Response::new(
+            self.store.delete_range(req.into_inner()).await?,
+        ))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {

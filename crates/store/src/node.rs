@@ -245,11 +245,9 @@ impl RaftLoop {
                 seq,
                 done,
             } => {
-                if self.raw.raft.state != StateRole::Leader {
-                    let _ = done.send(Err(StoreError::NoLeader));
-                    return;
-                }
-                if self.raw.raft.has_pending_conf() {
+                // Followers forward the proposal to the leader, which accepts one
+                // membership change at a time.
+                if self.raw.raft.state == StateRole::Leader && self.raw.raft.has_pending_conf() {
                     let _ = done.send(Err(StoreError::Unhealthy));
                     return;
                 }

@@ -133,19 +133,21 @@ impl Store {
         let sm = Arc::new(StateMachine::open(engine.clone())?);
         let mut log = RaftLog::open(engine, sm.clone())?;
         let id = member_id(&cfg.advertise_peer_url, &cfg.cluster_token);
-        if log.is_empty() && cfg.initial_cluster_state == ClusterState::New {
-            let mut members: Vec<Member> = cfg
-                .initial_cluster
-                .iter()
-                .map(|(name, url)| Member {
-                    id: member_id(url, &cfg.cluster_token),
-                    name: name.clone(),
-                    peer_ur_ls: vec![url.clone()],
-                    client_ur_ls: Vec::new(),
-                    is_learner: false,
-                })
-                .collect();
-            members.sort_by_key(|m| m.id);
+        let mut initial_members: Vec<Member> = cfg
+            .initial_cluster
+            .iter()
+            .map(|(name, url)| Member {
+                id: member_id(url, &cfg.cluster_token),
+                name: name.clone(),
+                peer_ur_ls: vec![url.clone()],
+                client_ur_ls: Vec::new(),
+                is_learner: false,
+            })
+            .collect();
+        initial_members.sort_by_key(|m| m.id);
+        let fresh = log.is_empty();
+        if fresh && cfg.initial_cluster_state == ClusterState::New {
+            let members = initial_members.clone();
             if !members.iter().any(|m| m.id == id) {
                 return Err(StoreError::InvalidArgument(format!(
                     "--initial-cluster has no member with this member's peer URL {}",
@@ -171,7 +173,13 @@ impl Store {
         let (raft_tx, raft_rx) = mpsc::channel();
         let transport = Transport::new(id, raft_tx.clone(), tokio::runtime::Handle::current());
         transport.set_cluster_id(sm.progress().cluster_id);
-        transport.set_members(&sm.members());
+        if fresh && cfg.initial_cluster_state == ClusterState::Existing {
+            // Until the leader's snapshot brings the member list, reach peers through
+            // --initial-cluster.
+            transport.set_members(&initial_members);
+        } else {
+            transport.set_members(&sm.members());
+        }
         let raw = RawNode::new(
             &raft_config(id, applied, &cfg.raft),
             log,
@@ -413,8 +421,13 @@ impl Store {
         }
     }
 
+    /// Completes the headers of a transaction's responses, keeping the revision the state
+    /// machine recorded for it.
     fn fill_headers(&self, resp: &mut TxnResponse) {
-        let h = self.header();
+        let mut h = self.header();
+        if let Some(rev) = resp.header.as_ref().map(|h| h.revision) {
+            h.revision = rev;
+        }
         fn fill(resp: &mut TxnResponse, h: &ResponseHeader) {
             resp.header = Some(h.clone());
             for r in &mut resp.responses {

@@ -63,6 +63,8 @@ impl Transport {
 
     /// Points the transport at the current member list.
     pub(crate) fn set_members(&self, members: &[Member]) {
+        // Called from the Raft thread too: channels need the runtime's context.
+        let _rt = self.inner.runtime.enter();
         let mut peers = self.inner.peers.lock().unwrap();
         peers.retain(|id, _| members.iter().any(|m| m.id == *id));
         for m in members {

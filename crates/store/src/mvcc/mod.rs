@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use ferrokube_proto::etcdserverpb::{
     compare, request_op, response_op, CompactionRequest, Compare, DeleteRangeRequest,
     DeleteRangeResponse, Member, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseOp, TxnRequest, TxnResponse,
+    ResponseHeader, ResponseOp, TxnRequest, TxnResponse,
 };
 use ferrokube_proto::mvccpb::{event::EventType, Event, KeyValue};
 use ferrokube_proto::raftpeer::{LeaseRecord, RevisionRecord};
@@ -314,7 +314,12 @@ impl StateMachine {
             changes: BTreeMap::new(),
             records: HashMap::new(),
         };
-        txn.txn(&inner, &self.engine, req)
+        let mut resp = txn.txn(&inner, &self.engine, req)?;
+        resp.header = Some(ResponseHeader {
+            revision: inner.current,
+            ..Default::default()
+        });
+        Ok(resp)
     }
 
     /// Events with revision `from` and later that touch `range`, at most about `max`
@@ -616,7 +621,16 @@ impl StateMachine {
             changes: BTreeMap::new(),
             records: HashMap::new(),
         };
-        let resp = txn.txn(inner, &self.engine, req)?;
+        let mut resp = txn.txn(inner, &self.engine, req)?;
+        // The header carries the revision the transaction produced (or read at).
+        resp.header = Some(ResponseHeader {
+            revision: if txn.changes.is_empty() {
+                inner.current
+            } else {
+                txn.main
+            },
+            ..Default::default()
+        });
         if txn.changes.is_empty() {
             return Ok((resp, None));
         }
