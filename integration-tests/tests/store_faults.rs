@@ -431,7 +431,15 @@ async fn wiped_member_rejoins_through_snapshot() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let members = etcdctl(&ep, &["member", "list"]).unwrap();
-    assert_eq!(members.lines().count(), 3, "{members}");
-    assert!(members.contains(", started, m2, "), "{members}");
+    // Once it runs, the member publishes its name and client URLs through Raft.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let members = etcdctl(&ep, &["member", "list"]).unwrap();
+        assert_eq!(members.lines().count(), 3, "{members}");
+        if members.contains(", started, m2, ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "m2 never published itself: {members}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }

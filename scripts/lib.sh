@@ -1,0 +1,64 @@
+# Shared helpers for ferrokube's scripts. Source it; do not run it.
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+
+# Packages the build and the tests need from Debian.
+#   clang libclang-dev: bindgen for the RocksDB bindings
+#   librocksdb-dev:     the RocksDB library the store links against
+#   protobuf-compiler:  protoc for the gRPC definitions
+#   etcd-client:        etcdctl, the reference client in the store's tests
+#   etcd-server:        real etcd, the peer in `scripts/bench store`
+FERROKUBE_APT_PACKAGES=(build-essential pkg-config clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server)
+
+log() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+# Installs the missing Debian packages among "$@" (quiet when all are there).
+ensure_packages() {
+    local missing=()
+    local p
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    [ "$(id -u)" -eq 0 ] || die "need root to install: ${missing[*]}"
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Debian's etcd-server must not start a daemon of its own on 2379.
+    local policy=/usr/sbin/policy-rc.d created_policy=
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1
+    fi
+    apt-get update -qq >/dev/null
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    [ -n "$created_policy" ] && rm -f "$policy"
+    return 0
+}
+
+# Makes sure cargo is on PATH.
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1; then
+        [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null 2>&1 || die "cargo not found: install a Rust toolchain (rustup)"
+}
+
+# Reuses a cargo target directory kept outside the clone when possible, so repeated
+# builds on one machine are incremental; a fresh machine simply builds from scratch.
+setup_target_dir() {
+    if [ -z "${CARGO_TARGET_DIR:-}" ]; then
+        local shared=/var/cache/ferrokube/target
+        if mkdir -p "$shared" 2>/dev/null && [ -w "$shared" ]; then
+            export CARGO_TARGET_DIR="$shared"
+        else
+            export CARGO_TARGET_DIR="$ROOT/target"
+        fi
+    fi
+}
+
+prepare() {
+    ensure_packages "${FERROKUBE_APT_PACKAGES[@]}"
+    ensure_rust
+    setup_target_dir
+    cd "$ROOT"
+}
