@@ -61,12 +61,15 @@ async fn writer(
     }
 }
 
+/// A watch event as seen: (revision, key, value).
+type Seen = (i64, Vec<u8>, Vec<u8>);
+
 /// Watches `k/` from revision 2, reconnecting (to the next member) from the last revision
 /// seen + 1 whenever the stream breaks. Stops once it has seen `until` (when set).
 async fn watcher(
     chans: Vec<Channel>,
     until: Arc<Mutex<Option<i64>>>,
-    events: Arc<Mutex<Vec<(i64, Vec<u8>, Vec<u8>)>>>,
+    events: Arc<Mutex<Vec<Seen>>>,
 ) {
     let mut next = 2i64;
     let mut target = 0usize;
@@ -439,7 +442,10 @@ async fn wiped_member_rejoins_through_snapshot() {
         if members.contains(", started, m2, ") {
             break;
         }
-        assert!(Instant::now() < deadline, "m2 never published itself: {members}");
+        assert!(
+            Instant::now() < deadline,
+            "m2 never published itself: {members}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

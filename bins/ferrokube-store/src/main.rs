@@ -176,7 +176,27 @@ async fn main() -> Result<()> {
         .add_to(&mut builder)
         .serve_with_incoming(TcpListenerStream::new(client_listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // A member that stopped replicating (removed, or its storage failed) exits, so that a
+    // supervisor notices instead of clients talking to a member that can only refuse.
+    let watchdog = {
+        let store = store.clone();
+        async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                if let Some(why) = store.status().raft.stopped {
+                    return why;
+                }
+            }
+        }
+    };
     tokio::select! {
+        why = watchdog => {
+            if why.contains("removed") {
+                tracing::info!("{why}; exiting");
+                return Ok(());
+            }
+            bail!("member stopped: {why}");
+        }
         r = peer => r.context("peer server")?,
         r = client => r.context("client server")?,
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),

@@ -537,8 +537,10 @@ impl RaftLoop {
 
 /// Builds a conf change for adding or removing `node`.
 pub(crate) fn conf_change(node: u64, add: bool) -> ConfChange {
-    let mut cc = ConfChange::default();
-    cc.node_id = node;
+    let mut cc = ConfChange {
+        node_id: node,
+        ..Default::default()
+    };
     cc.set_change_type(if add {
         ConfChangeType::AddNode
     } else {

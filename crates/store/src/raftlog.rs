@@ -90,9 +90,11 @@ impl RaftLog {
 
     /// Starts a new cluster's log as if entries up to `index` were folded into a snapshot.
     pub fn bootstrap(&mut self, index: u64, term: u64) -> Result<()> {
-        let mut hs = HardState::default();
-        hs.term = term;
-        hs.commit = index;
+        let hs = HardState {
+            term,
+            commit: index,
+            ..Default::default()
+        };
         let mut batch = WriteBatch::default();
         self.put_truncated(&mut batch, index, term);
         batch.put_cf(self.cf(), KEY_HARD_STATE, hs.write_to_bytes()?);

@@ -159,8 +159,10 @@ impl Store {
             let mut parts: Vec<&[u8]> = vec![cfg.cluster_token.as_bytes()];
             parts.extend(id_bytes.iter().map(|b| &b[..]));
             let cluster_id = fnv(&parts);
-            let mut cs = ConfState::default();
-            cs.voters = ids;
+            let cs = ConfState {
+                voters: ids,
+                ..Default::default()
+            };
             sm.bootstrap(cluster_id, &members, &cs, 1, 1)?;
             log.bootstrap(1, 1)?;
             tracing::info!(
@@ -429,14 +431,12 @@ impl Store {
             h.revision = rev;
         }
         fn fill(resp: &mut TxnResponse, h: &ResponseHeader) {
-            resp.header = Some(h.clone());
+            resp.header = Some(*h);
             for r in &mut resp.responses {
                 match &mut r.response {
-                    Some(response_op::Response::ResponseRange(x)) => x.header = Some(h.clone()),
-                    Some(response_op::Response::ResponsePut(x)) => x.header = Some(h.clone()),
-                    Some(response_op::Response::ResponseDeleteRange(x)) => {
-                        x.header = Some(h.clone())
-                    }
+                    Some(response_op::Response::ResponseRange(x)) => x.header = Some(*h),
+                    Some(response_op::Response::ResponsePut(x)) => x.header = Some(*h),
+                    Some(response_op::Response::ResponseDeleteRange(x)) => x.header = Some(*h),
                     Some(response_op::Response::ResponseTxn(x)) => fill(x, h),
                     None => {}
                 }

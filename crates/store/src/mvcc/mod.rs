@@ -759,14 +759,17 @@ impl StateMachine {
     }
 }
 
+/// A transaction's own writes: changed keys and their new history records.
+type Overlay<'a> = (
+    &'a BTreeMap<Vec<u8>, Entry>,
+    &'a HashMap<Rev, RevisionRecord>,
+);
+
 /// A consistent read view: the committed index plus, inside a transaction, its own writes.
 struct View<'a> {
     inner: &'a Inner,
     engine: &'a Engine,
-    overlay: Option<(
-        &'a BTreeMap<Vec<u8>, Entry>,
-        &'a HashMap<Rev, RevisionRecord>,
-    )>,
+    overlay: Option<Overlay<'a>>,
 }
 
 impl View<'_> {
