@@ -10,7 +10,7 @@ use clap::Parser;
 use ferrokube_store::etcd::EtcdApi;
 use ferrokube_store::{ClusterState, RaftSettings, Store, StoreConfig};
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 #[derive(Parser, Debug)]
 #[command(name = "ferrokube-store", version, about)]
@@ -88,6 +88,12 @@ fn parse_cluster(s: &str) -> Result<Vec<(String, String)>> {
             Ok((n.to_string(), u.to_string()))
         })
         .collect()
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC responses must not wait
+/// for the peer's delayed ACK.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
 }
 
 #[tokio::main]
@@ -170,11 +176,11 @@ async fn main() -> Result<()> {
     let peer = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(store.peer_service())
-        .serve_with_incoming(TcpListenerStream::new(peer_listener));
+        .serve_with_incoming(incoming(peer_listener));
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
     let client = EtcdApi::new(store.clone())
         .add_to(&mut builder)
-        .serve_with_incoming(TcpListenerStream::new(client_listener));
+        .serve_with_incoming(incoming(client_listener));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     // A member that stopped replicating (removed, or its storage failed) exits, so that a
     // supervisor notices instead of clients talking to a member that can only refuse.

@@ -1255,3 +1255,6 @@ impl TxnCommit {
         inner.current = self.main;
     }
 }
+
+#[cfg(test)]
+mod tests;
