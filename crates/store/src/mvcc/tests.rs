@@ -330,9 +330,9 @@ fn leases_delete_their_keys_and_survive_reopen() {
     let before = t.sm.progress().current;
     t.apply(Op::LeaseRevoke(LeaseRevokeRequest { id: 5 }))
         .unwrap();
-    // Both keys go in one revision.
+    // Lease grants take no revision; revoking deletes both keys in one revision.
     assert_eq!(t.sm.progress().current, before + 1);
-    assert_eq!(t.get("l/", "l0", 0).unwrap(), vec![s("l/3", "c", 6, 6, 1)]);
+    assert_eq!(t.get("l/", "l0", 0).unwrap(), vec![s("l/3", "c", 4, 4, 1)]);
     assert!(t.sm.lease(5).is_none());
     // Re-putting a key without a lease detaches it.
     t.apply(Op::LeaseGrant(LeaseGrantRequest { ttl: 60, id: 6 }))
