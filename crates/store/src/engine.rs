@@ -1,23 +1,31 @@
 //! The RocksDB instance shared by the Raft log and the MVCC state machine.
 //!
-//! One database, one write-ahead log, four column families:
-//! - `raft`: log entries (`e` + index), hard state, truncation point;
-//! - `rev`: MVCC history, revision → [`RevisionRecord`](ferrokube_proto::raftpeer::RevisionRecord);
-//! - `meta`: applied index, revisions, conf state, members, leases;
+//! One database, two column families:
+//! - `raft`: log entries (`e` + index), hard state, truncation point — written through
+//!   the WAL, fsynced before raft-rs may act on them;
+//! - `state`: the state machine — MVCC history keyed by revision (16-byte big-endian keys,
+//!   first byte below 0x80) and bookkeeping under keys starting with 0xFF (applied index,
+//!   revisions, conf state, members, leases).
 //!
-//! Because every column family shares one WAL, a synced write of the Raft log also makes
-//! every earlier state-machine write durable.
+//! State-machine writes skip the WAL: the Raft log is the source of truth and whatever a
+//! crash loses is re-applied from it. That is safe because the applied index is written in
+//! the same batch as the data it covers, one column family flushes atomically, and the
+//! Raft log is only truncated after the state column family has been flushed
+//! ([`Engine::flush_state`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
-use rocksdb::{ColumnFamily, ColumnFamilyDescriptor, Options, DB};
+use rocksdb::{
+    ColumnFamily, ColumnFamilyDescriptor, FlushOptions, Options, WriteBatch, WriteOptions, DB,
+};
 
 use crate::error::Result;
 
 pub(crate) const CF_RAFT: &str = "raft";
-pub(crate) const CF_REV: &str = "rev";
-pub(crate) const CF_META: &str = "meta";
+pub(crate) const CF_STATE: &str = "state";
+/// First byte of every bookkeeping key in the state column family.
+pub(crate) const META_PREFIX: u8 = 0xff;
 
 /// Handle on the open database.
 #[derive(Clone)]
@@ -33,7 +41,7 @@ impl Engine {
         opts.create_missing_column_families(true);
         opts.set_max_background_jobs(2);
         opts.set_bytes_per_sync(1 << 20);
-        let cfs = [CF_RAFT, CF_REV, CF_META].map(|name| {
+        let cfs = [CF_RAFT, CF_STATE].map(|name| {
             let mut o = Options::default();
             o.set_write_buffer_size(32 << 20);
             ColumnFamilyDescriptor::new(name, o)
@@ -48,9 +56,31 @@ impl Engine {
             .expect("column family created at open")
     }
 
+    /// Options for state-machine writes (no WAL; see the module docs).
+    pub(crate) fn state_write_opts() -> WriteOptions {
+        let mut o = WriteOptions::default();
+        o.disable_wal(true);
+        o
+    }
+
+    /// Writes a state-machine batch.
+    pub(crate) fn write_state(&self, batch: WriteBatch) -> Result<()> {
+        self.db.write_opt(batch, &Self::state_write_opts())?;
+        Ok(())
+    }
+
+    /// Makes every state-machine write so far durable (before the Raft log that could
+    /// replay them is truncated).
+    pub fn flush_state(&self) -> Result<()> {
+        let mut o = FlushOptions::default();
+        o.set_wait(true);
+        self.db.flush_cf_opt(self.cf(CF_STATE), &o)?;
+        Ok(())
+    }
+
     /// Approximate bytes on disk (SST files plus memtables) across column families.
     pub fn size_bytes(&self) -> u64 {
-        [CF_RAFT, CF_REV, CF_META]
+        [CF_RAFT, CF_STATE]
             .iter()
             .map(|n| {
                 let cf = self.cf(n);

@@ -444,6 +444,8 @@ impl RaftLoop {
         let upto = applied.saturating_sub(self.settings.catch_up_entries);
         if upto >= store.first() {
             tracing::debug!(upto, "truncating raft log");
+            // Entries about to go must never be needed for a replay after a crash.
+            self.sm.flush()?;
             self.raw.mut_store().compact(upto)?;
         }
         Ok(())

@@ -33,7 +33,13 @@ pub struct RaftLog {
     truncated_term: u64,
     /// Term of every entry in the log, from `truncated_index + 1` on.
     terms: VecDeque<u64>,
+    /// The newest entries, so that committing and replicating them needs no disk read.
+    cache: VecDeque<Entry>,
+    cache_bytes: usize,
 }
+
+/// Most bytes of entries kept in the cache.
+const CACHE_BYTES: usize = 16 << 20;
 
 fn storage_err(e: impl std::fmt::Display) -> raft::Error {
     raft::Error::Store(StorageError::Other(e.to_string().into()))
@@ -78,6 +84,8 @@ impl RaftLog {
             truncated_index,
             truncated_term,
             terms,
+            cache: VecDeque::new(),
+            cache_bytes: 0,
         })
     }
 
@@ -103,7 +111,39 @@ impl RaftLog {
         self.truncated_index = index;
         self.truncated_term = term;
         self.terms.clear();
+        self.clear_cache();
         Ok(())
+    }
+
+    fn clear_cache(&mut self) {
+        self.cache.clear();
+        self.cache_bytes = 0;
+    }
+
+    fn cache_entries(&mut self, entries: &[Entry]) {
+        let Some(first) = entries.first() else {
+            return;
+        };
+        // Drop a conflicting tail, or everything if the new entries do not follow on.
+        match self.cache.front().map(|e| e.index) {
+            Some(start)
+                if first.index >= start && first.index <= start + self.cache.len() as u64 =>
+            {
+                let keep = (first.index - start) as usize;
+                for e in self.cache.drain(keep..) {
+                    self.cache_bytes -= e.data.len() + e.context.len();
+                }
+            }
+            _ => self.clear_cache(),
+        }
+        for e in entries {
+            self.cache_bytes += e.data.len() + e.context.len();
+            self.cache.push_back(e.clone());
+        }
+        while self.cache_bytes > CACHE_BYTES && self.cache.len() > 1 {
+            let e = self.cache.pop_front().unwrap();
+            self.cache_bytes -= e.data.len() + e.context.len();
+        }
     }
 
     fn cf(&self) -> &rocksdb::ColumnFamily {
@@ -162,6 +202,7 @@ impl RaftLog {
             self.terms.truncate(keep);
             self.terms.extend(entries.iter().map(|e| e.term));
         }
+        self.cache_entries(entries);
         if let Some(hs) = hs {
             self.hard_state = hs.clone();
         }
@@ -200,6 +241,7 @@ impl RaftLog {
         self.truncated_index = meta.index;
         self.truncated_term = meta.term;
         self.terms.clear();
+        self.clear_cache();
         Ok(())
     }
 
@@ -217,6 +259,10 @@ impl RaftLog {
         self.write(batch, false)?;
         let n = (upto - self.truncated_index) as usize;
         self.terms.drain(..n);
+        while self.cache.front().is_some_and(|e| e.index <= upto) {
+            let e = self.cache.pop_front().unwrap();
+            self.cache_bytes -= e.data.len() + e.context.len();
+        }
         self.truncated_index = upto;
         self.truncated_term = term;
         Ok(())
@@ -270,6 +316,21 @@ impl Storage for RaftLog {
         let max_size = max_size.into().unwrap_or(u64::MAX);
         let mut out = Vec::with_capacity((high - low) as usize);
         let mut size = 0u64;
+        if let Some(start) = self.cache.front().map(|e| e.index) {
+            if low >= start {
+                for e in self
+                    .cache
+                    .range((low - start) as usize..(high - start) as usize)
+                {
+                    size += u64::from(e.compute_size());
+                    if !out.is_empty() && size > max_size {
+                        break;
+                    }
+                    out.push(e.clone());
+                }
+                return Ok(out);
+            }
+        }
         let start = entry_key(low);
         for item in self
             .engine

@@ -1,8 +1,8 @@
 //! Peer transport: raft-rs messages between members over gRPC (tonic).
 //!
-//! Each peer has a task that drains a queue of outgoing messages and delivers them in one
-//! `Send` call; snapshot messages go through the streaming `SendSnapshot` call in 1 MiB
-//! chunks. Delivery failures are reported back to raft-rs (`report_unreachable`,
+//! Each peer has a task that drains a queue of outgoing messages and writes them, batched,
+//! to one long-lived client stream (`Stream`); snapshot messages go through their own
+//! `SendSnapshot` call in 1 MiB chunks. Delivery failures are reported back to raft-rs (`report_unreachable`,
 //! `report_snapshot`), which then slows down and retries as the protocol says.
 
 use std::collections::HashMap;
@@ -18,6 +18,7 @@ use ferrokube_proto::raftpeer::{MessageBatch, SendAck, SnapshotChunk};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -128,9 +129,12 @@ impl Transport {
 async fn run_peer(
     inner: Arc<Inner>,
     to: u64,
-    mut client: RaftPeerClient<Channel>,
+    client: RaftPeerClient<Channel>,
     mut rx: mpsc::UnboundedReceiver<Message>,
 ) {
+    // One long-lived client stream carries ordinary messages; it is reopened when it
+    // breaks, and whatever was queued meanwhile is dropped (Raft retransmits).
+    let mut stream: Option<(mpsc::Sender<MessageBatch>, tokio::task::JoinHandle<()>)> = None;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         while batch.len() < 4096 {
@@ -144,6 +148,20 @@ async fn run_peer(
             .into_iter()
             .partition(|m| m.get_msg_type() == MessageType::MsgSnapshot);
         if !msgs.is_empty() {
+            if stream.as_ref().is_some_and(|(_, call)| call.is_finished()) {
+                stream = None;
+                let _ = inner.raft_tx.send(Msg::Unreachable(to));
+            }
+            let (tx, _) = stream.get_or_insert_with(|| {
+                let (tx, out) = mpsc::channel::<MessageBatch>(256);
+                let mut client = client.clone();
+                let call = tokio::spawn(async move {
+                    if let Err(e) = client.stream(ReceiverStream::new(out)).await {
+                        tracing::debug!(peer = format!("{to:x}"), "peer stream ended: {e}");
+                    }
+                });
+                (tx, call)
+            });
             let req = MessageBatch {
                 cluster_id,
                 from: inner.id,
@@ -152,8 +170,8 @@ async fn run_peer(
                     .filter_map(|m| m.write_to_bytes().ok())
                     .collect(),
             };
-            if let Err(e) = client.send(req).await {
-                tracing::debug!(peer = format!("{to:x}"), "send failed: {e}");
+            if tx.try_send(req).is_err() {
+                // Full (the peer is slow or gone) or closed: drop and let Raft retry.
                 let _ = inner.raft_tx.send(Msg::Unreachable(to));
             }
         }
@@ -171,18 +189,26 @@ async fn run_peer(
                 data: c.to_vec(),
             }));
             let size = data.len();
-            let ok = match client.send_snapshot(tokio_stream::iter(chunks)).await {
-                Ok(_) => {
-                    tracing::info!(peer = format!("{to:x}"), bytes = size, "sent snapshot");
-                    true
-                }
-                Err(e) => {
-                    tracing::warn!(peer = format!("{to:x}"), "snapshot send failed: {e}");
-                    false
-                }
-            };
-            let _ = inner.raft_tx.send(Msg::SnapshotStatus(to, ok));
+            let mut client = client.clone();
+            let inner = inner.clone();
+            // Snapshots travel on their own call so ordinary traffic is not held up.
+            tokio::spawn(async move {
+                let ok = match client.send_snapshot(tokio_stream::iter(chunks)).await {
+                    Ok(_) => {
+                        tracing::info!(peer = format!("{to:x}"), bytes = size, "sent snapshot");
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(peer = format!("{to:x}"), "snapshot send failed: {e}");
+                        false
+                    }
+                };
+                let _ = inner.raft_tx.send(Msg::SnapshotStatus(to, ok));
+            });
         }
+    }
+    if let Some((_, call)) = stream {
+        call.abort();
     }
 }
 
@@ -214,16 +240,21 @@ impl PeerService {
 
 #[tonic::async_trait]
 impl RaftPeer for PeerService {
-    async fn send(&self, req: Request<MessageBatch>) -> Result<Response<SendAck>, Status> {
-        let req = req.into_inner();
-        self.check_cluster(req.cluster_id)?;
-        let msgs = req
-            .messages
-            .iter()
-            .map(|b| Message::parse_from_bytes(b))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
-        self.deliver(msgs)?;
+    async fn stream(
+        &self,
+        req: Request<Streaming<MessageBatch>>,
+    ) -> Result<Response<SendAck>, Status> {
+        let mut stream = req.into_inner();
+        while let Some(batch) = stream.message().await? {
+            self.check_cluster(batch.cluster_id)?;
+            let msgs = batch
+                .messages
+                .iter()
+                .map(|b| Message::parse_from_bytes(b))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Status::invalid_argument(format!("bad raft message: {e}")))?;
+            self.deliver(msgs)?;
+        }
         Ok(Response::new(SendAck {}))
     }
 

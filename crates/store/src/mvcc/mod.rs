@@ -26,16 +26,20 @@ use tokio::sync::watch;
 
 pub use index::{live_at, Change, Entry, KeyIndex, KeyRange, Rev};
 
-use crate::engine::{Engine, CF_META, CF_REV};
+use crate::engine::{Engine, CF_STATE, META_PREFIX};
+
+/// History and bookkeeping share one column family (see [`crate::engine`]).
+const CF_REV: &str = CF_STATE;
+const CF_META: &str = CF_STATE;
 use crate::error::{Result, StoreError};
 
-const META_APPLIED: &[u8] = b"applied";
-const META_CURRENT: &[u8] = b"current";
-const META_COMPACTED: &[u8] = b"compacted";
-const META_CONF_STATE: &[u8] = b"conf_state";
-const META_CLUSTER_ID: &[u8] = b"cluster_id";
-const META_MEMBER: &[u8] = b"member/";
-const META_LEASE: &[u8] = b"lease/";
+const META_APPLIED: &[u8] = b"\xffapplied";
+const META_CURRENT: &[u8] = b"\xffcurrent";
+const META_COMPACTED: &[u8] = b"\xffcompacted";
+const META_CONF_STATE: &[u8] = b"\xffconf_state";
+const META_CLUSTER_ID: &[u8] = b"\xffcluster_id";
+const META_MEMBER: &[u8] = b"\xffmember/";
+const META_LEASE: &[u8] = b"\xfflease/";
 
 /// Shortest lease TTL granted, in seconds (etcd: 1.5 election timeouts, rounded up).
 pub const MIN_LEASE_TTL: i64 = 2;
@@ -170,6 +174,9 @@ impl StateMachine {
         let mut index = KeyIndex::default();
         for item in db.iterator_cf(engine.cf(CF_REV), IteratorMode::Start) {
             let (k, v) = item?;
+            if k.first() == Some(&META_PREFIX) {
+                break;
+            }
             let rev =
                 Rev::from_key(&k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
             if rev.main > current {
@@ -232,7 +239,11 @@ impl StateMachine {
         // Like etcd, an empty store is at revision 1; the first write makes revision 2.
         batch.put_cf(meta, META_CURRENT, 1i64.to_be_bytes());
         Self::put_applied(&self.engine, &mut batch, index, term);
-        self.engine.db.write(batch)?;
+        // Through the WAL, synced: the Raft log is bootstrapped right after, and a replay
+        // cannot recreate this state.
+        let mut opts = rocksdb::WriteOptions::default();
+        opts.set_sync(true);
+        self.engine.db.write_opt(batch, &opts)?;
         inner.current = 1;
         self.revision_tx.send_replace(1);
         inner.cluster_id = cluster_id;
@@ -352,6 +363,9 @@ impl StateMachine {
             .iterator_cf(cf, IteratorMode::From(&start, Direction::Forward))
         {
             let (k, v) = item?;
+            if k.first() == Some(&META_PREFIX) {
+                break;
+            }
             let rev =
                 Rev::from_key(&k).ok_or_else(|| StoreError::Corrupt("revision key".into()))?;
             if rev.main > inner.current {
@@ -440,7 +454,7 @@ impl StateMachine {
         let mut inner = self.inner.write().unwrap();
         let mut batch = WriteBatch::default();
         Self::put_applied(&self.engine, &mut batch, index, term);
-        self.engine.db.write(batch)?;
+        self.engine.write_state(batch)?;
         inner.applied_index = index;
         inner.applied_term = term;
         Ok(())
@@ -466,7 +480,7 @@ impl StateMachine {
             batch.delete_cf(meta, meta_key(META_MEMBER, id));
         }
         Self::put_applied(&self.engine, &mut batch, index, term);
-        self.engine.db.write(batch)?;
+        self.engine.write_state(batch)?;
         if let Some(m) = add {
             inner.members.insert(m.id, m.clone());
         }
@@ -566,7 +580,7 @@ impl StateMachine {
             commit = None;
         }
         Self::put_applied(&self.engine, &mut batch, index, term);
-        self.engine.db.write(batch)?;
+        self.engine.write_state(batch)?;
         // The write landed: now update memory to match.
         inner.applied_index = index;
         inner.applied_term = term;
@@ -680,6 +694,11 @@ impl StateMachine {
         Ok(())
     }
 
+    /// Makes every applied write durable (state-machine writes skip the WAL).
+    pub fn flush(&self) -> Result<()> {
+        self.engine.flush_state()
+    }
+
     /// Asks RocksDB to rewrite the compacted part of history so its space is freed.
     pub fn reclaim_space(&self) {
         let upto = Rev::new(self.progress().compacted, 0).to_key();
@@ -690,23 +709,21 @@ impl StateMachine {
 
     // ---------------------------------------------------------------- snapshots
 
-    /// Serialises the whole state machine (history and bookkeeping) for a Raft snapshot.
+    /// Serialises the whole state machine for a Raft snapshot: every key of the state
+    /// column family as (u32 key length, key, u32 value length, value), big-endian.
     pub fn snapshot_data(&self) -> Result<Vec<u8>> {
         let _inner = self.inner.read().unwrap();
         let mut out = Vec::new();
-        for (tag, name) in [(1u8, CF_META), (2u8, CF_REV)] {
-            for item in self
-                .engine
-                .db
-                .iterator_cf(self.engine.cf(name), IteratorMode::Start)
-            {
-                let (k, v) = item?;
-                out.push(tag);
-                out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-                out.extend_from_slice(&k);
-                out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-                out.extend_from_slice(&v);
-            }
+        for item in self
+            .engine
+            .db
+            .iterator_cf(self.engine.cf(CF_STATE), IteratorMode::Start)
+        {
+            let (k, v) = item?;
+            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            out.extend_from_slice(&k);
+            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            out.extend_from_slice(&v);
         }
         Ok(out)
     }
@@ -723,10 +740,8 @@ impl StateMachine {
         mut batch: WriteBatch,
     ) -> Result<()> {
         let mut inner = self.inner.write().unwrap();
-        let meta = self.engine.cf(CF_META);
-        let rev = self.engine.cf(CF_REV);
+        let meta = self.engine.cf(CF_STATE);
         batch.delete_range_cf(meta, &[][..], &[0xff; 32][..]);
-        batch.delete_range_cf(rev, &[][..], &[0xff; 32][..]);
         let mut rest = data;
         let take = |rest: &mut &[u8], n: usize| -> Result<Vec<u8>> {
             if rest.len() < n {
@@ -737,16 +752,11 @@ impl StateMachine {
             Ok(a.to_vec())
         };
         while !rest.is_empty() {
-            let tag = take(&mut rest, 1)?[0];
             let klen = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap()) as usize;
             let k = take(&mut rest, klen)?;
             let vlen = u32::from_be_bytes(take(&mut rest, 4)?.try_into().unwrap()) as usize;
             let v = take(&mut rest, vlen)?;
-            match tag {
-                1 => batch.put_cf(meta, k, v),
-                2 => batch.put_cf(rev, k, v),
-                _ => return Err(StoreError::Corrupt("snapshot record tag".into())),
-            }
+            batch.put_cf(meta, k, v);
         }
         batch.put_cf(meta, META_CONF_STATE, conf_state.write_to_bytes()?);
         Self::put_applied(&self.engine, &mut batch, index, term);
