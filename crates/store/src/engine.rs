@@ -44,6 +44,10 @@ impl Engine {
         let cfs = [CF_RAFT, CF_STATE].map(|name| {
             let mut o = Options::default();
             o.set_write_buffer_size(32 << 20);
+            if name == CF_RAFT {
+                // Log entries live briefly: compressing them costs CPU and saves little.
+                o.set_compression_type(rocksdb::DBCompressionType::None);
+            }
             ColumnFamilyDescriptor::new(name, o)
         });
         let db = DB::open_cf_descriptors(&opts, dir, cfs)?;

@@ -10,6 +10,9 @@ use raft::eraftpb::ConfState;
 
 use super::*;
 
+/// (key, value, create revision, mod revision, version)
+type Kv = (String, String, i64, i64, i64);
+
 struct Sm {
     _dir: tempfile::TempDir,
     sm: StateMachine,
@@ -80,7 +83,7 @@ impl Sm {
         }
     }
 
-    fn get(&self, k: &str, end: &str, rev: i64) -> Result<Vec<(String, String, i64, i64, i64)>> {
+    fn get(&self, k: &str, end: &str, rev: i64) -> Result<Vec<Kv>> {
         let r = self.sm.range(&RangeRequest {
             key: k.into(),
             range_end: end.into(),
@@ -113,7 +116,7 @@ fn put_op(k: &str, v: &str, lease: i64) -> RequestOp {
     }
 }
 
-fn s(k: &str, v: &str, c: i64, m: i64, ver: i64) -> (String, String, i64, i64, i64) {
+fn s(k: &str, v: &str, c: i64, m: i64, ver: i64) -> Kv {
     (k.into(), v.into(), c, m, ver)
 }
 
