@@ -201,7 +201,10 @@ async fn main() -> Result<()> {
                 tracing::info!("{why}; exiting");
                 return Ok(());
             }
-            bail!("member stopped: {why}");
+            // Exit at once: closing RocksDB after a failed write would try to sync the
+            // broken log again. Recovery happens on the next start, from the WAL.
+            tracing::error!("member stopped: {why}");
+            std::process::exit(1);
         }
         r = peer => r.context("peer server")?,
         r = client => r.context("client server")?,

@@ -112,6 +112,13 @@ pub struct Store {
     shared: Arc<Shared>,
 }
 
+/// What a transaction may do, found before it is proposed.
+#[derive(Debug, Default, Clone, Copy)]
+struct TxnShape {
+    writes: bool,
+    puts: bool,
+}
+
 /// A point-in-time view of a member for `Status` and health checks.
 #[derive(Debug, Clone)]
 pub struct MemberStatus {
@@ -401,8 +408,9 @@ impl Store {
 
     /// Transaction: compare, then run the success or failure branch atomically.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse> {
-        let writes = self.validate_txn(&req)?;
-        if writes && self.shared.sm.db_size() > self.shared.cfg.quota_backend_bytes {
+        let TxnShape { writes, puts } = self.validate_txn(&req)?;
+        // Past the quota only deletes (and reads) go through, as with etcd's NOSPACE alarm.
+        if puts && self.shared.sm.db_size() > self.shared.cfg.quota_backend_bytes {
             return Err(StoreError::NoSpace);
         }
         if !writes {
@@ -445,8 +453,8 @@ impl Store {
         fill(resp, &h);
     }
 
-    /// Checks a transaction's shape before it is proposed; returns whether it writes.
-    fn validate_txn(&self, req: &TxnRequest) -> Result<bool> {
+    /// Checks a transaction's shape before it is proposed.
+    fn validate_txn(&self, req: &TxnRequest) -> Result<TxnShape> {
         let max_ops = self.shared.cfg.max_txn_ops;
         if req.success.len() > max_ops || req.failure.len() > max_ops {
             return Err(StoreError::TooManyOps);
@@ -456,7 +464,7 @@ impl Store {
                 return Err(StoreError::EmptyKey);
             }
         }
-        let mut writes = false;
+        let mut shape = TxnShape::default();
         for branch in [&req.success, &req.failure] {
             let mut puts: Vec<&[u8]> = Vec::new();
             let mut dels: Vec<(&[u8], &[u8])> = Vec::new();
@@ -478,17 +486,20 @@ impl Store {
                             return Err(StoreError::DuplicateKey);
                         }
                         puts.push(&p.key);
-                        writes = true;
+                        shape.writes = true;
+                        shape.puts = true;
                     }
                     Some(request_op::Request::RequestDeleteRange(d)) => {
                         if d.key.is_empty() {
                             return Err(StoreError::EmptyKey);
                         }
                         dels.push((&d.key, &d.range_end));
-                        writes = true;
+                        shape.writes = true;
                     }
                     Some(request_op::Request::RequestTxn(t)) => {
-                        writes |= self.validate_txn(t)?;
+                        let inner = self.validate_txn(t)?;
+                        shape.writes |= inner.writes;
+                        shape.puts |= inner.puts;
                     }
                     None => return Err(StoreError::InvalidArgument("empty request op".into())),
                 }
@@ -500,7 +511,7 @@ impl Store {
                 }
             }
         }
-        Ok(writes)
+        Ok(shape)
     }
 
     /// Compacts history up to `revision`.
