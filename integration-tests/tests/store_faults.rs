@@ -449,3 +449,120 @@ async fn wiped_member_rejoins_through_snapshot() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watcher_is_delayed_not_starved_of_events() {
+    let mut c = Cluster::new(1, &[]).unwrap();
+    c.start().await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tx.send(WatchRequest {
+        request_union: Some(watch_request::RequestUnion::CreateRequest(
+            WatchCreateRequest {
+                key: b"k/".to_vec(),
+                range_end: b"k0".to_vec(),
+                ..Default::default()
+            },
+        )),
+    })
+    .await
+    .unwrap();
+    let mut client = WatchClient::new(c.members[0].channel());
+    let mut stream = client
+        .watch(tokio_stream_wrapper(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    let created = stream.message().await.unwrap().unwrap();
+    assert!(created.created);
+    // Write far more than the transport's flow-control windows hold while not reading.
+    let mut kv = c.members[0].kv();
+    let n = 3000;
+    for i in 0..n {
+        kv.put(PutRequest {
+            key: format!("k/{i:05}").into_bytes(),
+            value: vec![b'x'; 1024],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut seen = Vec::new();
+    while seen.len() < n {
+        let r = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("events stopped coming")
+            .unwrap()
+            .unwrap();
+        for e in r.events {
+            seen.push(e.kv.unwrap().mod_revision);
+        }
+    }
+    let expected: Vec<i64> = (2..2 + n as i64).collect();
+    assert_eq!(seen, expected);
+    drop(tx);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_right_after_compaction_keeps_revision_and_compaction_point() {
+    let mut c = Cluster::new(1, &[]).unwrap();
+    c.start().await.unwrap();
+    let ep = c.members[0].endpoint();
+    let mut kv = c.members[0].kv();
+    for i in 0..100 {
+        kv.put(PutRequest {
+            key: b"k/c".to_vec(),
+            value: format!("{i}").into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap(); // revisions 2..=101
+    }
+    etcdctl(&ep, &["compaction", "80"]).unwrap();
+    c.members[0].kill();
+    c.restart(0).unwrap();
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let mut kv = c.members[0].kv();
+    let r = kv
+        .range(RangeRequest {
+            key: b"k/c".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.header.unwrap().revision, 101, "revision went backwards");
+    assert_eq!(r.kvs[0].value, b"99");
+    let old = kv
+        .range(RangeRequest {
+            key: b"k/c".to_vec(),
+            revision: 79,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        old.message(),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    let at = kv
+        .range(RangeRequest {
+            key: b"k/c".to_vec(),
+            revision: 80,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(at.kvs[0].value, b"78");
+    // The next write continues the sequence.
+    let r = kv
+        .put(PutRequest {
+            key: b"k/c".to_vec(),
+            value: b"next".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.header.unwrap().revision, 102);
+}
