@@ -460,38 +460,59 @@ impl RaftLoop {
         }
     }
 
+    /// Applies committed entries in one state-machine batch, then answers their proposers.
     fn apply_entries(&mut self, entries: Vec<raft::eraftpb::Entry>) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let sm = self.sm.clone();
+        let mut applier = sm.applier();
+        let mut answers = Vec::with_capacity(entries.len());
+        let mut members_changed = false;
+        let mut removed_self = false;
         for e in entries {
             match e.get_entry_type() {
-                EntryType::EntryNormal if e.data.is_empty() => {
-                    self.sm.apply_noop(e.index, e.term)?;
-                }
+                EntryType::EntryNormal if e.data.is_empty() => applier.noop(e.index, e.term),
                 EntryType::EntryNormal => {
                     let cmd = match Command::decode(&e.data[..]) {
                         Ok(c) => c,
                         Err(err) => {
                             tracing::error!(index = e.index, "undecodable entry: {err}");
-                            self.sm.apply_noop(e.index, e.term)?;
+                            applier.noop(e.index, e.term);
                             continue;
                         }
                     };
                     let result = match &cmd.op {
-                        Some(op) => self.sm.apply(e.index, e.term, op),
-                        None => self
-                            .sm
-                            .apply_noop(e.index, e.term)
-                            .map(|_| Applied::MemberUpdated),
+                        Some(op) => applier.apply(e.index, e.term, op),
+                        None => {
+                            applier.noop(e.index, e.term);
+                            Err(StoreError::InvalidArgument("empty command".into()))
+                        }
                     };
-                    if let Err(err @ (StoreError::Storage(_) | StoreError::Corrupt(_))) = &result {
-                        let msg = err.to_string();
-                        self.respond(cmd.proposer, cmd.seq, result);
-                        return Err(StoreError::Corrupt(msg));
-                    }
-                    self.respond(cmd.proposer, cmd.seq, result);
+                    answers.push((cmd.proposer, cmd.seq, result));
                 }
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
-                    self.apply_conf_change(e.index, e.term, &cc, &e.context)?;
+                    let ctx = ConfChangeContext::decode(&e.context[..]).unwrap_or_default();
+                    let cs = match self.raw.apply_conf_change(&cc) {
+                        Ok(cs) => cs,
+                        Err(err) => {
+                            applier.noop(e.index, e.term);
+                            answers.push((ctx.proposer, ctx.seq, Err(StoreError::Raft(err))));
+                            continue;
+                        }
+                    };
+                    let (add, remove) = match cc.get_change_type() {
+                        ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
+                            (ctx.member.as_ref(), None)
+                        }
+                        ConfChangeType::RemoveNode => (None, Some(cc.node_id)),
+                    };
+                    applier.conf_change(e.index, e.term, &cs, add, remove)?;
+                    tracing::info!(node = format!("{:x}", cc.node_id), change = ?cc.get_change_type(), "membership changed");
+                    members_changed = true;
+                    removed_self |= remove == Some(self.id);
+                    answers.push((ctx.proposer, ctx.seq, Ok(Applied::MemberUpdated)));
                 }
                 EntryType::EntryConfChangeV2 => {
                     let cc = ConfChangeV2::parse_from_bytes(&e.data)?;
@@ -499,38 +520,25 @@ impl RaftLoop {
                         index = e.index,
                         "ignoring unsupported joint configuration change {cc:?}"
                     );
-                    self.sm.apply_noop(e.index, e.term)?;
+                    applier.noop(e.index, e.term);
                 }
             }
         }
-        Ok(())
-    }
-
-    fn apply_conf_change(
-        &mut self,
-        index: u64,
-        term: u64,
-        cc: &ConfChange,
-        ctx: &[u8],
-    ) -> Result<()> {
-        let ctx = ConfChangeContext::decode(ctx).unwrap_or_default();
-        let cs = match self.raw.apply_conf_change(cc) {
-            Ok(cs) => cs,
-            Err(e) => {
-                self.sm.apply_noop(index, term)?;
-                self.respond(ctx.proposer, ctx.seq, Err(StoreError::Raft(e)));
-                return Ok(());
+        let members = members_changed.then(|| applier.members());
+        // A failed batch write is a storage failure: stop before answering anyone.
+        applier.finish()?;
+        if let Some(members) = members {
+            self.transport.set_members(&members);
+        }
+        for (proposer, seq, result) in answers {
+            if let Err(err @ (StoreError::Storage(_) | StoreError::Corrupt(_))) = &result {
+                let msg = err.to_string();
+                self.respond(proposer, seq, result);
+                return Err(StoreError::Corrupt(msg));
             }
-        };
-        let (add, remove) = match cc.get_change_type() {
-            ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => (ctx.member.as_ref(), None),
-            ConfChangeType::RemoveNode => (None, Some(cc.node_id)),
-        };
-        self.sm.apply_conf_change(index, term, &cs, add, remove)?;
-        self.transport.set_members(&self.sm.members());
-        tracing::info!(node = format!("{:x}", cc.node_id), change = ?cc.get_change_type(), "membership changed");
-        self.respond(ctx.proposer, ctx.seq, Ok(Applied::MemberUpdated));
-        if remove == Some(self.id) {
+            self.respond(proposer, seq, result);
+        }
+        if removed_self {
             self.stop("removed from the cluster".into());
         }
         Ok(())

@@ -312,6 +312,7 @@ impl StateMachine {
             inner: &inner,
             engine: &self.engine,
             overlay: None,
+            pending: None,
         };
         view.range(req)
     }
@@ -324,6 +325,7 @@ impl StateMachine {
             sub: 0,
             changes: BTreeMap::new(),
             records: HashMap::new(),
+            pending: None,
         };
         let mut resp = txn.txn(&inner, &self.engine, req)?;
         resp.header = Some(ResponseHeader {
@@ -449,15 +451,23 @@ impl StateMachine {
 
     // ---------------------------------------------------------------- writes
 
+    /// Starts applying a run of committed entries: holds the write lock and gathers their
+    /// writes into one RocksDB batch until [`Applier::finish`].
+    pub fn applier(&self) -> Applier<'_> {
+        Applier {
+            sm: self,
+            inner: self.inner.write().unwrap(),
+            batch: WriteBatch::default(),
+            pending: HashMap::new(),
+            applied: None,
+        }
+    }
+
     /// Records that entry `index` (no state change) was applied.
     pub fn apply_noop(&self, index: u64, term: u64) -> Result<()> {
-        let mut inner = self.inner.write().unwrap();
-        let mut batch = WriteBatch::default();
-        Self::put_applied(&self.engine, &mut batch, index, term);
-        self.engine.write_state(batch)?;
-        inner.applied_index = index;
-        inner.applied_term = term;
-        Ok(())
+        let mut a = self.applier();
+        a.noop(index, term);
+        a.finish()
     }
 
     /// Applies a membership change: the new voter set and the member table.
@@ -469,164 +479,31 @@ impl StateMachine {
         add: Option<&Member>,
         remove: Option<u64>,
     ) -> Result<()> {
-        let mut inner = self.inner.write().unwrap();
-        let meta = self.engine.cf(CF_META);
-        let mut batch = WriteBatch::default();
-        batch.put_cf(meta, META_CONF_STATE, conf_state.write_to_bytes()?);
-        if let Some(m) = add {
-            batch.put_cf(meta, meta_key(META_MEMBER, m.id), m.encode_to_vec());
-        }
-        if let Some(id) = remove {
-            batch.delete_cf(meta, meta_key(META_MEMBER, id));
-        }
-        Self::put_applied(&self.engine, &mut batch, index, term);
-        self.engine.write_state(batch)?;
-        if let Some(m) = add {
-            inner.members.insert(m.id, m.clone());
-        }
-        if let Some(id) = remove {
-            inner.members.remove(&id);
-        }
-        inner.conf_state = conf_state.clone();
-        inner.applied_index = index;
-        inner.applied_term = term;
-        Ok(())
+        let mut a = self.applier();
+        a.conf_change(index, term, conf_state, add, remove)?;
+        a.finish()
     }
 
-    /// Applies one replicated command at Raft position (`index`, `term`). A returned error
-    /// is deterministic (every member reaches it) and leaves the data unchanged; only the
-    /// applied index moves. Data and applied index land in one atomic RocksDB write, and
-    /// memory is updated only after it.
+    /// Applies one replicated command; see [`Applier::apply`].
     pub fn apply(
         &self,
         index: u64,
         term: u64,
         op: &ferrokube_proto::raftpeer::command::Op,
     ) -> Result<Applied> {
-        use ferrokube_proto::raftpeer::command::Op;
-        let mut inner = self.inner.write().unwrap();
-        let mut batch = WriteBatch::default();
-        let meta = self.engine.cf(CF_META);
-        let mut commit = None;
-        let result = match op {
-            Op::Txn(req) => self.apply_txn(&inner, &mut batch, req).map(|(resp, c)| {
-                commit = c;
-                Applied::Txn(resp)
-            }),
-            Op::Compaction(req) => self
-                .apply_compaction(&mut inner, &mut batch, req)
-                .map(|_| Applied::Compacted),
-            Op::LeaseGrant(req) => {
-                if inner.leases.contains_key(&req.id) {
-                    Err(StoreError::LeaseExists)
-                } else if req.id <= 0 {
-                    Err(StoreError::InvalidArgument(
-                        "lease ID must be positive".into(),
-                    ))
-                } else {
-                    let ttl = req.ttl.clamp(MIN_LEASE_TTL, MAX_LEASE_TTL);
-                    let rec = LeaseRecord { id: req.id, ttl };
-                    batch.put_cf(
-                        meta,
-                        meta_key(META_LEASE, req.id as u64),
-                        rec.encode_to_vec(),
-                    );
-                    Ok(Applied::LeaseGranted { id: req.id, ttl })
-                }
-            }
-            Op::LeaseRevoke(req) => match inner.leases.get(&req.id) {
-                None => Err(StoreError::LeaseNotFound),
-                Some(l) => {
-                    let ops = l
-                        .keys
-                        .iter()
-                        .map(|key| RequestOp {
-                            request: Some(request_op::Request::RequestDeleteRange(
-                                DeleteRangeRequest {
-                                    key: key.clone(),
-                                    ..Default::default()
-                                },
-                            )),
-                        })
-                        .collect();
-                    let txn = TxnRequest {
-                        success: ops,
-                        ..Default::default()
-                    };
-                    self.apply_txn(&inner, &mut batch, &txn).map(|(_, c)| {
-                        commit = c;
-                        batch.delete_cf(meta, meta_key(META_LEASE, req.id as u64));
-                        Applied::LeaseRevoked
-                    })
-                }
-            },
-            Op::LeaseKeepAlive(id) => match inner.leases.get(id) {
-                Some(l) => Ok(Applied::LeaseRenewed { ttl: l.ttl }),
-                None => Err(StoreError::LeaseNotFound),
-            },
-            Op::MemberAttributes(attrs) => match inner.members.get(&attrs.id) {
-                Some(m) => {
-                    let mut m = m.clone();
-                    m.name = attrs.name.clone();
-                    m.client_ur_ls = attrs.client_urls.clone();
-                    batch.put_cf(meta, meta_key(META_MEMBER, m.id), m.encode_to_vec());
-                    Ok(Applied::MemberUpdated)
-                }
-                None => Err(StoreError::MemberNotFound),
-            },
-        };
-        if result.is_err() {
-            batch = WriteBatch::default();
-            commit = None;
-        }
-        Self::put_applied(&self.engine, &mut batch, index, term);
-        self.engine.write_state(batch)?;
-        // The write landed: now update memory to match.
-        inner.applied_index = index;
-        inner.applied_term = term;
-        if let Some(c) = commit {
-            c.commit(&mut inner);
-        }
-        let now = Instant::now();
-        match (&result, op) {
-            (Ok(Applied::LeaseGranted { id, ttl }), _) => {
-                inner.leases.insert(
-                    *id,
-                    LeaseState {
-                        ttl: *ttl,
-                        expiry: now + Duration::from_secs(*ttl as u64),
-                        keys: BTreeSet::new(),
-                    },
-                );
-            }
-            (Ok(Applied::LeaseRevoked), Op::LeaseRevoke(req)) => {
-                inner.leases.remove(&req.id);
-            }
-            (Ok(Applied::LeaseRenewed { ttl }), Op::LeaseKeepAlive(id)) => {
-                if let Some(l) = inner.leases.get_mut(id) {
-                    l.expiry = now + Duration::from_secs(*ttl as u64);
-                }
-            }
-            (Ok(Applied::MemberUpdated), Op::MemberAttributes(attrs)) => {
-                if let Some(m) = inner.members.get_mut(&attrs.id) {
-                    m.name = attrs.name.clone();
-                    m.client_ur_ls = attrs.client_urls.clone();
-                }
-            }
-            _ => {}
-        }
-        if inner.current != *self.revision_tx.borrow() {
-            self.revision_tx.send_replace(inner.current);
-        }
-        result
+        let mut a = self.applier();
+        let r = a.apply(index, term, op);
+        a.finish()?;
+        r
     }
 
-    /// Runs a transaction against the current state; its history records go into `batch`,
-    /// the in-memory part is returned for [`TxnCommit::commit`] once the batch is written.
+    /// Runs a transaction against the current state; its history records go into `batch`
+    /// and `pending`, the in-memory part is returned for [`TxnCommit::commit`].
     fn apply_txn(
         &self,
         inner: &Inner,
         batch: &mut WriteBatch,
+        pending: &mut HashMap<Rev, RevisionRecord>,
         req: &TxnRequest,
     ) -> Result<(TxnResponse, Option<TxnCommit>)> {
         let mut txn = TxnWriter {
@@ -634,6 +511,7 @@ impl StateMachine {
             sub: 0,
             changes: BTreeMap::new(),
             records: HashMap::new(),
+            pending: Some(pending),
         };
         let mut resp = txn.txn(inner, &self.engine, req)?;
         // The header carries the revision the transaction produced (or read at).
@@ -657,13 +535,14 @@ impl StateMachine {
             META_CURRENT,
             txn.main.to_be_bytes(),
         );
-        Ok((
-            resp,
-            Some(TxnCommit {
-                main: txn.main,
-                changes: txn.changes,
-            }),
-        ))
+        let TxnWriter {
+            main,
+            changes,
+            records,
+            ..
+        } = txn;
+        pending.extend(records);
+        Ok((resp, Some(TxnCommit { main, changes })))
     }
 
     fn apply_compaction(
@@ -775,11 +654,186 @@ type Overlay<'a> = (
     &'a HashMap<Rev, RevisionRecord>,
 );
 
+/// Applies committed entries under one write lock, into one RocksDB batch. Each entry's
+/// effect is visible to the next one at once (memory is updated as entries are applied;
+/// their records are served from `pending` until the batch is written); readers see
+/// nothing until [`Applier::finish`] has written the batch and released the lock.
+pub struct Applier<'a> {
+    sm: &'a StateMachine,
+    inner: std::sync::RwLockWriteGuard<'a, Inner>,
+    batch: WriteBatch,
+    pending: HashMap<Rev, RevisionRecord>,
+    applied: Option<(u64, u64)>,
+}
+
+impl Applier<'_> {
+    /// Records that entry `index` (no state change) was applied.
+    pub fn noop(&mut self, index: u64, term: u64) {
+        self.applied = Some((index, term));
+    }
+
+    /// Members as of the entries applied so far.
+    pub fn members(&self) -> Vec<Member> {
+        self.inner.members.values().cloned().collect()
+    }
+
+    /// Applies a membership change: the new voter set and the member table.
+    pub fn conf_change(
+        &mut self,
+        index: u64,
+        term: u64,
+        conf_state: &ConfState,
+        add: Option<&Member>,
+        remove: Option<u64>,
+    ) -> Result<()> {
+        let meta = self.sm.engine.cf(CF_META);
+        self.batch
+            .put_cf(meta, META_CONF_STATE, conf_state.write_to_bytes()?);
+        if let Some(m) = add {
+            self.batch
+                .put_cf(meta, meta_key(META_MEMBER, m.id), m.encode_to_vec());
+            self.inner.members.insert(m.id, m.clone());
+        }
+        if let Some(id) = remove {
+            self.batch.delete_cf(meta, meta_key(META_MEMBER, id));
+            self.inner.members.remove(&id);
+        }
+        self.inner.conf_state = conf_state.clone();
+        self.applied = Some((index, term));
+        Ok(())
+    }
+
+    /// Applies one replicated command at Raft position (`index`, `term`). A returned error
+    /// is deterministic (every member reaches it) and leaves the data unchanged; only the
+    /// applied index moves. Every path checks before it writes, so a failed command adds
+    /// nothing to the batch.
+    pub fn apply(
+        &mut self,
+        index: u64,
+        term: u64,
+        op: &ferrokube_proto::raftpeer::command::Op,
+    ) -> Result<Applied> {
+        use ferrokube_proto::raftpeer::command::Op;
+        let sm = self.sm;
+        let meta = sm.engine.cf(CF_META);
+        self.applied = Some((index, term));
+        let inner = &mut *self.inner;
+        let batch = &mut self.batch;
+        let pending = &mut self.pending;
+        let now = Instant::now();
+        match op {
+            Op::Txn(req) => {
+                let (resp, commit) = sm.apply_txn(inner, batch, pending, req)?;
+                if let Some(c) = commit {
+                    c.commit(inner);
+                }
+                Ok(Applied::Txn(resp))
+            }
+            Op::Compaction(req) => {
+                sm.apply_compaction(inner, batch, req)?;
+                Ok(Applied::Compacted)
+            }
+            Op::LeaseGrant(req) => {
+                if inner.leases.contains_key(&req.id) {
+                    return Err(StoreError::LeaseExists);
+                }
+                if req.id <= 0 {
+                    return Err(StoreError::InvalidArgument(
+                        "lease ID must be positive".into(),
+                    ));
+                }
+                let ttl = req.ttl.clamp(MIN_LEASE_TTL, MAX_LEASE_TTL);
+                let rec = LeaseRecord { id: req.id, ttl };
+                batch.put_cf(
+                    meta,
+                    meta_key(META_LEASE, req.id as u64),
+                    rec.encode_to_vec(),
+                );
+                inner.leases.insert(
+                    req.id,
+                    LeaseState {
+                        ttl,
+                        expiry: now + Duration::from_secs(ttl as u64),
+                        keys: BTreeSet::new(),
+                    },
+                );
+                Ok(Applied::LeaseGranted { id: req.id, ttl })
+            }
+            Op::LeaseRevoke(req) => {
+                let Some(l) = inner.leases.get(&req.id) else {
+                    return Err(StoreError::LeaseNotFound);
+                };
+                let ops = l
+                    .keys
+                    .iter()
+                    .map(|key| RequestOp {
+                        request: Some(request_op::Request::RequestDeleteRange(
+                            DeleteRangeRequest {
+                                key: key.clone(),
+                                ..Default::default()
+                            },
+                        )),
+                    })
+                    .collect();
+                let txn = TxnRequest {
+                    success: ops,
+                    ..Default::default()
+                };
+                let (_, commit) = sm.apply_txn(inner, batch, pending, &txn)?;
+                if let Some(c) = commit {
+                    c.commit(inner);
+                }
+                batch.delete_cf(meta, meta_key(META_LEASE, req.id as u64));
+                inner.leases.remove(&req.id);
+                Ok(Applied::LeaseRevoked)
+            }
+            Op::LeaseKeepAlive(id) => match inner.leases.get_mut(id) {
+                Some(l) => {
+                    l.expiry = now + Duration::from_secs(l.ttl as u64);
+                    Ok(Applied::LeaseRenewed { ttl: l.ttl })
+                }
+                None => Err(StoreError::LeaseNotFound),
+            },
+            Op::MemberAttributes(attrs) => match inner.members.get_mut(&attrs.id) {
+                Some(m) => {
+                    m.name = attrs.name.clone();
+                    m.client_ur_ls = attrs.client_urls.clone();
+                    batch.put_cf(meta, meta_key(META_MEMBER, m.id), m.encode_to_vec());
+                    Ok(Applied::MemberUpdated)
+                }
+                None => Err(StoreError::MemberNotFound),
+            },
+        }
+    }
+
+    /// Writes the batch (with the last applied position), then lets readers and watchers
+    /// see the new state.
+    pub fn finish(mut self) -> Result<()> {
+        if let Some((index, term)) = self.applied {
+            StateMachine::put_applied(&self.sm.engine, &mut self.batch, index, term);
+            self.inner.applied_index = index;
+            self.inner.applied_term = term;
+        }
+        let batch = std::mem::take(&mut self.batch);
+        if !batch.is_empty() {
+            self.sm.engine.write_state(batch)?;
+        }
+        let current = self.inner.current;
+        drop(self.inner);
+        if current != *self.sm.revision_tx.borrow() {
+            self.sm.revision_tx.send_replace(current);
+        }
+        Ok(())
+    }
+}
+
 /// A consistent read view: the committed index plus, inside a transaction, its own writes.
 struct View<'a> {
     inner: &'a Inner,
     engine: &'a Engine,
     overlay: Option<Overlay<'a>>,
+    /// Records of earlier entries in the batch being applied, not yet in RocksDB.
+    pending: Option<&'a HashMap<Rev, RevisionRecord>>,
 }
 
 impl View<'_> {
@@ -832,7 +886,11 @@ impl View<'_> {
         let mut out: Vec<Option<KeyValue>> = vec![None; entries.len()];
         let mut wanted = Vec::new();
         for (i, (_, e)) in entries.iter().enumerate() {
-            match self.overlay.and_then(|(_, recs)| recs.get(&e.rev)) {
+            let rec = self
+                .overlay
+                .and_then(|(_, recs)| recs.get(&e.rev))
+                .or_else(|| self.pending.and_then(|p| p.get(&e.rev)));
+            match rec {
                 Some(rec) => out[i] = rec.kv.clone(),
                 None => wanted.push(i),
             }
@@ -1027,19 +1085,22 @@ impl View<'_> {
 }
 
 /// Builds one transaction's changes before they are committed.
-struct TxnWriter {
+struct TxnWriter<'p> {
     main: i64,
     sub: i64,
     changes: BTreeMap<Vec<u8>, Entry>,
     records: HashMap<Rev, RevisionRecord>,
+    /// Records written by earlier entries of the batch being applied.
+    pending: Option<&'p HashMap<Rev, RevisionRecord>>,
 }
 
-impl TxnWriter {
+impl TxnWriter<'_> {
     fn view<'a>(&'a self, inner: &'a Inner, engine: &'a Engine) -> View<'a> {
         View {
             inner,
             engine,
             overlay: Some((&self.changes, &self.records)),
+            pending: self.pending,
         }
     }
 
