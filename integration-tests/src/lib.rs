@@ -45,16 +45,26 @@ pub struct Member {
     pub data_dir: PathBuf,
     pub log: PathBuf,
     pub extra_args: Vec<String>,
+    /// Serve client and peer URLs over https (the TLS flags go in `extra_args`).
+    pub tls: bool,
     child: Option<Child>,
 }
 
 impl Member {
+    fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.client_port)
     }
 
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", self.scheme(), self.peer_port)
     }
 
     /// The endpoint as etcdctl takes it (host:port).
@@ -167,6 +177,7 @@ impl Cluster {
                 data_dir: dir.path().join(format!("m{i}")),
                 log: dir.path().join(format!("m{i}.log")),
                 extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+                tls: false,
                 child: None,
             })
             .collect();

@@ -8,9 +8,10 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use ferrokube_store::etcd::EtcdApi;
-use ferrokube_store::{ClusterState, RaftSettings, Store, StoreConfig};
+use ferrokube_store::{ClusterState, PeerTls, RaftSettings, Store, StoreConfig};
 use tokio::net::TcpListener;
-use tonic::transport::server::TcpIncoming;
+use tonic::transport::server::{ServerTlsConfig, TcpIncoming};
+use tonic::transport::{Certificate, Identity};
 
 #[derive(Parser, Debug)]
 #[command(name = "ferrokube-store", version, about)]
@@ -66,12 +67,55 @@ struct Args {
     /// Raft election timeout in milliseconds.
     #[arg(long, default_value_t = 1000)]
     election_timeout: u64,
+    /// Certificate (PEM) served on https:// client URLs.
+    #[arg(long, requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// Key (PEM) for --cert-file.
+    #[arg(long, requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// CA (PEM) that client certificates must chain to.
+    #[arg(long)]
+    trusted_ca_file: Option<PathBuf>,
+    /// Require client certificates signed by --trusted-ca-file.
+    #[arg(long, requires = "trusted_ca_file")]
+    client_cert_auth: bool,
+    /// Certificate (PEM) this member presents to and accepts from peers.
+    #[arg(long, requires_all = ["peer_key_file", "peer_trusted_ca_file"])]
+    peer_cert_file: Option<PathBuf>,
+    /// Key (PEM) for --peer-cert-file.
+    #[arg(long, requires = "peer_cert_file")]
+    peer_key_file: Option<PathBuf>,
+    /// CA (PEM) that peer certificates must chain to (peers always authenticate).
+    #[arg(long, requires = "peer_cert_file")]
+    peer_trusted_ca_file: Option<PathBuf>,
+}
+
+fn read(path: &Option<PathBuf>) -> Result<Option<Vec<u8>>> {
+    path.as_ref()
+        .map(|p| std::fs::read(p).with_context(|| format!("read {}", p.display())))
+        .transpose()
+}
+
+/// Server TLS for one listener: its identity, and a client CA when clients must present
+/// certificates.
+fn server_tls(
+    cert: Option<Vec<u8>>,
+    key: Option<Vec<u8>>,
+    client_ca: Option<Vec<u8>>,
+) -> Option<ServerTlsConfig> {
+    let (cert, key) = (cert?, key?);
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(cert, key));
+    if let Some(ca) = client_ca {
+        tls = tls.client_ca_root(Certificate::from_pem(ca));
+    }
+    Some(tls)
 }
 
 fn socket_of(url: &str) -> Result<SocketAddr> {
     let rest = url
         .strip_prefix("http://")
-        .with_context(|| format!("only http:// URLs can be served: {url}"))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .with_context(|| format!("URL must start with http:// or https://: {url}"))?;
     let hostport = rest.trim_end_matches('/');
     hostport
         .parse()
@@ -135,6 +179,36 @@ async fn main() -> Result<()> {
     }
     let client_addr = socket_of(&args.listen_client_urls)?;
     let peer_addr = socket_of(&args.listen_peer_urls)?;
+    let client_tls = server_tls(
+        read(&args.cert_file)?,
+        read(&args.key_file)?,
+        if args.client_cert_auth {
+            read(&args.trusted_ca_file)?
+        } else {
+            None
+        },
+    );
+    if args.listen_client_urls.starts_with("https://") != client_tls.is_some() {
+        bail!("https:// client URLs need --cert-file and --key-file (and http:// URLs none)");
+    }
+    let peer_tls = match (
+        read(&args.peer_cert_file)?,
+        read(&args.peer_key_file)?,
+        read(&args.peer_trusted_ca_file)?,
+    ) {
+        (Some(cert), Some(key), Some(ca)) => Some(PeerTls { ca, cert, key }),
+        _ => None,
+    };
+    if args.listen_peer_urls.starts_with("https://") != peer_tls.is_some() {
+        bail!("https:// peer URLs need --peer-cert-file, --peer-key-file and --peer-trusted-ca-file (and http:// URLs none)");
+    }
+    let peer_server_tls = peer_tls.as_ref().and_then(|t| {
+        server_tls(
+            Some(t.cert.clone()),
+            Some(t.key.clone()),
+            Some(t.ca.clone()),
+        )
+    });
     let cfg = StoreConfig {
         name: args.name.clone(),
         data_dir: args
@@ -158,6 +232,7 @@ async fn main() -> Result<()> {
         max_request_bytes: args.max_request_bytes,
         quota_backend_bytes: args.quota_backend_bytes,
         max_txn_ops: args.max_txn_ops,
+        peer_tls,
     };
     // Bind first so a port clash fails before any data is touched.
     let peer_listener = TcpListener::bind(peer_addr)
@@ -173,11 +248,17 @@ async fn main() -> Result<()> {
         peer = %peer_addr,
         "ferrokube-store serving"
     );
-    let peer = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
+    let mut peer_builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = peer_server_tls {
+        peer_builder = peer_builder.tls_config(tls).context("peer TLS")?;
+    }
+    let peer = peer_builder
         .add_service(store.peer_service())
         .serve_with_incoming(incoming(peer_listener));
     let mut builder = tonic::transport::Server::builder().tcp_nodelay(true);
+    if let Some(tls) = client_tls {
+        builder = builder.tls_config(tls).context("client TLS")?;
+    }
     let client = EtcdApi::new(store.clone())
         .add_to(&mut builder)
         .serve_with_incoming(incoming(client_listener));

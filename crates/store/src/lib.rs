@@ -24,4 +24,4 @@ mod transport;
 
 pub use error::{Result, StoreError};
 pub use node::{RaftSettings, RaftStatus};
-pub use store::{member_id, ClusterState, MemberStatus, Store, StoreConfig};
+pub use store::{member_id, ClusterState, MemberStatus, PeerTls, Store, StoreConfig};

@@ -36,6 +36,21 @@ pub enum ClusterState {
     Existing,
 }
 
+/// PEM-encoded TLS material for the transport between members: every member presents
+/// `cert`/`key` and accepts only peers whose certificates `ca` signed.
+#[derive(Clone)]
+pub struct PeerTls {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerTls { .. }")
+    }
+}
+
 /// How to open a member.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
@@ -57,6 +72,8 @@ pub struct StoreConfig {
     pub quota_backend_bytes: u64,
     /// Most operations in one transaction (etcd's `--max-txn-ops`).
     pub max_txn_ops: usize,
+    /// TLS for connections to other members (used for `https://` peer URLs).
+    pub peer_tls: Option<PeerTls>,
 }
 
 impl StoreConfig {
@@ -75,6 +92,7 @@ impl StoreConfig {
             max_request_bytes: 1_572_864,
             quota_backend_bytes: 2 << 30,
             max_txn_ops: 128,
+            peer_tls: None,
         }
     }
 }
@@ -180,7 +198,12 @@ impl Store {
         }
         let applied = sm.progress().applied_index;
         let (raft_tx, raft_rx) = mpsc::channel();
-        let transport = Transport::new(id, raft_tx.clone(), tokio::runtime::Handle::current());
+        let tls = cfg.peer_tls.as_ref().map(|t| {
+            tonic::transport::ClientTlsConfig::new()
+                .ca_certificate(tonic::transport::Certificate::from_pem(&t.ca))
+                .identity(tonic::transport::Identity::from_pem(&t.cert, &t.key))
+        });
+        let transport = Transport::new(id, raft_tx.clone(), tokio::runtime::Handle::current(), tls);
         transport.set_cluster_id(sm.progress().cluster_id);
         if fresh && cfg.initial_cluster_state == ClusterState::Existing {
             // Until the leader's snapshot brings the member list, reach peers through

@@ -19,7 +19,7 @@ use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Msg;
@@ -37,6 +37,7 @@ struct Inner {
     peers: Mutex<HashMap<u64, Peer>>,
     raft_tx: Sender<Msg>,
     runtime: tokio::runtime::Handle,
+    tls: Option<ClientTlsConfig>,
 }
 
 /// Outgoing side of the peer transport; cheap to clone.
@@ -46,7 +47,12 @@ pub(crate) struct Transport {
 }
 
 impl Transport {
-    pub(crate) fn new(id: u64, raft_tx: Sender<Msg>, runtime: tokio::runtime::Handle) -> Self {
+    pub(crate) fn new(
+        id: u64,
+        raft_tx: Sender<Msg>,
+        runtime: tokio::runtime::Handle,
+        tls: Option<ClientTlsConfig>,
+    ) -> Self {
         Transport {
             inner: Arc::new(Inner {
                 id,
@@ -54,6 +60,7 @@ impl Transport {
                 peers: Mutex::new(HashMap::new()),
                 raft_tx,
                 runtime,
+                tls,
             }),
         }
     }
@@ -78,11 +85,18 @@ impl Transport {
             if peers.get(&m.id).is_some_and(|p| &p.url == url) {
                 continue;
             }
-            let endpoint = match Endpoint::from_shared(url.clone()) {
-                Ok(e) => e
+            let endpoint = Endpoint::from_shared(url.clone()).and_then(|e| {
+                let e = e
                     .connect_timeout(Duration::from_secs(1))
                     .timeout(Duration::from_secs(5))
-                    .tcp_nodelay(true),
+                    .tcp_nodelay(true);
+                match (&self.inner.tls, url.starts_with("https://")) {
+                    (Some(tls), true) => e.tls_config(tls.clone()),
+                    _ => Ok(e),
+                }
+            });
+            let endpoint = match endpoint {
+                Ok(e) => e,
                 Err(e) => {
                     tracing::warn!(peer = format!("{:x}", m.id), url, "bad peer URL: {e}");
                     continue;
