@@ -47,6 +47,11 @@ impl Engine {
             if name == CF_RAFT {
                 // Log entries live briefly: compressing them costs CPU and saves little.
                 o.set_compression_type(rocksdb::DBCompressionType::None);
+            } else {
+                // Recent history is rewritten by compactions soon: compress only what
+                // settles in the lower levels.
+                use rocksdb::DBCompressionType::{Lz4, None as Plain};
+                o.set_compression_per_level(&[Plain, Plain, Lz4, Lz4, Lz4, Lz4, Lz4]);
             }
             ColumnFamilyDescriptor::new(name, o)
         });
