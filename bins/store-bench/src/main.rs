@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use clap::Parser;
 use ferrokube_proto::etcdserverpb::kv_client::KvClient;
-use ferrokube_proto::etcdserverpb::{PutRequest, RangeRequest};
+use ferrokube_proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use ferrokube_proto::etcdserverpb::{PutRequest, RangeRequest, StatusRequest};
 use hdrhistogram::Histogram;
 use tonic::transport::{Channel, Endpoint};
 
@@ -131,11 +132,30 @@ async fn main() -> Result<()> {
             chans.push(ch);
         }
     }
+    // The sequential client talks to the leader, as a single writer would be configured to;
+    // concurrent clients are spread over every member.
+    let per = args.conns;
+    let mut leader_chans = chans[..per].to_vec();
+    for (i, group) in chans.chunks(per).enumerate() {
+        let mut m = MaintenanceClient::new(group[0].clone());
+        let st = m.status(StatusRequest {}).await?.into_inner();
+        if st.header.map(|h| h.member_id) == Some(st.leader) {
+            leader_chans = chans[i * per..(i + 1) * per].to_vec();
+        }
+    }
     let value = Arc::new(vec![b'v'; args.value_size]);
     let ks = args.key_space;
     // Fill the key space so ranges find values.
     let (_, _) = run(&chans, Op::Put, args.clients, ks, value.clone(), ks).await?;
-    let (ops, h) = run(&chans, Op::Put, 1, args.sequential_ops, value.clone(), ks).await?;
+    let (ops, h) = run(
+        &leader_chans,
+        Op::Put,
+        1,
+        args.sequential_ops,
+        value.clone(),
+        ks,
+    )
+    .await?;
     report(&args.label, "put sequential", ops, &h);
     let (ops, h) = run(
         &chans,
