@@ -10,6 +10,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   etcd-server:        real etcd, the peer in `scripts/bench store`
 FERROKUBE_APT_PACKAGES=(build-essential pkg-config clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server)
 
+# etcdctl refuses to run when a flag and its ETCDCTL_* variable are both set, and the
+# scripts always pass flags: ignore what the caller exported (e.g. from scripts/up).
+unset ETCDCTL_ENDPOINTS ETCDCTL_CACERT ETCDCTL_CERT ETCDCTL_KEY ETCDCTL_COMMAND_TIMEOUT ETCDCTL_DIAL_TIMEOUT
+
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 

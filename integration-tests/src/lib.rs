@@ -282,6 +282,9 @@ pub fn etcdctl_run(
     use std::io::Write;
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
+        // etcdctl refuses flags that an exported ETCDCTL_* variable also sets.
+        .env_remove("ETCDCTL_ENDPOINTS")
+        .env_remove("ETCDCTL_COMMAND_TIMEOUT")
         .args(["--endpoints", endpoints, "--command-timeout=10s"])
         .args(args)
         .stdin(Stdio::piped())

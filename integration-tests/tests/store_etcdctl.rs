@@ -125,6 +125,7 @@ impl Watch {
         let f = std::fs::File::create(&out).unwrap();
         let child = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
+            .env_remove("ETCDCTL_ENDPOINTS")
             .args(["--endpoints", ep, "watch"])
             .args(args)
             .stdout(f)
@@ -249,6 +250,7 @@ async fn compaction_and_compacted_reads() {
     let out = Command::new("timeout")
         .args(["5", "etcdctl", "--endpoints", &ep, "watch", "--rev=2", "c"])
         .env("ETCDCTL_API", "3")
+        .env_remove("ETCDCTL_ENDPOINTS")
         .output()
         .unwrap();
     let text =

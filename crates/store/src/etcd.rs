@@ -147,8 +147,19 @@ impl Watch for EtcdApi {
                         if c.watch_id == 0 {
                             next_id += 1;
                         }
+                        // Read the revision once: the watch starts right after the revision
+                        // the created response reports, with nothing in between.
+                        let mut header = store.header();
+                        let start = if c.start_revision > 0 {
+                            c.start_revision
+                        } else {
+                            header.revision + 1
+                        };
+                        if c.start_revision <= 0 {
+                            header.revision = start - 1;
+                        }
                         let created = WatchResponse {
-                            header: Some(store.header()),
+                            header: Some(header),
                             watch_id: id,
                             created: true,
                             ..Default::default()
@@ -160,6 +171,7 @@ impl Watch for EtcdApi {
                         let h = tokio::spawn(run_watcher(
                             store.clone(),
                             id,
+                            start,
                             c,
                             tx.clone(),
                             progress.clone(),
@@ -205,17 +217,14 @@ impl Watch for EtcdApi {
 async fn run_watcher(
     store: Store,
     id: i64,
+    start: i64,
     c: WatchCreateRequest,
     tx: mpsc::Sender<Result<WatchResponse, Status>>,
     progress: Arc<Notify>,
 ) {
     let sm = store.state().clone();
     let mut rev_rx = sm.subscribe();
-    let mut next = if c.start_revision > 0 {
-        c.start_revision
-    } else {
-        sm.progress().current + 1
-    };
+    let mut next = start;
     let no_put = c
         .filters
         .contains(&(watch_create_request::FilterType::Noput as i32));
@@ -293,8 +302,11 @@ async fn run_watcher(
             _ = ticker.tick(), if c.progress_notify => true,
         };
         if notify && next > sm.progress().current {
+            // Progress up to what this watcher has delivered, not a later revision.
+            let mut header = store.header();
+            header.revision = next - 1;
             let resp = WatchResponse {
-                header: Some(store.header()),
+                header: Some(header),
                 watch_id: id,
                 ..Default::default()
             };

@@ -494,6 +494,10 @@ impl RaftLoop {
                 EntryType::EntryConfChange => {
                     let cc = ConfChange::parse_from_bytes(&e.data)?;
                     let ctx = ConfChangeContext::decode(&e.context[..]).unwrap_or_default();
+                    // raft-rs may ask storage for a snapshot while applying the change,
+                    // which reads the state machine: release the write lock first.
+                    applier.finish()?;
+                    applier = sm.applier();
                     let cs = match self.raw.apply_conf_change(&cc) {
                         Ok(cs) => cs,
                         Err(err) => {

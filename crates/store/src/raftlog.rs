@@ -224,7 +224,8 @@ impl RaftLog {
     pub fn apply_snapshot(&mut self, snap: &Snapshot) -> Result<()> {
         let meta = snap.get_metadata();
         let mut hs = self.hard_state.clone();
-        hs.term = hs.term.max(meta.term);
+        // Term and vote stay as raft-rs hands them over in the same Ready's hard state:
+        // raising the term here would pair it with a vote cast in an older term.
         hs.commit = hs.commit.max(meta.index);
         let mut batch = WriteBatch::default();
         batch.delete_range_cf(self.cf(), entry_key(0), entry_key(u64::MAX));
@@ -370,13 +371,18 @@ impl Storage for RaftLog {
     }
 
     fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let p = self.sm.progress();
+        let Some(taken) = self.sm.try_snapshot() else {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        };
+        let taken = taken.map_err(storage_err)?;
         let mut snap = Snapshot::default();
-        snap.set_data(self.sm.snapshot_data().map_err(storage_err)?.into());
+        snap.set_data(taken.data.into());
         let meta = snap.mut_metadata();
-        meta.index = p.applied_index;
-        meta.term = p.applied_term;
-        meta.set_conf_state(self.sm.conf_state());
+        meta.index = taken.index;
+        meta.term = taken.term;
+        meta.set_conf_state(taken.conf_state);
         Ok(snap)
     }
 }

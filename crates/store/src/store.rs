@@ -237,7 +237,9 @@ impl Store {
                 sm,
                 raft_tx: Mutex::new(raft_tx),
                 status,
-                seq: AtomicU64::new(1),
+                // Sequence numbers must not repeat across restarts: entries proposed before
+                // a crash may still be applied after it, and must not answer new callers.
+                seq: AtomicU64::new((rand::random::<u64>() >> 2).max(1)),
                 transport,
             }),
         };
@@ -391,7 +393,11 @@ impl Store {
             self.linearize().await?;
         }
         let mut resp = self.shared.sm.range(&req)?;
-        resp.header = Some(self.header());
+        // Keep the revision the data was read at (a later one would make a list's
+        // resourceVersion claim changes it does not contain).
+        let mut header = self.header();
+        header.revision = resp.header.map_or(header.revision, |h| h.revision);
+        resp.header = Some(header);
         Ok(resp)
     }
 

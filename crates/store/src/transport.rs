@@ -86,9 +86,13 @@ impl Transport {
                 continue;
             }
             let endpoint = Endpoint::from_shared(url.clone()).and_then(|e| {
+                // No per-call timeout: both calls are long-lived client streams. A dead
+                // peer is noticed through HTTP/2 keep-alives instead.
                 let e = e
                     .connect_timeout(Duration::from_secs(1))
-                    .timeout(Duration::from_secs(5))
+                    .http2_keep_alive_interval(Duration::from_secs(1))
+                    .keep_alive_timeout(Duration::from_secs(3))
+                    .keep_alive_while_idle(true)
                     .tcp_nodelay(true);
                 match (&self.inner.tls, url.starts_with("https://")) {
                     (Some(tls), true) => e.tls_config(tls.clone()),

@@ -88,6 +88,14 @@ pub struct Progress {
     pub cluster_id: u64,
 }
 
+/// The state machine serialised at an applied position, for a Raft snapshot.
+pub struct StateSnapshot {
+    pub data: Vec<u8>,
+    pub index: u64,
+    pub term: u64,
+    pub conf_state: ConfState,
+}
+
 /// The MVCC state machine.
 pub struct StateMachine {
     engine: Engine,
@@ -314,7 +322,12 @@ impl StateMachine {
             overlay: None,
             pending: None,
         };
-        view.range(req)
+        let mut resp = view.range(req)?;
+        resp.header = Some(ResponseHeader {
+            revision: inner.current,
+            ..Default::default()
+        });
+        Ok(resp)
     }
 
     /// Serves a transaction that only reads (compares and ranges) from local state.
@@ -588,10 +601,27 @@ impl StateMachine {
 
     // ---------------------------------------------------------------- snapshots
 
+    /// A Raft snapshot of the applied state. `None` when the state is locked right now (the
+    /// caller asks again later); never blocks, because the Raft thread itself may be
+    /// holding the lock.
+    pub fn try_snapshot(&self) -> Option<Result<StateSnapshot>> {
+        let inner = self.inner.try_read().ok()?;
+        Some(self.snapshot_data_locked().map(|data| StateSnapshot {
+            data,
+            index: inner.applied_index,
+            term: inner.applied_term,
+            conf_state: inner.conf_state.clone(),
+        }))
+    }
+
     /// Serialises the whole state machine for a Raft snapshot: every key of the state
     /// column family as (u32 key length, key, u32 value length, value), big-endian.
     pub fn snapshot_data(&self) -> Result<Vec<u8>> {
         let _inner = self.inner.read().unwrap();
+        self.snapshot_data_locked()
+    }
+
+    fn snapshot_data_locked(&self) -> Result<Vec<u8>> {
         let mut out = Vec::new();
         for item in self
             .engine
