@@ -147,6 +147,12 @@ impl Watch for EtcdApi {
                         if c.watch_id == 0 {
                             next_id += 1;
                         }
+                        // A restarted member first re-applies its log, so "now" is not
+                        // older than before the restart.
+                        if let Err(e) = store.wait_caught_up().await {
+                            let _ = tx.send(Err(Status::from(e))).await;
+                            break;
+                        }
                         // Read the revision once: the watch starts right after the revision
                         // the created response reports, with nothing in between.
                         let mut header = store.header();

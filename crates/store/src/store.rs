@@ -122,6 +122,10 @@ struct Shared {
     status: Arc<Mutex<RaftStatus>>,
     seq: AtomicU64,
     transport: Transport,
+    /// Commit index found in the log at start; local reads wait until it is applied, so
+    /// that a restarted member never answers from a state older than before the restart.
+    boot_commit: u64,
+    caught_up: std::sync::atomic::AtomicBool,
 }
 
 /// A running store member. Cheap to clone.
@@ -197,6 +201,7 @@ impl Store {
             );
         }
         let applied = sm.progress().applied_index;
+        let boot_commit = log.hard_state().commit;
         let (raft_tx, raft_rx) = mpsc::channel();
         let tls = cfg.peer_tls.as_ref().map(|t| {
             tonic::transport::ClientTlsConfig::new()
@@ -241,6 +246,8 @@ impl Store {
                 // a crash may still be applied after it, and must not answer new callers.
                 seq: AtomicU64::new((rand::random::<u64>() >> 2).max(1)),
                 transport,
+                boot_commit,
+                caught_up: std::sync::atomic::AtomicBool::new(applied >= boot_commit),
             }),
         };
         store.spawn_background();
@@ -368,6 +375,25 @@ impl Store {
         }
     }
 
+    /// Waits (bounded by the request timeout) until the member has re-applied what its log
+    /// had committed when it started. Local reads go through here.
+    pub async fn wait_caught_up(&self) -> Result<()> {
+        if self.shared.caught_up.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.cfg.request_timeout;
+        loop {
+            if self.shared.sm.progress().applied_index >= self.shared.boot_commit {
+                self.shared.caught_up.store(true, Ordering::Relaxed);
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(StoreError::Timeout);
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until this member has applied everything committed before the call (ReadIndex).
     pub async fn linearize(&self) -> Result<()> {
         self.check_running()?;
@@ -389,7 +415,9 @@ impl Store {
 
     /// Range read.
     pub async fn range(&self, req: RangeRequest) -> Result<RangeResponse> {
-        if !req.serializable {
+        if req.serializable {
+            self.wait_caught_up().await?;
+        } else {
             self.linearize().await?;
         }
         let mut resp = self.shared.sm.range(&req)?;
