@@ -1152,7 +1152,22 @@ impl TxnWriter<'_> {
         r
     }
 
+    /// Runs a transaction. As in etcd, every compare — nested transactions' too — is
+    /// evaluated against the state before the transaction, then the chosen branches run.
     fn txn(&mut self, inner: &Inner, engine: &Engine, req: &TxnRequest) -> Result<TxnResponse> {
+        let mut path = Vec::new();
+        self.compare_path(inner, engine, req, &mut path)?;
+        self.run_txn(inner, engine, req, &mut path.into_iter())
+    }
+
+    /// The branch each (nested) transaction takes, in depth-first order.
+    fn compare_path(
+        &self,
+        inner: &Inner,
+        engine: &Engine,
+        req: &TxnRequest,
+        path: &mut Vec<bool>,
+    ) -> Result<()> {
         let mut succeeded = true;
         for c in &req.compare {
             if !self.view(inner, engine).compare(c)? {
@@ -1160,6 +1175,30 @@ impl TxnWriter<'_> {
                 break;
             }
         }
+        path.push(succeeded);
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        for op in ops {
+            if let Some(request_op::Request::RequestTxn(t)) = &op.request {
+                self.compare_path(inner, engine, t, path)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn run_txn(
+        &mut self,
+        inner: &Inner,
+        engine: &Engine,
+        req: &TxnRequest,
+        path: &mut std::vec::IntoIter<bool>,
+    ) -> Result<TxnResponse> {
+        let succeeded = path
+            .next()
+            .ok_or_else(|| StoreError::Corrupt("transaction path".into()))?;
         let ops = if succeeded {
             &req.success
         } else {
@@ -1178,7 +1217,7 @@ impl TxnWriter<'_> {
                     response_op::Response::ResponseDeleteRange(self.delete(inner, engine, d)?)
                 }
                 Some(request_op::Request::RequestTxn(t)) => {
-                    response_op::Response::ResponseTxn(self.txn(inner, engine, t)?)
+                    response_op::Response::ResponseTxn(self.run_txn(inner, engine, t, path)?)
                 }
                 None => return Err(StoreError::InvalidArgument("empty request op".into())),
             };

@@ -390,3 +390,31 @@ fn snapshot_restores_an_identical_state() {
     let b = b.reopen();
     assert_eq!(b.get("", "\0", 0).unwrap(), a.get("", "\0", 0).unwrap());
 }
+
+#[test]
+fn nested_compares_see_the_state_before_the_transaction() {
+    let mut t = Sm::new();
+    // The nested compare "x is absent" is judged before the outer put of x, as in etcd.
+    let nested = TxnRequest {
+        compare: vec![Compare {
+            result: compare::CompareResult::Equal as i32,
+            target: compare::CompareTarget::Version as i32,
+            key: b"x".to_vec(),
+            target_union: Some(compare::TargetUnion::Version(0)),
+            range_end: Vec::new(),
+        }],
+        success: vec![put_op("y", "x-was-absent", 0)],
+        failure: vec![put_op("y", "x-was-present", 0)],
+    };
+    t.txn(TxnRequest {
+        success: vec![
+            put_op("x", "1", 0),
+            RequestOp {
+                request: Some(request_op::Request::RequestTxn(nested)),
+            },
+        ],
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(t.get("y", "", 0).unwrap()[0].1, "x-was-absent");
+}
