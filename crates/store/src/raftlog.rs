@@ -4,7 +4,8 @@
 //! last entry folded into the state machine snapshot, `e<index>` → Entry.
 
 use std::collections::VecDeque;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use protobuf::Message as _;
 use raft::eraftpb::{Entry, HardState, Snapshot};
@@ -36,7 +37,18 @@ pub struct RaftLog {
     /// The newest entries, so that committing and replicating them needs no disk read.
     cache: VecDeque<Entry>,
     cache_bytes: usize,
+    snapshots: Arc<Mutex<SnapshotSlot>>,
 }
+
+/// The snapshot being built for lagging members, or the last one built.
+#[derive(Default)]
+struct SnapshotSlot {
+    building: bool,
+    ready: Option<(Instant, Snapshot)>,
+}
+
+/// How long a built snapshot is handed out before a fresher one is made.
+const SNAPSHOT_REUSE: Duration = Duration::from_secs(30);
 
 /// Most bytes of entries kept in the cache.
 const CACHE_BYTES: usize = 16 << 20;
@@ -86,6 +98,7 @@ impl RaftLog {
             terms,
             cache: VecDeque::new(),
             cache_bytes: 0,
+            snapshots: Arc::default(),
         })
     }
 
@@ -370,19 +383,48 @@ impl Storage for RaftLog {
         Ok(self.last())
     }
 
-    fn snapshot(&self, _request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let Some(taken) = self.sm.try_snapshot() else {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        };
-        let taken = taken.map_err(storage_err)?;
-        let mut snap = Snapshot::default();
-        snap.set_data(taken.data.into());
-        let meta = snap.mut_metadata();
-        meta.index = taken.index;
-        meta.term = taken.term;
-        meta.set_conf_state(taken.conf_state);
-        Ok(snap)
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let mut slot = self.snapshots.lock().unwrap();
+        if let Some((made, snap)) = &slot.ready {
+            let index = snap.get_metadata().index;
+            // Usable if recent and the log still continues right after it.
+            if index >= request_index
+                && index >= self.truncated_index
+                && made.elapsed() < SNAPSHOT_REUSE
+            {
+                return Ok(snap.clone());
+            }
+        }
+        if !slot.building {
+            slot.building = true;
+            let sm = self.sm.clone();
+            let slots = self.snapshots.clone();
+            // Built off the Raft thread; raft-rs asks again on the next heartbeat.
+            let spawned = std::thread::Builder::new()
+                .name("raft-snapshot".into())
+                .spawn(move || {
+                    let built = sm.build_snapshot();
+                    let mut slot = slots.lock().unwrap();
+                    slot.building = false;
+                    match built {
+                        Ok(s) => {
+                            let mut snap = Snapshot::default();
+                            snap.set_data(s.data.into());
+                            let meta = snap.mut_metadata();
+                            meta.index = s.index;
+                            meta.term = s.term;
+                            meta.set_conf_state(s.conf_state);
+                            slot.ready = Some((Instant::now(), snap));
+                        }
+                        Err(e) => tracing::error!("building a raft snapshot failed: {e}"),
+                    }
+                });
+            if spawned.is_err() {
+                slot.building = false;
+            }
+        }
+        Err(raft::Error::Store(
+            StorageError::SnapshotTemporarilyUnavailable,
+        ))
     }
 }

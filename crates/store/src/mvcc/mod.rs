@@ -601,40 +601,40 @@ impl StateMachine {
 
     // ---------------------------------------------------------------- snapshots
 
-    /// A Raft snapshot of the applied state. `None` when the state is locked right now (the
-    /// caller asks again later); never blocks, because the Raft thread itself may be
-    /// holding the lock.
-    pub fn try_snapshot(&self) -> Option<Result<StateSnapshot>> {
-        let inner = self.inner.try_read().ok()?;
-        Some(self.snapshot_data_locked().map(|data| StateSnapshot {
-            data,
-            index: inner.applied_index,
-            term: inner.applied_term,
-            conf_state: inner.conf_state.clone(),
-        }))
-    }
-
-    /// Serialises the whole state machine for a Raft snapshot: every key of the state
-    /// column family as (u32 key length, key, u32 value length, value), big-endian.
-    pub fn snapshot_data(&self) -> Result<Vec<u8>> {
-        let _inner = self.inner.read().unwrap();
-        self.snapshot_data_locked()
-    }
-
-    fn snapshot_data_locked(&self) -> Result<Vec<u8>> {
-        let mut out = Vec::new();
-        for item in self
-            .engine
-            .db
-            .iterator_cf(self.engine.cf(CF_STATE), IteratorMode::Start)
+    /// Serialises the applied state for a Raft snapshot: every key of the state column
+    /// family as (u32 key length, key, u32 value length, value), big-endian. The lock is
+    /// held only to pin a RocksDB snapshot at the applied position; the copy is made from
+    /// that snapshot, so appliers are not held up while a large state is read.
+    pub fn build_snapshot(&self) -> Result<StateSnapshot> {
+        let inner = self.inner.read().unwrap();
+        let pinned = self.engine.db.snapshot();
+        let (index, term, conf_state) = (
+            inner.applied_index,
+            inner.applied_term,
+            inner.conf_state.clone(),
+        );
+        drop(inner);
+        let mut opts = ReadOptions::default();
+        opts.set_snapshot(&pinned);
+        opts.fill_cache(false);
+        let mut data = Vec::new();
+        for item in
+            self.engine
+                .db
+                .iterator_cf_opt(self.engine.cf(CF_STATE), opts, IteratorMode::Start)
         {
             let (k, v) = item?;
-            out.extend_from_slice(&(k.len() as u32).to_be_bytes());
-            out.extend_from_slice(&k);
-            out.extend_from_slice(&(v.len() as u32).to_be_bytes());
-            out.extend_from_slice(&v);
+            data.extend_from_slice(&(k.len() as u32).to_be_bytes());
+            data.extend_from_slice(&k);
+            data.extend_from_slice(&(v.len() as u32).to_be_bytes());
+            data.extend_from_slice(&v);
         }
-        Ok(out)
+        Ok(StateSnapshot {
+            data,
+            index,
+            term,
+            conf_state,
+        })
     }
 
     /// Replaces the whole state machine with a snapshot taken at (`index`, `term`) with

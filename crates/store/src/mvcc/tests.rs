@@ -360,8 +360,10 @@ fn snapshot_restores_an_identical_state() {
         physical: true,
     }))
     .unwrap();
-    let data = a.sm.snapshot_data().unwrap();
+    let snap = a.sm.build_snapshot().unwrap();
+    let data = snap.data;
     let p = a.sm.progress();
+    assert_eq!((snap.index, snap.term), (p.applied_index, p.applied_term));
     let b = Sm::new();
     let cs = ConfState {
         voters: vec![1, 2, 3],
