@@ -315,26 +315,38 @@ async fn whole_group_kill_and_restart_keeps_acknowledged_writes() {
     check_acked(&acked, &data);
     // Each member, read locally, has the same data once it caught up.
     for (i, ch) in chans.iter().enumerate() {
-        let mut kv = KvClient::new(ch.clone());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let r = kv
-                .range(RangeRequest {
-                    key: b"k/".to_vec(),
-                    range_end: b"k0".to_vec(),
-                    serializable: true,
-                    count_only: true,
-                    ..Default::default()
-                })
-                .await;
-            if let Ok(r) = r {
-                if r.into_inner().count as usize == data.len() {
-                    break;
-                }
-            }
-            assert!(Instant::now() < deadline, "member {i} did not catch up");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Err(got) =
+            wait_local_count(ch.clone(), data.len() as i64, Duration::from_secs(10)).await
+        {
+            panic!("member {i} did not catch up: {got:?}");
         }
+    }
+}
+
+/// Waits (bounded) until a member's local (serializable) count of `k/` keys is `n`;
+/// returns the last answer on failure.
+async fn wait_local_count(ch: Channel, n: i64, limit: Duration) -> Result<(), String> {
+    let mut kv = KvClient::new(ch);
+    let deadline = Instant::now() + limit;
+    loop {
+        let r = kv
+            .range(RangeRequest {
+                key: b"k/".to_vec(),
+                range_end: b"k0".to_vec(),
+                serializable: true,
+                count_only: true,
+                ..Default::default()
+            })
+            .await;
+        let last = match r {
+            Ok(r) if r.get_ref().count == n => return Ok(()),
+            Ok(r) => format!("count {}", r.into_inner().count),
+            Err(e) => e.to_string(),
+        };
+        if Instant::now() > deadline {
+            return Err(last);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -380,26 +392,9 @@ async fn wiped_member_rejoins_through_snapshot() {
     );
     let ic = c.initial_cluster();
     c.members[2].start(&ic, "existing").unwrap();
-    let mut kv2 = c.members[2].kv();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let r = kv2
-            .range(RangeRequest {
-                key: b"k/".to_vec(),
-                range_end: b"k0".to_vec(),
-                serializable: true,
-                count_only: true,
-                ..Default::default()
-            })
-            .await;
-        if matches!(&r, Ok(r) if r.get_ref().count == 300) {
-            break;
-        }
-        if Instant::now() > deadline {
-            c.dump_logs();
-            panic!("wiped member did not catch up: {r:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    if let Err(got) = wait_local_count(c.members[2].channel(), 300, Duration::from_secs(30)).await {
+        c.dump_logs();
+        panic!("wiped member did not catch up: {got}");
     }
     let log = std::fs::read_to_string(&c.members[2].log).unwrap();
     assert!(
@@ -414,25 +409,8 @@ async fn wiped_member_rejoins_through_snapshot() {
     })
     .await
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = kv2
-            .range(RangeRequest {
-                key: b"k/after".to_vec(),
-                serializable: true,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        if r.kvs.len() == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "new write did not reach the rejoined member"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    if let Err(got) = wait_local_count(c.members[2].channel(), 301, Duration::from_secs(10)).await {
+        panic!("new write did not reach the rejoined member: {got}");
     }
     // Once it runs, the member publishes its name and client URLs through Raft.
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -109,6 +109,19 @@ fn meta_key(prefix: &[u8], id: u64) -> Vec<u8> {
     k
 }
 
+/// Values of every bookkeeping record whose key starts with `prefix`.
+fn meta_values(engine: &Engine, prefix: &[u8]) -> Result<Vec<Box<[u8]>>> {
+    let mut out = Vec::new();
+    for item in engine.db.prefix_iterator_cf(engine.cf(CF_META), prefix) {
+        let (k, v) = item?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
 fn get_i64(engine: &Engine, key: &[u8]) -> Result<i64> {
     Ok(engine
         .db
@@ -154,21 +167,13 @@ impl StateMachine {
             None => ConfState::default(),
         };
         let mut members = BTreeMap::new();
-        for item in db.prefix_iterator_cf(meta, META_MEMBER) {
-            let (k, v) = item?;
-            if !k.starts_with(META_MEMBER) {
-                break;
-            }
+        for v in meta_values(engine, META_MEMBER)? {
             let m = Member::decode(&*v)?;
             members.insert(m.id, m);
         }
         let now = Instant::now();
         let mut leases = HashMap::new();
-        for item in db.prefix_iterator_cf(meta, META_LEASE) {
-            let (k, v) = item?;
-            if !k.starts_with(META_LEASE) {
-                break;
-            }
+        for v in meta_values(engine, META_LEASE)? {
             let l = LeaseRecord::decode(&*v)?;
             leases.insert(
                 l.id,
