@@ -225,20 +225,10 @@ impl RaftLoop {
 
     fn handle(&mut self, m: Msg) {
         match m {
-            Msg::Propose { data, seq, done } => match self.raw.propose(Vec::new(), data) {
-                Ok(()) => {
-                    self.waiters.insert(
-                        seq,
-                        Waiter {
-                            since: Instant::now(),
-                            done,
-                        },
-                    );
-                }
-                Err(_) => {
-                    let _ = done.send(Err(StoreError::NoLeader));
-                }
-            },
+            Msg::Propose { data, seq, done } => {
+                let r = self.raw.propose(Vec::new(), data);
+                self.track(seq, done, r);
+            }
             Msg::ProposeConfChange {
                 change,
                 context,
@@ -251,20 +241,8 @@ impl RaftLoop {
                     let _ = done.send(Err(StoreError::Unhealthy));
                     return;
                 }
-                match self.raw.propose_conf_change(context, change) {
-                    Ok(()) => {
-                        self.waiters.insert(
-                            seq,
-                            Waiter {
-                                since: Instant::now(),
-                                done,
-                            },
-                        );
-                    }
-                    Err(e) => {
-                        let _ = done.send(Err(StoreError::Raft(e)));
-                    }
-                }
+                let r = self.raw.propose_conf_change(context, change);
+                self.track(seq, done, r);
             }
             Msg::ReadIndex(done) => self.new_reads.push(done),
             Msg::Raft(msgs) => {
@@ -283,6 +261,22 @@ impl RaftLoop {
                     raft::SnapshotStatus::Failure
                 },
             ),
+        }
+    }
+
+    /// Waits for a proposal raft-rs accepted to be applied, or answers its refusal.
+    fn track(&mut self, seq: u64, done: oneshot::Sender<Result<Applied>>, r: raft::Result<()>) {
+        match r {
+            Ok(()) => {
+                let since = Instant::now();
+                self.waiters.insert(seq, Waiter { since, done });
+            }
+            Err(raft::Error::ProposalDropped) => {
+                let _ = done.send(Err(StoreError::NoLeader));
+            }
+            Err(e) => {
+                let _ = done.send(Err(StoreError::Raft(e)));
+            }
         }
     }
 
