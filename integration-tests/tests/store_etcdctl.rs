@@ -302,7 +302,12 @@ async fn endpoint_status_and_bad_input() {
 async fn auto_compaction_keeps_only_the_retained_revisions() {
     let mut c = Cluster::new(
         1,
-        &["--auto-compaction-retention", "5", "--auto-compaction-interval", "1"],
+        &[
+            "--auto-compaction-retention",
+            "5",
+            "--auto-compaction-interval",
+            "1",
+        ],
     )
     .unwrap();
     c.start().await.unwrap();
@@ -314,7 +319,12 @@ async fn auto_compaction_keeps_only_the_retained_revisions() {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         match etcdctl(&ep, &["get", "a", "--rev=15"]) {
-            Err(e) if e.to_string().contains("required revision has been compacted") => break,
+            Err(e)
+                if e.to_string()
+                    .contains("required revision has been compacted") =>
+            {
+                break
+            }
             other => assert!(Instant::now() < deadline, "not compacted: {other:?}"),
         }
         std::thread::sleep(Duration::from_millis(200));
