@@ -222,7 +222,10 @@ impl RaftLog {
         Ok(())
     }
 
-    /// Records a new commit index (not synced: it can be recomputed from the quorum).
+    /// Records a commit index learnt after a Ready (raft-rs's light ready). Not synced: a
+    /// lost commit index is learnt again from the quorum, and [`RaftLog::cover_applied`]
+    /// repairs one left below the applied index. Written all the same, so that after a
+    /// process crash a restarted member knows how far it had got (its reads wait for that).
     pub fn set_commit(&mut self, commit: u64) -> Result<()> {
         if commit <= self.hard_state.commit {
             return Ok(());
@@ -230,6 +233,24 @@ impl RaftLog {
         let mut hs = self.hard_state.clone();
         hs.commit = commit;
         self.append(&[], Some(&hs), false)
+    }
+
+    /// At start: entries up to `applied` were committed (only committed entries are
+    /// applied), so a persisted commit index below it is stale; raise it, as raft-rs
+    /// refuses to start with an applied index above the commit index.
+    pub fn cover_applied(&mut self, applied: u64) -> Result<()> {
+        if applied <= self.hard_state.commit {
+            return Ok(());
+        }
+        if applied > self.last() {
+            return Err(StoreError::Corrupt(format!(
+                "state machine applied {applied} beyond the raft log's last index {}",
+                self.last()
+            )));
+        }
+        let mut hs = self.hard_state.clone();
+        hs.commit = applied;
+        self.append(&[], Some(&hs), true)
     }
 
     /// Installs a snapshot received from the leader: the state machine is replaced and the

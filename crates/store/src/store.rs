@@ -201,6 +201,7 @@ impl Store {
             );
         }
         let applied = sm.progress().applied_index;
+        log.cover_applied(applied)?;
         let boot_commit = log.hard_state().commit;
         let (raft_tx, raft_rx) = mpsc::channel();
         let tls = cfg.peer_tls.as_ref().map(|t| {
