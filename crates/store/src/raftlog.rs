@@ -449,3 +449,104 @@ impl Storage for RaftLog {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        Entry {
+            index,
+            term,
+            data: vec![index as u8; 10].into(),
+            ..Default::default()
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> RaftLog {
+        let engine = Engine::open(dir).unwrap();
+        let sm = Arc::new(StateMachine::open(engine.clone()).unwrap());
+        RaftLog::open(engine, sm).unwrap()
+    }
+
+    fn indexes(log: &RaftLog, low: u64, high: u64) -> Vec<(u64, u64)> {
+        log.entries(low, high, None, GetEntriesContext::empty(false))
+            .unwrap()
+            .iter()
+            .map(|e| (e.index, e.term))
+            .collect()
+    }
+
+    #[test]
+    fn append_overwrites_a_conflicting_tail_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        assert!(log.is_empty());
+        log.bootstrap(1, 1).unwrap();
+        let es: Vec<Entry> = (2..=6).map(|i| entry(i, 1)).collect();
+        log.append(&es, None, true).unwrap();
+        // A new leader replaces 5 and 6 with one entry of term 2.
+        log.append(&[entry(5, 2)], None, true).unwrap();
+        assert_eq!(log.last_index().unwrap(), 5);
+        assert_eq!(indexes(&log, 2, 6), vec![(2, 1), (3, 1), (4, 1), (5, 2)]);
+        drop(log);
+        let log = open(dir.path());
+        assert_eq!(log.first_index().unwrap(), 2);
+        assert_eq!(log.last_index().unwrap(), 5);
+        // Read from disk (the cache starts empty) the same entries.
+        assert_eq!(indexes(&log, 2, 6), vec![(2, 1), (3, 1), (4, 1), (5, 2)]);
+        assert_eq!(log.term(1).unwrap(), 1);
+        assert_eq!(log.term(5).unwrap(), 2);
+        assert!(matches!(
+            log.term(6),
+            Err(raft::Error::Store(StorageError::Unavailable))
+        ));
+    }
+
+    #[test]
+    fn compaction_moves_the_first_index_and_keeps_the_boundary_term() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.bootstrap(1, 1).unwrap();
+        let es: Vec<Entry> = (2..=10).map(|i| entry(i, 1 + i / 5)).collect();
+        log.append(&es, None, true).unwrap();
+        log.compact(6).unwrap();
+        assert_eq!(log.first_index().unwrap(), 7);
+        assert_eq!(log.term(6).unwrap(), 2);
+        assert!(matches!(
+            log.term(5),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert!(matches!(
+            log.entries(6, 8, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+        assert_eq!(indexes(&log, 7, 11).len(), 4);
+        // Size limits still return at least one entry.
+        let one = log
+            .entries(7, 11, Some(1), GetEntriesContext::empty(false))
+            .unwrap();
+        assert_eq!(one.len(), 1);
+        drop(log);
+        let log = open(dir.path());
+        assert_eq!(
+            (log.first_index().unwrap(), log.last_index().unwrap()),
+            (7, 10)
+        );
+    }
+
+    #[test]
+    fn a_stale_commit_index_is_raised_to_the_applied_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path());
+        log.bootstrap(1, 1).unwrap();
+        let es: Vec<Entry> = (2..=4).map(|i| entry(i, 1)).collect();
+        log.append(&es, None, true).unwrap();
+        log.cover_applied(3).unwrap();
+        assert_eq!(log.hard_state().commit, 3);
+        assert!(
+            log.cover_applied(9).is_err(),
+            "applied beyond the log is corruption"
+        );
+    }
+}
