@@ -566,3 +566,47 @@ async fn crash_right_after_compaction_keeps_revision_and_compaction_point() {
         .into_inner();
     assert_eq!(r.header.unwrap().revision, 102);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_member_catches_up_through_snapshot() {
+    let mut c = Cluster::new(3, &["--snapshot-count", "50"]).unwrap();
+    c.start().await.unwrap();
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let follower = (leader + 1) % 3;
+    c.members[follower].kill();
+    c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let writer = (follower + 1) % 3;
+    let mut kv = c.members[writer].kv();
+    for i in 0..300 {
+        kv.put(PutRequest {
+            key: format!("k/{i:04}").into_bytes(),
+            value: format!("v{i}").into_bytes(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    // Its log position is long gone from the others' logs: only a snapshot helps.
+    c.restart(follower).unwrap();
+    if let Err(got) =
+        wait_local_count(c.members[follower].channel(), 300, Duration::from_secs(30)).await
+    {
+        c.dump_logs();
+        panic!("lagging member did not catch up: {got}");
+    }
+    let log = std::fs::read_to_string(&c.members[follower].log).unwrap();
+    assert!(
+        log.contains("installed snapshot"),
+        "caught up without a snapshot?"
+    );
+    let r = KvClient::new(c.members[follower].channel())
+        .range(RangeRequest {
+            key: b"k/0299".to_vec(),
+            serializable: true,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(r.kvs[0].value, b"v299");
+}
