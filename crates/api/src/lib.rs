@@ -1,0 +1,14 @@
+//! Kubernetes API building blocks shared by every ferrokube component. No IO, and no
+//! dependency on another project crate.
+//!
+//! Start at [`registry`]: every built-in resource with its group, version, kind, names,
+//! scope, verbs and subresources — what discovery serves and what routes requests.
+//! [`keys`] lays objects out in the store as upstream lays them out in etcd, and
+//! [`selector`] parses and matches label selectors with upstream's grammar.
+
+pub mod keys;
+pub mod registry;
+pub mod selector;
+
+pub use registry::{Registry, ResourceInfo};
+pub use selector::{LabelSelector, SelectorError};
