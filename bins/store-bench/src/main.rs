@@ -157,54 +157,23 @@ async fn main() -> Result<()> {
     )
     .await?;
     report(&args.label, "put sequential", ops, &h);
-    let (ops, h) = run(
-        &chans,
-        Op::Put,
-        args.clients,
-        args.concurrent_ops,
-        value.clone(),
-        ks,
-    )
-    .await?;
-    report(
-        &args.label,
-        &format!("put {} clients", args.clients),
-        ops,
-        &h,
-    );
-    let serial = Op::Range { serializable: true };
-    let (ops, h) = run(
-        &chans,
-        serial,
-        args.clients,
-        args.concurrent_ops,
-        value.clone(),
-        ks,
-    )
-    .await?;
-    report(
-        &args.label,
-        &format!("range serializable {} clients", args.clients),
-        ops,
-        &h,
-    );
-    let linear = Op::Range {
-        serializable: false,
-    };
-    let (ops, h) = run(
-        &chans,
-        linear,
-        args.clients,
-        args.concurrent_ops,
-        value.clone(),
-        ks,
-    )
-    .await?;
-    report(
-        &args.label,
-        &format!("range linearizable {} clients", args.clients),
-        ops,
-        &h,
-    );
+    let concurrent = [
+        (format!("put {} clients", args.clients), Op::Put),
+        (
+            format!("range serializable {} clients", args.clients),
+            Op::Range { serializable: true },
+        ),
+        (
+            format!("range linearizable {} clients", args.clients),
+            Op::Range {
+                serializable: false,
+            },
+        ),
+    ];
+    for (name, op) in concurrent {
+        let total = args.concurrent_ops;
+        let (ops, h) = run(&chans, op, args.clients, total, value.clone(), ks).await?;
+        report(&args.label, &name, ops, &h);
+    }
     Ok(())
 }

@@ -481,27 +481,6 @@ impl StateMachine {
         }
     }
 
-    /// Records that entry `index` (no state change) was applied.
-    pub fn apply_noop(&self, index: u64, term: u64) -> Result<()> {
-        let mut a = self.applier();
-        a.noop(index, term);
-        a.finish()
-    }
-
-    /// Applies a membership change: the new voter set and the member table.
-    pub fn apply_conf_change(
-        &self,
-        index: u64,
-        term: u64,
-        conf_state: &ConfState,
-        add: Option<&Member>,
-        remove: Option<u64>,
-    ) -> Result<()> {
-        let mut a = self.applier();
-        a.conf_change(index, term, conf_state, add, remove)?;
-        a.finish()
-    }
-
     /// Applies one replicated command; see [`Applier::apply`].
     pub fn apply(
         &self,
