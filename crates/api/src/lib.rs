@@ -4,11 +4,14 @@
 //! Start at [`registry`]: every built-in resource with its group, version, kind, names,
 //! scope, verbs and subresources — what discovery serves and what routes requests.
 //! [`keys`] lays objects out in the store as upstream lays them out in etcd, and
-//! [`selector`] parses and matches label selectors with upstream's grammar.
+//! [`selector`] parses and matches label selectors with upstream's grammar;
+//! [`fields`] does the same for field selectors; [`validation`] checks names, label keys and values with upstream's rules and messages.
 
+pub mod fields;
 pub mod keys;
 pub mod registry;
 pub mod selector;
+pub mod validation;
 
 pub use registry::{Registry, ResourceInfo};
 pub use selector::{LabelSelector, SelectorError};

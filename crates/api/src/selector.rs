@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::validation;
+
 /// A selector that could not be parsed, with the reason.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unable to parse requirement: {reason}")]
@@ -321,61 +323,19 @@ impl Parser {
     }
 }
 
-/// `[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?` of at most 63 characters.
-fn is_qualified_name_part(s: &str) -> bool {
-    let b = s.as_bytes();
-    !b.is_empty()
-        && b.len() <= 63
-        && b[0].is_ascii_alphanumeric()
-        && b[b.len() - 1].is_ascii_alphanumeric()
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
-}
-
-/// A DNS-1123 subdomain: lower-case alphanumeric labels joined by dots, at most 253.
-fn is_dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && !s.is_empty()
-        && s.split('.').all(|l| {
-            let b = l.as_bytes();
-            !b.is_empty()
-                && b.len() <= 63
-                && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-                && (b[b.len() - 1].is_ascii_lowercase() || b[b.len() - 1].is_ascii_digit())
-                && b.iter()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        })
-}
-
-/// A label key: an optional DNS subdomain prefix and `/`, then a name part.
+/// A label key, validated as upstream validates qualified names.
 pub fn validate_key(k: &str) -> Result<(), SelectorError> {
-    let (prefix, name) = match k.split_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, k),
-    };
-    if let Some(p) = prefix {
-        if !is_dns1123_subdomain(p) {
-            return err(format!(
-                "key: Invalid value: {k:?}: prefix part must be a lowercase RFC 1123 subdomain"
-            ));
-        }
+    match validation::qualified_name(k).first() {
+        None => Ok(()),
+        Some(e) => err(format!("key: Invalid value: {k:?}: {e}")),
     }
-    if !is_qualified_name_part(name) {
-        return err(format!(
-            "key: Invalid value: {k:?}: name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)"
-        ));
-    }
-    Ok(())
 }
 
 /// A label value: empty, or a name part.
 pub fn validate_value(v: &str) -> Result<(), SelectorError> {
-    if v.is_empty() || is_qualified_name_part(v) {
-        Ok(())
-    } else {
-        err(format!(
-            "values: Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (at most 63 characters)"
-        ))
+    match validation::label_value(v).first() {
+        None => Ok(()),
+        Some(e) => err(format!("values[0][{v}]: Invalid value: {v:?}: {e}")),
     }
 }
 
