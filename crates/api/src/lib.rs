@@ -1,16 +1,20 @@
 //! Kubernetes API building blocks shared by every ferrokube component. No IO, and no
-//! dependency on another project crate.
+//! dependency on another project crate; the API types are `k8s-openapi`'s (Kubernetes
+//! 1.32, the version of the reference kubectl).
 //!
 //! Start at [`registry`]: every built-in resource with its group, version, kind, names,
 //! scope, verbs and subresources — what discovery serves and what routes requests.
 //! [`keys`] lays objects out in the store as upstream lays them out in etcd, and
 //! [`selector`] parses and matches label selectors with upstream's grammar;
-//! [`fields`] does the same for field selectors; [`validation`] checks names, label keys and values with upstream's rules and messages.
+//! [`fields`] does the same for field selectors; [`validation`] checks names, label keys
+//! and values with upstream's rules and messages, and [`status`] builds the `Status`
+//! errors (codes, reasons, messages) that clients parse.
 
 pub mod fields;
 pub mod keys;
 pub mod registry;
 pub mod selector;
+pub mod status;
 pub mod validation;
 
 pub use registry::{Registry, ResourceInfo};
