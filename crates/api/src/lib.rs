@@ -7,11 +7,13 @@
 //! [`keys`] lays objects out in the store as upstream lays them out in etcd, and
 //! [`selector`] parses and matches label selectors with upstream's grammar;
 //! [`fields`] does the same for field selectors; [`validation`] checks names, label keys
-//! and values with upstream's rules and messages, and [`status`] builds the `Status`
+//! and values with upstream's rules and messages, [`quantity`] parses and prints resource
+//! quantities canonically, and [`status`] builds the `Status`
 //! errors (codes, reasons, messages) that clients parse.
 
 pub mod fields;
 pub mod keys;
+pub mod quantity;
 pub mod registry;
 pub mod selector;
 pub mod status;
