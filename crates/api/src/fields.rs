@@ -135,9 +135,132 @@ impl FieldSelector {
     }
 }
 
+/// The fields of an object that field selectors can use, as upstream exposes them per
+/// kind (`metadata.name` and, for namespaced kinds, `metadata.namespace` everywhere; a few
+/// more for pods, nodes, events, ...). Absent fields read as the empty string.
+pub fn selectable_fields(
+    kind: &str,
+    namespaced: bool,
+    obj: &serde_json::Value,
+) -> BTreeMap<String, String> {
+    let extra: &[&str] = match kind {
+        "Pod" => &[
+            "spec.nodeName",
+            "spec.restartPolicy",
+            "spec.schedulerName",
+            "spec.serviceAccountName",
+            "spec.hostNetwork",
+            "status.phase",
+            "status.podIP",
+            "status.nominatedNodeName",
+        ],
+        "Node" => &["spec.unschedulable"],
+        "Namespace" => &["status.phase"],
+        "Secret" => &["type"],
+        "Event" => &[
+            "involvedObject.kind",
+            "involvedObject.namespace",
+            "involvedObject.name",
+            "involvedObject.uid",
+            "involvedObject.apiVersion",
+            "involvedObject.resourceVersion",
+            "involvedObject.fieldPath",
+            "reason",
+            "reportingComponent",
+            "source",
+            "type",
+        ],
+        "ReplicaSet" | "ReplicationController" => &["status.replicas"],
+        "Job" => &["status.successful"],
+        "CertificateSigningRequest" => &["spec.signerName"],
+        _ => &[],
+    };
+    let mut out = BTreeMap::new();
+    let mut add = |path: &str| {
+        let mut v = obj;
+        for part in path.split('.') {
+            v = v.get(part).unwrap_or(&serde_json::Value::Null);
+        }
+        let text = match v {
+            serde_json::Value::Null => match path {
+                // Booleans and counters default to their zero values.
+                "spec.hostNetwork" | "spec.unschedulable" => "false".to_string(),
+                "status.replicas" | "status.successful" => "0".to_string(),
+                _ => String::new(),
+            },
+            serde_json::Value::String(s) => s.clone(),
+            // `source` of a core event is an object: upstream selects on its component.
+            serde_json::Value::Object(o) if path == "source" => o
+                .get("component")
+                .and_then(|c| c.as_str())
+                .unwrap_or_default()
+                .to_string(),
+            other => other.to_string(),
+        };
+        out.insert(path.to_string(), text);
+    };
+    add("metadata.name");
+    if namespaced {
+        add("metadata.namespace");
+    }
+    for f in extra {
+        add(f);
+    }
+    out
+}
+
+impl FieldSelector {
+    /// Refuses selectors on fields the kind does not expose (upstream answers 400).
+    pub fn check_supported(
+        &self,
+        fields: &BTreeMap<String, String>,
+    ) -> Result<(), FieldSelectorError> {
+        match self.fields().find(|f| !fields.contains_key(*f)) {
+            Some(f) => Err(FieldSelectorError(format!(
+                "field label not supported: {f}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_fields_and_unsupported_labels() {
+        let pod = serde_json::json!({
+            "metadata": {"name": "web", "namespace": "default"},
+            "spec": {"nodeName": "n1", "restartPolicy": "Always"},
+            "status": {"phase": "Running"}
+        });
+        let f = selectable_fields("Pod", true, &pod);
+        assert_eq!(f["spec.nodeName"], "n1");
+        assert_eq!(f["spec.hostNetwork"], "false");
+        assert_eq!(f["status.podIP"], "");
+        let s = FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending").unwrap();
+        assert!(s.check_supported(&f).is_ok());
+        assert!(s.matches(&f));
+        let bad = FieldSelector::parse("spec.foo=x").unwrap();
+        assert_eq!(
+            bad.check_supported(&f).unwrap_err().to_string(),
+            "field label not supported: spec.foo"
+        );
+        let node = selectable_fields(
+            "Node",
+            false,
+            &serde_json::json!({"metadata": {"name": "n"}}),
+        );
+        assert!(!node.contains_key("metadata.namespace"));
+        assert_eq!(node["spec.unschedulable"], "false");
+        let ev = serde_json::json!({"involvedObject": {"kind": "Pod", "name": "web"}, "source": {"component": "kubelet"}, "type": "Normal"});
+        let f = selectable_fields("Event", true, &ev);
+        assert_eq!(
+            (f["involvedObject.name"].as_str(), f["source"].as_str()),
+            ("web", "kubelet")
+        );
+    }
 
     fn set(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
         pairs

@@ -91,6 +91,56 @@ impl LabelSelector {
     }
 }
 
+impl LabelSelector {
+    /// Converts an API `LabelSelector` (`matchLabels`, `matchExpressions`), as upstream's
+    /// `LabelSelectorAsSelector` does. An empty one selects everything; callers treat an
+    /// absent one as selecting nothing.
+    pub fn from_api(
+        s: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    ) -> Result<Self, SelectorError> {
+        let mut requirements = Vec::new();
+        for (k, v) in s.match_labels.iter().flatten() {
+            validate_key(k)?;
+            validate_value(v)?;
+            requirements.push(Requirement {
+                key: k.clone(),
+                operator: Operator::Equals,
+                values: vec![v.clone()],
+            });
+        }
+        for e in s.match_expressions.iter().flatten() {
+            validate_key(&e.key)?;
+            let values = e.values.clone().unwrap_or_default();
+            let operator = match e.operator.as_str() {
+                "In" => Operator::In,
+                "NotIn" => Operator::NotIn,
+                "Exists" => Operator::Exists,
+                "DoesNotExist" => Operator::DoesNotExist,
+                other => return err(format!("{other:?} is not a valid label selector operator")),
+            };
+            match operator {
+                Operator::In | Operator::NotIn if values.is_empty() => {
+                    return err("for 'in', 'notin' operators, values set can't be empty")
+                }
+                Operator::Exists | Operator::DoesNotExist if !values.is_empty() => {
+                    return err("values set must be empty for exists and does not exist")
+                }
+                _ => {}
+            }
+            for v in &values {
+                validate_value(v)?;
+            }
+            requirements.push(Requirement {
+                key: e.key.clone(),
+                operator,
+                values,
+            });
+        }
+        requirements.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(LabelSelector { requirements })
+    }
+}
+
 impl fmt::Display for LabelSelector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, r) in self.requirements.iter().enumerate() {
@@ -423,6 +473,48 @@ mod tests {
                 .starts_with("unable to parse requirement: "));
         }
         assert!(LabelSelector::parse("a=in").is_err(), "'in' is a keyword");
+    }
+
+    #[test]
+    fn from_api_selectors() {
+        use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+            LabelSelector as Api, LabelSelectorRequirement as Req,
+        };
+        let api = Api {
+            match_labels: Some([("app".to_string(), "web".to_string())].into()),
+            match_expressions: Some(vec![Req {
+                key: "tier".into(),
+                operator: "In".into(),
+                values: Some(vec!["fe".into(), "be".into()]),
+            }]),
+        };
+        let s = LabelSelector::from_api(&api).unwrap();
+        assert_eq!(s.to_string(), "app=web,tier in (fe,be)");
+        assert!(s.matches(&labels(&[("app", "web"), ("tier", "fe")])));
+        assert!(LabelSelector::from_api(&Api::default())
+            .unwrap()
+            .is_everything());
+        let bad = Api {
+            match_expressions: Some(vec![Req {
+                key: "x".into(),
+                operator: "Exists".into(),
+                values: Some(vec!["y".into()]),
+            }]),
+            ..Default::default()
+        };
+        assert!(LabelSelector::from_api(&bad).is_err());
+        let bad_op = Api {
+            match_expressions: Some(vec![Req {
+                key: "x".into(),
+                operator: "Near".into(),
+                values: None,
+            }]),
+            ..Default::default()
+        };
+        assert_eq!(
+            LabelSelector::from_api(&bad_op).unwrap_err().to_string(),
+            "unable to parse requirement: \"Near\" is not a valid label selector operator"
+        );
     }
 
     #[test]
