@@ -8,7 +8,8 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   protobuf-compiler:  protoc for the gRPC definitions
 #   etcd-client:        etcdctl, the reference client in the store's tests
 #   etcd-server:        real etcd, the peer in `scripts/bench store`
-FERROKUBE_APT_PACKAGES=(build-essential pkg-config clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server)
+#   ca-certificates:    a CA bundle that is not the cluster's, for the TLS tests
+FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server)
 
 # etcdctl refuses to run when a flag and its ETCDCTL_* variable are both set, and the
 # scripts always pass flags: ignore what the caller exported (e.g. from scripts/up).
@@ -62,6 +63,8 @@ setup_target_dir() {
 
 prepare() {
     ensure_packages "${FERROKUBE_APT_PACKAGES[@]}"
+    # The reference client; every machine of this project has kubectl 1.32 installed.
+    command -v kubectl >/dev/null 2>&1 || die "kubectl (1.32) not found: the API tests drive the stock kubectl"
     ensure_rust
     setup_target_dir
     cd "$ROOT"

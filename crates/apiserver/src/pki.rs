@@ -1,0 +1,168 @@
+//! The certificates kube-apiserver needs when none are given: a cluster CA, a serving
+//! certificate for every name and address clients use, and an admin client certificate
+//! (`CN=kubernetes-admin`, `O=system:masters`), as kubeadm makes them. Generated once
+//! under a directory and reused on later starts.
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// A PKI problem (generation or files).
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("certificate generation: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid subject alternative name {0:?}")]
+    San(String),
+}
+
+/// Paths of the PEM files in a PKI directory (kubeadm's names).
+#[derive(Debug, Clone)]
+pub struct PkiFiles {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub serving_cert: PathBuf,
+    pub serving_key: PathBuf,
+    pub admin_cert: PathBuf,
+    pub admin_key: PathBuf,
+}
+
+impl PkiFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        PkiFiles {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            serving_cert: dir.join("apiserver.crt"),
+            serving_key: dir.join("apiserver.key"),
+            admin_cert: dir.join("admin.crt"),
+            admin_key: dir.join("admin.key"),
+        }
+    }
+}
+
+fn write(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
+    let io = |source| PkiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    std::fs::write(path, data).map_err(io)?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
+fn name(cn: &str, org: Option<&str>) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, cn);
+    if let Some(o) = org {
+        dn.push(DnType::OrganizationName, o);
+    }
+    dn
+}
+
+/// Makes the PKI under `dir` unless its CA already exists; returns the file paths.
+/// `sans` are the serving certificate's DNS names and IP addresses.
+pub fn ensure(dir: &Path, sans: &[String]) -> Result<PkiFiles, PkiError> {
+    let files = PkiFiles::in_dir(dir);
+    if files.ca_cert.exists() {
+        return Ok(files);
+    }
+    std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::default();
+    ca.distinguished_name = name("kubernetes", None);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key)?;
+    let issuer = Issuer::new(ca, &ca_key);
+
+    let serving_key = KeyPair::generate()?;
+    let mut serving = CertificateParams::default();
+    serving.distinguished_name = name("kube-apiserver", None);
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    for s in sans {
+        serving.subject_alt_names.push(match s.parse::<IpAddr>() {
+            Ok(ip) => SanType::IpAddress(ip),
+            Err(_) => SanType::DnsName(s.clone().try_into().map_err(|_| PkiError::San(s.clone()))?),
+        });
+    }
+    let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+
+    let admin_key = KeyPair::generate()?;
+    let mut admin = CertificateParams::default();
+    admin.distinguished_name = name("kubernetes-admin", Some("system:masters"));
+    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+
+    write(&files.ca_key, &ca_key.serialize_pem(), true)?;
+    write(&files.serving_cert, &serving_cert.pem(), false)?;
+    write(&files.serving_key, &serving_key.serialize_pem(), true)?;
+    write(&files.admin_cert, &admin_cert.pem(), false)?;
+    write(&files.admin_key, &admin_key.serialize_pem(), true)?;
+    // The CA certificate last: its presence marks a complete PKI.
+    write(&files.ca_cert, &ca_cert.pem(), false)?;
+    Ok(files)
+}
+
+/// The serving certificate's names, as kubeadm sets them: the host names of the
+/// `kubernetes` Service, `localhost`, the advertise address, the Service's cluster IP and
+/// loopback.
+pub fn default_sans(advertise: IpAddr, service_ip: IpAddr, extra: &[String]) -> Vec<String> {
+    let mut sans: Vec<String> = [
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "localhost",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    for ip in [advertise, service_ip, IpAddr::from([127, 0, 0, 1])] {
+        if !sans.contains(&ip.to_string()) {
+            sans.push(ip.to_string());
+        }
+    }
+    sans.extend(extra.iter().cloned());
+    sans
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generates_once_and_reuses() {
+        let dir = tempfile::tempdir().unwrap();
+        let sans = default_sans([10, 0, 0, 1].into(), [10, 96, 0, 1].into(), &[]);
+        let files = ensure(dir.path(), &sans).unwrap();
+        let ca = std::fs::read_to_string(&files.ca_cert).unwrap();
+        assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+        let again = ensure(dir.path(), &sans).unwrap();
+        assert_eq!(std::fs::read_to_string(&again.ca_cert).unwrap(), ca);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.ca_key)
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+}
