@@ -142,20 +142,7 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,raft=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    // A panic anywhere (above all in the Raft thread) must stop the process rather than
-    // leave a member that answers but no longer replicates.
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        std::process::abort();
-    }));
+    ferrokube_process::init();
     let args = Args::parse();
     let peer_url = args
         .initial_advertise_peer_urls

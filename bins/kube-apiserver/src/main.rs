@@ -77,18 +77,7 @@ fn first_service_ip(cidr: &str) -> Result<IpAddr> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,raft=warn".into()),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        std::process::abort();
-    }));
+    ferrokube_process::init();
     let args = Args::parse();
     let service_ip = first_service_ip(&args.service_cluster_ip_range)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
