@@ -318,7 +318,9 @@ impl StateMachine {
 
     // ---------------------------------------------------------------- reads
 
-    /// Serves a range request from local state.
+    /// Serves a range request from local state. The index is read under the lock; values
+    /// are read after it is released, from a RocksDB snapshot pinned under it, so large
+    /// ranges do not hold up the applier.
     pub fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
         let inner = self.inner.read().unwrap();
         let view = View {
@@ -327,11 +329,21 @@ impl StateMachine {
             overlay: None,
             pending: None,
         };
-        let mut resp = view.range(req)?;
-        resp.header = Some(ResponseHeader {
+        let header = Some(ResponseHeader {
             revision: inner.current,
             ..Default::default()
         });
+        let planned = view.plan_range(req)?;
+        let pinned = self.engine.db.snapshot();
+        drop(inner);
+        let mut resp = match planned {
+            Planned::Done(resp) => resp,
+            Planned::Fetch(plan) => {
+                let kvs = fetch_records(&self.engine, Some(&pinned), |_| None, &plan.entries)?;
+                plan.finish(kvs)
+            }
+        };
+        resp.header = header;
         Ok(resp)
     }
 
@@ -841,6 +853,84 @@ impl Applier<'_> {
     }
 }
 
+/// Values for index entries: from `local` (records not yet in RocksDB) or RocksDB, read
+/// at `pinned` when given.
+fn fetch_records<'r>(
+    engine: &Engine,
+    pinned: Option<&rocksdb::Snapshot<'_>>,
+    local: impl Fn(&Rev) -> Option<&'r RevisionRecord>,
+    entries: &[(Vec<u8>, Entry)],
+) -> Result<Vec<KeyValue>> {
+    let mut out: Vec<Option<KeyValue>> = vec![None; entries.len()];
+    let mut wanted = Vec::new();
+    for (i, (_, e)) in entries.iter().enumerate() {
+        match local(&e.rev) {
+            Some(rec) => out[i] = rec.kv.clone(),
+            None => wanted.push(i),
+        }
+    }
+    if !wanted.is_empty() {
+        let cf = engine.cf(CF_REV);
+        let keys: Vec<_> = wanted
+            .iter()
+            .map(|&i| (cf, entries[i].1.rev.to_key()))
+            .collect();
+        let mut opts = ReadOptions::default();
+        if let Some(snap) = pinned {
+            opts.set_snapshot(snap);
+        }
+        for (&i, got) in wanted.iter().zip(engine.db.multi_get_cf_opt(keys, &opts)) {
+            let v = got?.ok_or_else(|| {
+                StoreError::Corrupt(format!("missing history record {:?}", entries[i].1.rev))
+            })?;
+            out[i] = RevisionRecord::decode(&*v)?.kv;
+        }
+    }
+    out.into_iter()
+        .map(|kv| kv.ok_or_else(|| StoreError::Corrupt("record without key-value".into())))
+        .collect()
+}
+
+/// A range's index work done: either the answer, or the entries whose values it needs.
+enum Planned {
+    Done(RangeResponse),
+    Fetch(RangePlan),
+}
+
+struct RangePlan {
+    entries: Vec<(Vec<u8>, Entry)>,
+    count: i64,
+    more: bool,
+    /// Sort by value (descending?) and then keep `limit`.
+    value_sort: Option<(bool, usize)>,
+    keys_only: bool,
+}
+
+impl RangePlan {
+    fn finish(self, mut kvs: Vec<KeyValue>) -> RangeResponse {
+        let mut more = self.more;
+        if let Some((descending, limit)) = self.value_sort {
+            kvs.sort_by(|a, b| a.value.cmp(&b.value));
+            if descending {
+                kvs.reverse();
+            }
+            more = kvs.len() > limit;
+            kvs.truncate(limit);
+            if self.keys_only {
+                for kv in &mut kvs {
+                    kv.value.clear();
+                }
+            }
+        }
+        RangeResponse {
+            header: None,
+            kvs,
+            more,
+            count: self.count,
+        }
+    }
+}
+
 /// A consistent read view: the committed index plus, inside a transaction, its own writes.
 struct View<'a> {
     inner: &'a Inner,
@@ -897,42 +987,27 @@ impl View<'_> {
 
     /// Full key-values (with values) for `entries`.
     fn fetch(&self, entries: &[(Vec<u8>, Entry)]) -> Result<Vec<KeyValue>> {
-        let mut out: Vec<Option<KeyValue>> = vec![None; entries.len()];
-        let mut wanted = Vec::new();
-        for (i, (_, e)) in entries.iter().enumerate() {
-            let rec = self
-                .overlay
-                .and_then(|(_, recs)| recs.get(&e.rev))
-                .or_else(|| self.pending.and_then(|p| p.get(&e.rev)));
-            match rec {
-                Some(rec) => out[i] = rec.kv.clone(),
-                None => wanted.push(i),
-            }
-        }
-        if !wanted.is_empty() {
-            let cf = self.engine.cf(CF_REV);
-            let keys: Vec<_> = wanted
-                .iter()
-                .map(|&i| (cf, entries[i].1.rev.to_key()))
-                .collect();
-            let mut opts = ReadOptions::default();
-            opts.fill_cache(true);
-            for (&i, got) in wanted
-                .iter()
-                .zip(self.engine.db.multi_get_cf_opt(keys, &opts))
-            {
-                let v = got?.ok_or_else(|| {
-                    StoreError::Corrupt(format!("missing history record {:?}", entries[i].1.rev))
-                })?;
-                out[i] = RevisionRecord::decode(&*v)?.kv;
-            }
-        }
-        out.into_iter()
-            .map(|kv| kv.ok_or_else(|| StoreError::Corrupt("record without key-value".into())))
-            .collect()
+        let local = |rev: &Rev| {
+            self.overlay
+                .and_then(|(_, recs)| recs.get(rev))
+                .or_else(|| self.pending.and_then(|p| p.get(rev)))
+        };
+        fetch_records(self.engine, None, local, entries)
     }
 
     fn range(&self, req: &RangeRequest) -> Result<RangeResponse> {
+        match self.plan_range(req)? {
+            Planned::Done(resp) => Ok(resp),
+            Planned::Fetch(plan) => {
+                let kvs = self.fetch(&plan.entries)?;
+                Ok(plan.finish(kvs))
+            }
+        }
+    }
+
+    /// Everything a range needs from the index; values are fetched separately (so that a
+    /// plain range can fetch them after releasing the lock).
+    fn plan_range(&self, req: &RangeRequest) -> Result<Planned> {
         use ferrokube_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
         let current = self.inner.current;
         let at = if req.revision <= 0 {
@@ -970,12 +1045,12 @@ impl View<'_> {
             });
         }
         if req.count_only {
-            return Ok(RangeResponse {
+            return Ok(Planned::Done(RangeResponse {
                 header: None,
                 kvs: Vec::new(),
                 more: false,
                 count,
-            });
+            }));
         }
         let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
         let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
@@ -989,59 +1064,54 @@ impl View<'_> {
         } else {
             usize::MAX
         };
-        let mut kvs = if order == SortOrder::None || target != SortTarget::Value {
-            // Sort (if asked) on index data, then fetch only what is returned.
-            if order != SortOrder::None {
-                let key_of = |(k, e): &(Vec<u8>, Entry)| {
-                    let kv = Self::kv_from_index(k, e);
-                    match target {
-                        SortTarget::Version => (kv.version, Vec::new()),
-                        SortTarget::Create => (kv.create_revision, Vec::new()),
-                        SortTarget::Mod => (kv.mod_revision, Vec::new()),
-                        _ => (0, kv.key),
-                    }
-                };
-                live.sort_by_key(key_of);
-                if order == SortOrder::Descend {
-                    live.reverse();
+        if order != SortOrder::None && target == SortTarget::Value {
+            // Sorting by value needs every value first.
+            return Ok(Planned::Fetch(RangePlan {
+                entries: live,
+                count,
+                more: false,
+                value_sort: Some((order == SortOrder::Descend, limit)),
+                keys_only: req.keys_only,
+            }));
+        }
+        // Sort (if asked) on index data, then fetch only what is returned.
+        if order != SortOrder::None {
+            let key_of = |(k, e): &(Vec<u8>, Entry)| {
+                let kv = Self::kv_from_index(k, e);
+                match target {
+                    SortTarget::Version => (kv.version, Vec::new()),
+                    SortTarget::Create => (kv.create_revision, Vec::new()),
+                    SortTarget::Mod => (kv.mod_revision, Vec::new()),
+                    _ => (0, kv.key),
                 }
-            }
-            let total = live.len();
-            live.truncate(limit);
-            let kvs = if req.keys_only {
-                live.iter()
-                    .map(|(k, e)| Self::kv_from_index(k, e))
-                    .collect()
-            } else {
-                self.fetch(&live)?
             };
-            let more = total > kvs.len() || (!filtered && count as usize > kvs.len());
-            return Ok(RangeResponse {
+            live.sort_by_key(key_of);
+            if order == SortOrder::Descend {
+                live.reverse();
+            }
+        }
+        let total = live.len();
+        live.truncate(limit);
+        let more = total > live.len() || (!filtered && count as usize > live.len());
+        if req.keys_only {
+            let kvs = live
+                .iter()
+                .map(|(k, e)| Self::kv_from_index(k, e))
+                .collect();
+            return Ok(Planned::Done(RangeResponse {
                 header: None,
                 kvs,
                 more,
                 count,
-            });
-        } else {
-            self.fetch(&live)?
-        };
-        kvs.sort_by(|a, b| a.value.cmp(&b.value));
-        if order == SortOrder::Descend {
-            kvs.reverse();
+            }));
         }
-        let more = kvs.len() > limit;
-        kvs.truncate(limit);
-        if req.keys_only {
-            for kv in &mut kvs {
-                kv.value.clear();
-            }
-        }
-        Ok(RangeResponse {
-            header: None,
-            kvs,
-            more,
+        Ok(Planned::Fetch(RangePlan {
+            entries: live,
             count,
-        })
+            more,
+            value_sort: None,
+            keys_only: false,
+        }))
     }
 
     fn compare(&self, c: &Compare) -> Result<bool> {

@@ -420,3 +420,64 @@ fn nested_compares_see_the_state_before_the_transaction() {
     .unwrap();
     assert_eq!(t.get("y", "", 0).unwrap()[0].1, "x-was-absent");
 }
+
+#[test]
+fn ranges_sort_limit_and_count() {
+    use ferrokube_proto::etcdserverpb::range_request::{SortOrder, SortTarget};
+    let mut t = Sm::new();
+    t.put("s/a", "3"); // 2
+    t.put("s/b", "1"); // 3
+    t.put("s/c", "2"); // 4
+    t.put("s/a", "0"); // 5: a is now the newest and smallest
+    let ask = |order: SortOrder, target: SortTarget, limit: i64, keys_only: bool| {
+        let r =
+            t.sm.range(&RangeRequest {
+                key: b"s/".to_vec(),
+                range_end: b"s0".to_vec(),
+                sort_order: order as i32,
+                sort_target: target as i32,
+                limit,
+                keys_only,
+                ..Default::default()
+            })
+            .unwrap();
+        let keys: Vec<String> = r
+            .kvs
+            .iter()
+            .map(|kv| {
+                format!(
+                    "{}={}",
+                    String::from_utf8_lossy(&kv.key),
+                    String::from_utf8_lossy(&kv.value)
+                )
+            })
+            .collect();
+        (keys, r.count, r.more, r.header.unwrap().revision)
+    };
+    assert_eq!(
+        ask(SortOrder::Descend, SortTarget::Value, 2, false),
+        (vec!["s/c=2".into(), "s/b=1".into()], 3, true, 5)
+    );
+    assert_eq!(
+        ask(SortOrder::Ascend, SortTarget::Value, 0, true),
+        (
+            vec!["s/a=".into(), "s/b=".into(), "s/c=".into()],
+            3,
+            false,
+            5
+        )
+    );
+    assert_eq!(
+        ask(SortOrder::Descend, SortTarget::Mod, 1, false),
+        (vec!["s/a=0".into()], 3, true, 5)
+    );
+    assert_eq!(
+        ask(SortOrder::None, SortTarget::Key, 0, false),
+        (
+            vec!["s/a=0".into(), "s/b=1".into(), "s/c=2".into()],
+            3,
+            false,
+            5
+        )
+    );
+}
