@@ -214,6 +214,27 @@ fn check_acked(acked: &[Acked], data: &BTreeMap<Vec<u8>, (Vec<u8>, i64)>) {
     }
 }
 
+/// Once a leader is agreed, reads everything through it and checks that more than `min`
+/// writes were acknowledged and every one of them is there; returns the revision read at,
+/// the data and the acknowledgements.
+async fn verify_acked(
+    c: &mut Cluster,
+    chans: &[Channel],
+    acked: &Mutex<Vec<Acked>>,
+    min: usize,
+) -> (i64, BTreeMap<Vec<u8>, (Vec<u8>, i64)>, Vec<Acked>) {
+    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
+    let (rev, data) = read_all(chans[leader].clone()).await;
+    let acked = acked.lock().unwrap().clone();
+    assert!(
+        acked.len() > min,
+        "too few writes acknowledged: {}",
+        acked.len()
+    );
+    check_acked(&acked, &data);
+    (rev, data, acked)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kills_under_writes_lose_nothing() {
     let mut c = Cluster::new(3, &["--snapshot-count", "500"]).unwrap();
@@ -251,15 +272,7 @@ async fn leader_kills_under_writes_lose_nothing() {
     for w in writers {
         w.await.unwrap();
     }
-    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
-    let (final_rev, data) = read_all(chans[leader].clone()).await;
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 100,
-        "too few writes acknowledged: {}",
-        acked.len()
-    );
-    check_acked(&acked, &data);
+    let (final_rev, data, acked) = verify_acked(&mut c, &chans, &acked, 100).await;
     // Every revision after the empty store's 1 is one put of a k/ key.
     assert_eq!(final_rev as usize - 1, data.len(), "revisions have gaps");
     *until.lock().unwrap() = Some(final_rev);
@@ -304,15 +317,7 @@ async fn whole_group_kill_and_restart_keeps_acknowledged_writes() {
     for i in 0..3 {
         c.restart(i).unwrap();
     }
-    let leader = c.wait_leader(Duration::from_secs(20)).await.unwrap();
-    let (_, data) = read_all(chans[leader].clone()).await;
-    let acked = acked.lock().unwrap().clone();
-    assert!(
-        acked.len() > 20,
-        "too few writes acknowledged: {}",
-        acked.len()
-    );
-    check_acked(&acked, &data);
+    let (_, data, _) = verify_acked(&mut c, &chans, &acked, 20).await;
     // Each member, read locally, has the same data once it caught up.
     for (i, ch) in chans.iter().enumerate() {
         if let Err(got) =
