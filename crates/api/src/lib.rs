@@ -9,14 +9,20 @@
 //! [`fields`] does the same for field selectors; [`validation`] checks names, label keys
 //! and values with upstream's rules and messages, [`quantity`] parses and prints resource
 //! quantities canonically, and [`status`] builds the `Status`
-//! errors (codes, reasons, messages) that clients parse.
+//! errors (codes, reasons, messages) that clients parse. [`meta`] reads and writes object
+//! metadata, [`defaults`] fills in upstream's defaults, [`patch`] applies the three patch
+//! formats, and [`table`] prints rows as upstream's server-side printers do.
 
+pub mod defaults;
 pub mod fields;
 pub mod keys;
+pub mod meta;
+pub mod patch;
 pub mod quantity;
 pub mod registry;
 pub mod selector;
 pub mod status;
+pub mod table;
 pub mod validation;
 
 pub use registry::{Registry, ResourceInfo};
