@@ -11,8 +11,10 @@
 //! quantities canonically, and [`status`] builds the `Status`
 //! errors (codes, reasons, messages) that clients parse. [`meta`] reads and writes object
 //! metadata, [`defaults`] fills in upstream's defaults, [`patch`] applies the three patch
-//! formats, and [`table`] prints rows as upstream's server-side printers do.
+//! formats, and [`table`] prints rows as upstream's server-side printers do;
+//! [`typed`] decodes bodies against the compiled types and [`checks`] validates objects.
 
+pub mod checks;
 pub mod defaults;
 pub mod fields;
 pub mod keys;
@@ -23,6 +25,7 @@ pub mod registry;
 pub mod selector;
 pub mod status;
 pub mod table;
+pub mod typed;
 pub mod validation;
 
 pub use registry::{Registry, ResourceInfo};

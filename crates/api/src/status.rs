@@ -78,6 +78,56 @@ pub fn bad_request(message: impl Into<String>) -> StatusError {
     failure(400, "BadRequest", message.into(), None)
 }
 
+/// 403: `pods "x" is forbidden: <why>` (or `pods is forbidden: ...` without a name).
+pub fn forbidden(r: &ResourceInfo, name: &str, why: &str) -> StatusError {
+    let msg = if name.is_empty() {
+        format!("{} is forbidden: {why}", r.qualified_name())
+    } else {
+        format!("{} \"{name}\" is forbidden: {why}", r.qualified_name())
+    };
+    failure(403, "Forbidden", msg, resource_details(r, name))
+}
+
+/// 403 for a request with no resource to name (non-resource paths).
+pub fn forbidden_path(message: String) -> StatusError {
+    failure(403, "Forbidden", message, None)
+}
+
+/// 404 for a path the server does not serve.
+pub fn no_route() -> StatusError {
+    failure(
+        404,
+        "NotFound",
+        "the server could not find the requested resource".into(),
+        Some(StatusDetails::default()),
+    )
+}
+
+/// 415: a body in a content type the server does not decode.
+pub fn unsupported_media_type(content_type: &str) -> StatusError {
+    failure(
+        415,
+        "UnsupportedMediaType",
+        format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml (got {content_type:?})"),
+        None,
+    )
+}
+
+/// 406: no representation the client accepts.
+pub fn not_acceptable(accept: &str) -> StatusError {
+    failure(
+        406,
+        "NotAcceptable",
+        format!("only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf (got {accept:?})"),
+        None,
+    )
+}
+
+/// 422 with a free-form message (patches that do not apply).
+pub fn unprocessable(message: impl Into<String>) -> StatusError {
+    failure(422, "Invalid", message.into(), None)
+}
+
 /// 405: the verb is not served for the resource.
 pub fn method_not_supported() -> StatusError {
     failure(
@@ -201,6 +251,36 @@ impl FieldError {
             kind: FieldErrorType::Invalid,
             value: Some(format!("{value:?}")),
             detail: detail.into(),
+        }
+    }
+
+    /// `Invalid value: <value>: detail` with the value already printed (numbers, maps).
+    pub fn invalid_raw(field: impl Into<String>, value: String, detail: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorType::Invalid,
+            value: Some(value),
+            detail: detail.into(),
+        }
+    }
+
+    /// `Forbidden: detail`.
+    pub fn forbidden(field: impl Into<String>, detail: impl Into<String>) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorType::Forbidden,
+            value: None,
+            detail: detail.into(),
+        }
+    }
+
+    /// `Duplicate value: "v"`.
+    pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
+        FieldError {
+            field: field.into(),
+            kind: FieldErrorType::Duplicate,
+            value: Some(format!("{value:?}")),
+            detail: String::new(),
         }
     }
 

@@ -34,6 +34,32 @@ pub fn dns1123_label(s: &str) -> Vec<String> {
     errs
 }
 
+const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
+
+/// A DNS-1035 label (Service names): a DNS-1123 label that starts with a letter.
+pub fn dns1035_label(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > DNS1123_LABEL_MAX {
+        errs.push(max_len(DNS1123_LABEL_MAX));
+    }
+    if !is_label_shape(s) || !s.as_bytes()[0].is_ascii_lowercase() {
+        errs.push(DNS1035_LABEL_MSG.to_string());
+    }
+    errs
+}
+
+/// A key of a ConfigMap or Secret: `[-._a-zA-Z0-9]+`, at most 253 characters.
+pub fn config_map_key(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s.len() > DNS1123_SUBDOMAIN_MAX {
+        errs.push(max_len(DNS1123_SUBDOMAIN_MAX));
+    }
+    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')) {
+        errs.push("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".to_string());
+    }
+    errs
+}
+
 /// A DNS-1123 subdomain (most object names).
 pub fn dns1123_subdomain(s: &str) -> Vec<String> {
     let mut errs = Vec::new();

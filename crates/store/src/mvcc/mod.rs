@@ -7,6 +7,7 @@
 
 mod index;
 
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};

@@ -1,0 +1,317 @@
+//! Objects in the embedded store, the way upstream's `storage.Interface` keeps them in
+//! etcd: one key per object, the JSON body without `resourceVersion` (the key's mod
+//! revision is the resourceVersion), creates and updates as transactions that compare
+//! revisions, so concurrent writers never overwrite each other.
+
+use ferrokube_api::keys::prefix_end;
+use ferrokube_api::meta::set_resource_version;
+use ferrokube_api::status::{self, StatusError};
+use ferrokube_proto::etcdserverpb::{
+    compare, request_op, response_op, Compare, DeleteRangeRequest, PutRequest, RangeRequest,
+    RequestOp, TxnRequest,
+};
+use ferrokube_store::{Store, StoreError};
+use serde_json::Value;
+
+/// One stored object with its mod revision.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub key: String,
+    pub object: Value,
+    pub revision: i64,
+}
+
+/// A page of a list.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub items: Vec<Stored>,
+    /// The revision the page was read at.
+    pub revision: i64,
+    /// Keys left after this page, if any (`more`).
+    pub more: bool,
+    /// How many keys are left after this page.
+    pub remaining: i64,
+}
+
+/// What an update function decides.
+pub enum Update {
+    /// Write this object.
+    Put(Value),
+    /// Delete the object.
+    Delete,
+    /// Leave the object as it is (the answer is the current object).
+    Keep,
+}
+
+/// Maps a store failure to the `Status` upstream's apiserver answers with for the same
+/// etcd error.
+pub fn store_error(e: StoreError) -> StatusError {
+    match e {
+        StoreError::Compacted { .. } => status::expired(
+            "The resourceVersion for the provided list is too old.".to_string(),
+        ),
+        StoreError::FutureRevision => status::timeout(
+            "Too large resource version: the requested resourceVersion is newer than the store",
+        ),
+        StoreError::Timeout | StoreError::NoLeader | StoreError::Unhealthy => {
+            status::timeout(format!("request did not complete within requested timeout - {e}"))
+        }
+        StoreError::RequestTooLarge => status::too_large(1_572_864),
+        other => status::internal(other),
+    }
+}
+
+fn decode(key: &[u8], value: &[u8], revision: i64) -> Result<Stored, StatusError> {
+    let mut object: Value = serde_json::from_slice(value).map_err(|e| {
+        status::internal(format!(
+            "stored object {} is not JSON: {e}",
+            String::from_utf8_lossy(key)
+        ))
+    })?;
+    set_resource_version(&mut object, revision);
+    Ok(Stored {
+        key: String::from_utf8_lossy(key).into_owned(),
+        object,
+        revision,
+    })
+}
+
+/// Serializes an object for storage: everything but `metadata.resourceVersion`.
+pub fn encode(object: &Value) -> Vec<u8> {
+    let mut o = object.clone();
+    if let Some(m) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.remove("resourceVersion");
+    }
+    serde_json::to_vec(&o).expect("JSON values serialize")
+}
+
+fn put_op(key: &str, value: Vec<u8>) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestPut(PutRequest {
+            key: key.as_bytes().to_vec(),
+            value,
+            ..Default::default()
+        })),
+    }
+}
+
+fn mod_revision_is(key: &str, revision: i64) -> Compare {
+    Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Mod as i32,
+        key: key.as_bytes().to_vec(),
+        target_union: Some(compare::TargetUnion::ModRevision(revision)),
+        range_end: vec![],
+    }
+}
+
+/// The objects of the API server in the store.
+#[derive(Clone)]
+pub struct Objects {
+    store: Store,
+}
+
+impl Objects {
+    pub fn new(store: Store) -> Self {
+        Objects { store }
+    }
+
+    /// The store underneath.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Reads one object; `None` when absent.
+    pub async fn get(&self, key: &str) -> Result<Option<Stored>, StatusError> {
+        let resp = self
+            .store
+            .range(RangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })
+            .await
+            .map_err(store_error)?;
+        match resp.kvs.first() {
+            Some(kv) => Ok(Some(decode(&kv.key, &kv.value, kv.mod_revision)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Lists keys under `prefix` from `start` (inclusive; empty = the prefix itself), at
+    /// `revision` (0 = latest, linearizable), at most `limit` (0 = all).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: &str,
+        revision: i64,
+        limit: i64,
+    ) -> Result<Page, StatusError> {
+        let from = if start.is_empty() { prefix } else { start };
+        let resp = self
+            .store
+            .range(RangeRequest {
+                key: from.as_bytes().to_vec(),
+                range_end: prefix_end(prefix.as_bytes()),
+                revision,
+                limit,
+                ..Default::default()
+            })
+            .await
+            .map_err(store_error)?;
+        let items = resp
+            .kvs
+            .iter()
+            .map(|kv| decode(&kv.key, &kv.value, kv.mod_revision))
+            .collect::<Result<Vec<_>, _>>()?;
+        let read_at = resp.header.map_or(0, |h| h.revision);
+        Ok(Page {
+            remaining: (resp.count - items.len() as i64).max(0),
+            items,
+            revision: if revision > 0 { revision } else { read_at },
+            more: resp.more,
+        })
+    }
+
+    /// Creates an object; `AlreadyExists` comes back as `Ok(None)`. `also` writes more
+    /// keys in the same transaction when they are absent too (allocations).
+    pub async fn create(
+        &self,
+        key: &str,
+        object: &Value,
+        also: &[(String, Vec<u8>)],
+    ) -> Result<Option<i64>, StatusError> {
+        let mut compare = vec![mod_revision_is(key, 0)];
+        let mut success = vec![put_op(key, encode(object))];
+        for (k, v) in also {
+            compare.push(mod_revision_is(k, 0));
+            success.push(put_op(k, v.clone()));
+        }
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare,
+                success,
+                failure: vec![],
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(resp.succeeded.then(|| resp.header.map_or(0, |h| h.revision)))
+    }
+
+    /// Writes `object` if the key is still at `revision`; `Ok(None)` when it moved on.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        revision: i64,
+        object: &Value,
+    ) -> Result<Option<i64>, StatusError> {
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare: vec![mod_revision_is(key, revision)],
+                success: vec![put_op(key, encode(object))],
+                failure: vec![],
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(resp.succeeded.then(|| resp.header.map_or(0, |h| h.revision)))
+    }
+
+    /// Deletes the key if it is still at `revision`, and `also` keys unconditionally
+    /// (released allocations). Returns the deletion revision, `Ok(None)` when it moved on.
+    pub async fn delete_if(
+        &self,
+        key: &str,
+        revision: i64,
+        also: &[String],
+    ) -> Result<Option<i64>, StatusError> {
+        let mut success = vec![RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            })),
+        }];
+        for k in also {
+            success.push(RequestOp {
+                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                    key: k.as_bytes().to_vec(),
+                    ..Default::default()
+                })),
+            });
+        }
+        let resp = self
+            .store
+            .txn(TxnRequest {
+                compare: vec![mod_revision_is(key, revision)],
+                success,
+                failure: vec![],
+            })
+            .await
+            .map_err(store_error)?;
+        if !resp.succeeded {
+            return Ok(None);
+        }
+        let deleted = resp.responses.first().and_then(|r| match &r.response {
+            Some(response_op::Response::ResponseDeleteRange(d)) => Some(d.deleted),
+            _ => None,
+        });
+        Ok((deleted == Some(1)).then(|| resp.header.map_or(0, |h| h.revision)))
+    }
+
+    /// Upstream's `GuaranteedUpdate`: reads the object, lets `f` decide, and writes with
+    /// a revision compare, retrying from a fresh read when another writer got there first
+    /// (a bounded number of times). `f` sees `None` for an absent key. Returns the
+    /// outcome: the written object, `None` after a delete, or the unchanged one.
+    pub async fn update<F>(&self, key: &str, mut f: F) -> Result<Outcome, StatusError>
+    where
+        F: FnMut(Option<&Stored>) -> Result<Update, StatusError>,
+    {
+        for _ in 0..16 {
+            let current = self.get(key).await?;
+            match f(current.as_ref())? {
+                Update::Keep => {
+                    return Ok(match current {
+                        Some(c) => Outcome::Unchanged(c),
+                        None => Outcome::Deleted(None, 0),
+                    })
+                }
+                Update::Put(mut obj) => {
+                    let rev = current.as_ref().map_or(0, |c| c.revision);
+                    if let Some(c) = &current {
+                        if encode(&obj) == encode(&c.object) {
+                            return Ok(Outcome::Unchanged(current.expect("checked")));
+                        }
+                    }
+                    if let Some(new_rev) = self.put_if(key, rev, &obj).await? {
+                        set_resource_version(&mut obj, new_rev);
+                        return Ok(Outcome::Written(Stored {
+                            key: key.to_string(),
+                            object: obj,
+                            revision: new_rev,
+                        }));
+                    }
+                }
+                Update::Delete => {
+                    let Some(c) = current else {
+                        return Ok(Outcome::Deleted(None, 0));
+                    };
+                    if let Some(rev) = self.delete_if(key, c.revision, &[]).await? {
+                        return Ok(Outcome::Deleted(Some(c), rev));
+                    }
+                }
+            }
+        }
+        Err(status::timeout(
+            "too many concurrent writers to the same object; try again",
+        ))
+    }
+}
+
+/// What [`Objects::update`] did.
+#[derive(Debug)]
+pub enum Outcome {
+    Written(Stored),
+    /// Deleted (the last stored version and the deletion revision), or absent.
+    Deleted(Option<Stored>, i64),
+    Unchanged(Stored),
+}
