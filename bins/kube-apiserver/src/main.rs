@@ -1,6 +1,7 @@
 //! `kube-apiserver`: serves the Kubernetes API over HTTPS with the replicated store
 //! embedded. Flags follow upstream's where they exist; `--data-dir` and `--store-*` place
-//! the embedded store. Today it serves `/version` and the health endpoints.
+//! the embedded store. On first start it creates the cluster PKI, the admin kubeconfig
+//! and the bootstrap objects.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
+use ferrokube_apiserver::alloc::Allocator;
 use ferrokube_apiserver::{kubeconfig, pki, server, ApiServer};
 use ferrokube_store::{Store, StoreConfig};
 use tokio::net::TcpListener;
@@ -80,6 +82,7 @@ async fn main() -> Result<()> {
     ferrokube_process::init();
     let args = Args::parse();
     let service_ip = first_service_ip(&args.service_cluster_ip_range)?;
+    let alloc = Allocator::new(&args.service_cluster_ip_range)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
     let listener = TcpListener::bind(addr)
         .await
@@ -119,11 +122,25 @@ async fn main() -> Result<()> {
         .await
         .with_context(|| format!("listen on {peer_addr}"))?;
     let store = Store::open(store_cfg).context("open the embedded store")?;
-    let peer = tonic::transport::Server::builder()
-        .add_service(store.peer_service())
-        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(peer_listener));
+    // Peers must reach this member before anything is written (bootstrap needs a quorum).
+    let peer = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(store.peer_service())
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(peer_listener)),
+    );
     tracing::info!(%addr, kubeconfig = %kubeconfig_path.display(), "kube-apiserver serving");
-    let api = ApiServer::new(store.clone());
+    store
+        .wait_caught_up()
+        .await
+        .context("embedded store catching up")?;
+    let api = ApiServer::new(
+        store.clone(),
+        alloc,
+        format!("{}:{}", args.advertise_address, args.secure_port),
+    );
+    api.bootstrap(args.advertise_address, args.secure_port)
+        .await
+        .context("creating the bootstrap objects")?;
     let watchdog = async {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -135,7 +152,7 @@ async fn main() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = api.serve(listener, tls) => r.context("serve")?,
-        r = peer => r.context("store peer transport")?,
+        r = peer => r.context("store peer transport task")?.context("store peer transport")?,
         why = watchdog => {
             tracing::error!("embedded store stopped: {why}");
             std::process::exit(1);

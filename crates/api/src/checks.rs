@@ -129,7 +129,10 @@ pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Errors {
         errs.push(FieldError::required(format!("{path}.containers"), ""));
     }
     let mut names = BTreeSet::new();
-    for (list, items) in [("initContainers", arr(spec, "/initContainers")), ("containers", containers)] {
+    for (list, items) in [
+        ("initContainers", arr(spec, "/initContainers")),
+        ("containers", containers),
+    ] {
         for (i, c) in items.iter().enumerate() {
             let at = format!("{path}.{list}[{i}]");
             let name = s(c, "/name");
@@ -196,7 +199,10 @@ pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Errors {
             }
         }
     }
-    for (list, items) in [("initContainers", arr(spec, "/initContainers")), ("containers", containers)] {
+    for (list, items) in [
+        ("initContainers", arr(spec, "/initContainers")),
+        ("containers", containers),
+    ] {
         for (i, c) in items.iter().enumerate() {
             for (j, m) in arr(c, "/volumeMounts").iter().enumerate() {
                 let name = s(m, "/name");
@@ -218,7 +224,10 @@ pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Errors {
         }
     }
     if let Some(ns) = spec.get("nodeSelector") {
-        errs.extend(label_map(&string_map(Some(ns)), &format!("{path}.nodeSelector")));
+        errs.extend(label_map(
+            &string_map(Some(ns)),
+            &format!("{path}.nodeSelector"),
+        ));
     }
     errs
 }
@@ -393,7 +402,11 @@ fn service(obj: &Value, errs: &mut Errors) {
                 errs.push(FieldError::duplicate(format!("spec.ports[{i}].name"), name));
             }
             for e in dns1123_label(name) {
-                errs.push(FieldError::invalid(format!("spec.ports[{i}].name"), name, e));
+                errs.push(FieldError::invalid(
+                    format!("spec.ports[{i}].name"),
+                    name,
+                    e,
+                ));
             }
         }
         if let Some(np) = p.get("nodePort").and_then(Value::as_i64) {
@@ -489,8 +502,15 @@ mod tests {
         let e = object_meta("Service", &json!({"metadata": {"name": "1abc"}}), true);
         assert_eq!(e.len(), 1);
         let e = object_meta("Pod", &json!({"metadata": {}}), true);
-        assert_eq!(e[0].to_string(), "metadata.name: Required value: name or generateName is required");
-        let e = object_meta("Pod", &json!({"metadata": {"name": "a", "labels": {"a": "b c"}}}), true);
+        assert_eq!(
+            e[0].to_string(),
+            "metadata.name: Required value: name or generateName is required"
+        );
+        let e = object_meta(
+            "Pod",
+            &json!({"metadata": {"name": "a", "labels": {"a": "b c"}}}),
+            true,
+        );
         assert_eq!(e.len(), 1);
     }
 
@@ -506,15 +526,24 @@ mod tests {
             "spec.template.metadata.labels: Invalid value: map[string]string{\"app\":\"b\"}: `selector` does not match template `labels`"
         );
         let pod = json!({"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "imagePullPolicy": "Always"}]}});
-        assert_eq!(object("Pod", &pod)[0].to_string(), "spec.containers[0].image: Required value");
+        assert_eq!(
+            object("Pod", &pod)[0].to_string(),
+            "spec.containers[0].image: Required value"
+        );
         let job = json!({"spec": {"template": {"spec": {"restartPolicy": "Always", "containers": [{"name": "c", "image": "i", "imagePullPolicy": "Always"}]}}}});
-        assert_eq!(object("Job", &job)[0].field, "spec.template.spec.restartPolicy");
+        assert_eq!(
+            object("Job", &job)[0].field,
+            "spec.template.spec.restartPolicy"
+        );
     }
 
     #[test]
     fn services_and_updates() {
         let svc = json!({"spec": {"type": "ClusterIP"}});
-        assert_eq!(object("Service", &svc)[0].to_string(), "spec.ports: Required value");
+        assert_eq!(
+            object("Service", &svc)[0].to_string(),
+            "spec.ports: Required value"
+        );
         let old = json!({"spec": {"clusterIP": "10.96.0.5", "type": "ClusterIP"}});
         let new = json!({"spec": {"clusterIP": "10.96.0.6", "type": "ClusterIP"}});
         assert_eq!(

@@ -214,9 +214,10 @@ pub fn merge_patch(doc: &Value, patch: &Value) -> Value {
 
 // ---------------------------------------------------------------- strategic merge patch
 
-/// How a list field merges in a strategic merge patch.
+/// How a list field merges in a strategic merge patch (and how server-side apply
+/// tracks ownership of its items).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum ListStrategy {
+pub enum ListStrategy {
     Replace,
     /// Merge items by this key.
     MergeKey(&'static str),
@@ -226,7 +227,7 @@ enum ListStrategy {
 
 /// The patch strategy of list `field` below `path` (field names from the root, list
 /// indexes left out), as the upstream types declare it.
-fn list_strategy(kind: &str, path: &[String], field: &str) -> ListStrategy {
+pub fn list_strategy(kind: &str, path: &[String], field: &str) -> ListStrategy {
     let parent = path.last().map(String::as_str).unwrap_or("");
     let in_container = matches!(
         parent,

@@ -107,7 +107,9 @@ fn prune(v: &mut Value, typed: &Value, path: String, unknown: &mut Vec<String>) 
                     None => {
                         // `kind` and `apiVersion` are read before decoding; nulls are
                         // absent values.
-                        if m[&k].is_null() || (path.is_empty() && (k == "kind" || k == "apiVersion")) {
+                        if m[&k].is_null()
+                            || (path.is_empty() && (k == "kind" || k == "apiVersion"))
+                        {
                             continue;
                         }
                         m.remove(&k);
@@ -139,7 +141,12 @@ mod tests {
         assert_eq!(d.unknown, vec!["spec.bogus", "spec.containers[0].imagee"]);
         assert!(d.object["spec"].get("bogus").is_none());
         assert_eq!(d.object["metadata"]["labels"]["a"], "b");
-        assert!(decode("apps", "Deployment", &json!({"spec": {"replicas": "three"}})).is_err());
+        assert!(decode(
+            "apps",
+            "Deployment",
+            &json!({"spec": {"replicas": "three"}})
+        )
+        .is_err());
         let cr = json!({"spec": {"anything": 1}});
         assert_eq!(decode("example.com", "Widget", &cr).unwrap().object, cr);
         // Secret data must be base64.

@@ -54,7 +54,11 @@ pub fn config_map_key(s: &str) -> Vec<String> {
     if s.len() > DNS1123_SUBDOMAIN_MAX {
         errs.push(max_len(DNS1123_SUBDOMAIN_MAX));
     }
-    if s.is_empty() || !s.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')) {
+    if s.is_empty()
+        || !s
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
         errs.push("a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".to_string());
     }
     errs

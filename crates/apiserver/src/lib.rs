@@ -2,11 +2,25 @@
 //!
 //! Start at [`server`]: it terminates TLS (HTTP/2 and HTTP/1.1) and routes requests.
 //! [`pki`] makes the cluster CA, serving and admin certificates on first start, and
-//! [`kubeconfig`] writes the admin kubeconfig. Served so far: `/version`, `/healthz`,
-//! `/livez`, `/readyz`; resources are not served yet.
+//! [`kubeconfig`] writes the admin kubeconfig. A request is parsed by [`request`],
+//! authenticated and authorized by [`auth`], then served by [`discovery`] or by
+//! [`rest`] (the resource verbs, with admission and validation), [`watch`] (streams fed
+//! by the shared [`watchcache`]) and [`apply`] (server-side apply). Objects live in the
+//! embedded store through [`storage`]; Service IPs and node ports come from [`alloc`];
+//! [`bootstrap`] creates what a new cluster starts with.
 
+pub mod alloc;
+pub mod apply;
+pub mod auth;
+pub mod bootstrap;
+pub mod discovery;
 pub mod kubeconfig;
 pub mod pki;
+pub mod request;
+pub mod rest;
 pub mod server;
+pub mod storage;
+pub mod watch;
+pub mod watchcache;
 
 pub use server::{ApiServer, ServeError};

@@ -194,15 +194,29 @@ mod tests {
     fn paths_read_like_upstream() {
         let r = res("/api/v1/namespaces/default/pods/web/log");
         assert_eq!(
-            (r.namespace.as_deref(), r.resource.as_str(), r.name.as_deref(), r.subresource.as_deref()),
+            (
+                r.namespace.as_deref(),
+                r.resource.as_str(),
+                r.name.as_deref(),
+                r.subresource.as_deref()
+            ),
             (Some("default"), "pods", Some("web"), Some("log"))
         );
         let r = res("/apis/apps/v1/deployments");
-        assert_eq!((r.group.as_str(), r.namespace, r.name), ("apps", None, None));
+        assert_eq!(
+            (r.group.as_str(), r.namespace, r.name),
+            ("apps", None, None)
+        );
         let r = res("/api/v1/namespaces/kube-system");
-        assert_eq!((r.resource.as_str(), r.name.as_deref()), ("namespaces", Some("kube-system")));
+        assert_eq!(
+            (r.resource.as_str(), r.name.as_deref()),
+            ("namespaces", Some("kube-system"))
+        );
         let r = res("/api/v1/namespaces/x/status");
-        assert_eq!((r.resource.as_str(), r.subresource.as_deref()), ("namespaces", Some("status")));
+        assert_eq!(
+            (r.resource.as_str(), r.subresource.as_deref()),
+            ("namespaces", Some("status"))
+        );
         let r = res("/api/v1/namespaces");
         assert_eq!((r.resource.as_str(), r.name), ("namespaces", None));
         let r = res("/api/v1/watch/namespaces/default/pods");
@@ -211,7 +225,10 @@ mod tests {
         let r = res("/api/v1/namespaces/default/services/web:80/proxy/a/b");
         assert_eq!(r.rest.as_deref(), Some("a/b"));
         assert_eq!(route("/apis/apps"), Route::Group("apps".into()));
-        assert_eq!(route("/api/v1"), Route::GroupVersion("".into(), "v1".into()));
+        assert_eq!(
+            route("/api/v1"),
+            Route::GroupVersion("".into(), "v1".into())
+        );
         assert_eq!(route("/healthz"), Route::Other);
     }
 

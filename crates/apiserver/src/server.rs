@@ -5,10 +5,11 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use ferrokube_api::status::{self, StatusError};
+use ferrokube_api::Registry;
 use ferrokube_store::Store;
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -17,6 +18,14 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
+
+use crate::alloc::Allocator;
+use crate::auth::{self, User};
+use crate::discovery;
+use crate::request::{self, Query, ResourcePath, Route, Verb};
+use crate::rest::{error_response, full, json_response, Body, Call, Resources, MAX_BODY};
+use crate::storage::Objects;
+use crate::watchcache::WatchCache;
 
 /// Kubernetes version whose API this server implements.
 pub const KUBE_MAJOR: &str = "1";
@@ -76,11 +85,34 @@ pub fn tls_config(
 /// The API server's shared state.
 pub struct ApiServer {
     store: Store,
+    resources: Arc<Resources>,
+    /// `host:port` clients reach this server at (for `/api`).
+    server_address: String,
 }
 
 impl ApiServer {
-    pub fn new(store: Store) -> Arc<Self> {
-        Arc::new(ApiServer { store })
+    /// Builds the server over an open store, with the Service IP range.
+    pub fn new(store: Store, alloc: Allocator, server_address: String) -> Arc<Self> {
+        let resources = Arc::new(Resources {
+            objects: Objects::new(store.clone()),
+            cache: WatchCache::start(store.clone()),
+            registry: Registry::default(),
+            alloc,
+        });
+        Arc::new(ApiServer {
+            store,
+            resources,
+            server_address,
+        })
+    }
+
+    /// Creates the bootstrap objects (namespaces, the `kubernetes` Service, ...).
+    pub async fn bootstrap(
+        &self,
+        advertise: std::net::IpAddr,
+        port: u16,
+    ) -> Result<(), StatusError> {
+        crate::bootstrap::run(&self.resources, advertise, port).await
     }
 
     /// Accepts connections until the listener fails; each connection is served on its own
@@ -110,9 +142,18 @@ impl ApiServer {
                             return;
                         }
                     };
+                let user = stream
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .and_then(|c| User::from_certificate(c))
+                    .unwrap_or_else(User::anonymous);
+                let user = Arc::new(user);
                 let svc = service_fn(move |req| {
                     let me = me.clone();
-                    async move { Ok::<_, std::convert::Infallible>(me.handle(req).await) }
+                    let user = user.clone();
+                    async move { Ok::<_, std::convert::Infallible>(me.handle(req, &user).await) }
                 });
                 let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -124,26 +165,131 @@ impl ApiServer {
         }
     }
 
-    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    async fn handle(&self, req: Request<Incoming>, user: &User) -> Response<Body> {
         let path = req.uri().path().to_string();
-        let verbose = req.uri().query().is_some_and(|q| {
-            q.split('&')
-                .any(|p| p == "verbose" || p.starts_with("verbose="))
-        });
-        match (req.method(), path.as_str()) {
-            (&Method::GET, "/version") => json(StatusCode::OK, &version()),
-            (&Method::GET, "/healthz") => self.health("healthz", verbose).await,
-            (&Method::GET, "/livez") => self.health("livez", verbose).await,
-            (&Method::GET, "/readyz") => self.health("readyz", verbose).await,
-            (&Method::GET, p)
-                if p.starts_with("/healthz/")
+        let query = Query::parse(req.uri().query());
+        let route = request::route(&path);
+        if let Route::Resource(rp) = route {
+            return self.resource(req, rp, query, user).await;
+        }
+        let verb = match *req.method() {
+            Method::GET | Method::HEAD => "get",
+            Method::POST => "post",
+            Method::PUT => "put",
+            Method::DELETE => "delete",
+            Method::PATCH => "patch",
+            _ => "options",
+        };
+        if let Err(msg) = auth::authorize_path(user, verb, &path) {
+            return error_response(&status::forbidden_path(msg));
+        }
+        let accept = req
+            .headers()
+            .get(http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let reg = &self.resources.registry;
+        let found = |v: Option<serde_json::Value>| match v {
+            Some(v) => json_response(StatusCode::OK, &v),
+            None => error_response(&status::no_route()),
+        };
+        if req.method() != Method::GET {
+            return match route {
+                Route::Other => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+                _ => error_response(&status::method_not_supported()),
+            };
+        }
+        match route {
+            Route::Api if discovery::wants_aggregated(&accept) => {
+                aggregated(&discovery::aggregated(reg, true))
+            }
+            Route::Apis if discovery::wants_aggregated(&accept) => {
+                aggregated(&discovery::aggregated(reg, false))
+            }
+            Route::Api => json_response(
+                StatusCode::OK,
+                &discovery::api_versions(&self.server_address),
+            ),
+            Route::Apis => json_response(StatusCode::OK, &discovery::api_group_list(reg)),
+            Route::Group(g) => found(discovery::api_group(reg, &g)),
+            Route::GroupVersion(g, v) => found(discovery::resource_list(reg, &g, &v)),
+            Route::Resource(_) => unreachable!("handled above"),
+            Route::Other => match path.as_str() {
+                "/version" => json_response(StatusCode::OK, &version()),
+                "/healthz" => self.health("healthz", query.get("verbose").is_some()).await,
+                "/livez" => self.health("livez", query.get("verbose").is_some()).await,
+                "/readyz" => self.health("readyz", query.get("verbose").is_some()).await,
+                p if p.starts_with("/healthz/")
                     || p.starts_with("/livez/")
                     || p.starts_with("/readyz/") =>
-            {
-                self.single_check(p).await
-            }
-            _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+                {
+                    self.single_check(p).await
+                }
+                _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+            },
         }
+    }
+
+    /// A resource request: find the resource, authorize, read the body, serve.
+    async fn resource(
+        &self,
+        req: Request<Incoming>,
+        rp: ResourcePath,
+        query: Query,
+        user: &User,
+    ) -> Response<Body> {
+        let Some(r) = self
+            .resources
+            .registry
+            .by_path(&rp.group, &rp.version, &rp.resource)
+            .copied()
+        else {
+            return error_response(&status::no_route());
+        };
+        if rp.namespace.is_some() && !r.namespaced {
+            return error_response(&status::no_route());
+        }
+        let Some(verb) = Verb::of(req.method(), &rp, &query) else {
+            return error_response(&status::method_not_supported());
+        };
+        let attrs = auth::Attributes {
+            verb: verb.as_str(),
+            group: r.group,
+            resource: r.plural,
+            subresource: rp.subresource.as_deref(),
+            namespace: rp.namespace.as_deref(),
+            name: rp.name.as_deref(),
+        };
+        if let Err(msg) = auth::authorize_resource(user, &attrs) {
+            return error_response(&status::forbidden(
+                &r,
+                rp.name.as_deref().unwrap_or_default(),
+                &msg,
+            ));
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(b) => b.to_bytes(),
+            Err(e) => {
+                if e.downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some()
+                {
+                    return error_response(&status::too_large(MAX_BODY));
+                }
+                return error_response(&status::bad_request(format!(
+                    "reading the request body: {e}"
+                )));
+            }
+        };
+        let call = Call {
+            method: &parts.method,
+            path: &rp,
+            query: &query,
+            headers: &parts.headers,
+            body,
+        };
+        self.resources.handle(&r, verb, call).await
     }
 
     /// Named checks, in upstream's style: `ping` always passes, `etcd` needs a
@@ -158,7 +304,7 @@ impl ApiServer {
         vec![("ping", Ok(())), ("etcd", store)]
     }
 
-    async fn health(&self, endpoint: &str, verbose: bool) -> Response<Full<Bytes>> {
+    async fn health(&self, endpoint: &str, verbose: bool) -> Response<Body> {
         let checks = self.checks().await;
         let ok = checks.iter().all(|(_, r)| r.is_ok());
         let mut body = String::new();
@@ -188,7 +334,7 @@ impl ApiServer {
         }
     }
 
-    async fn single_check(&self, path: &str) -> Response<Full<Bytes>> {
+    async fn single_check(&self, path: &str) -> Response<Body> {
         let name = path.rsplit('/').next().unwrap_or_default();
         match self.checks().await.into_iter().find(|(n, _)| *n == name) {
             Some((_, Ok(()))) => text(StatusCode::OK, "ok"),
@@ -220,20 +366,19 @@ pub fn version() -> serde_json::Value {
     })
 }
 
-fn json(code: StatusCode, v: &serde_json::Value) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec_pretty(v).unwrap_or_default();
-    Response::builder()
-        .status(code)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
-        .expect("static response parts")
+fn aggregated(v: &serde_json::Value) -> Response<Body> {
+    full(
+        StatusCode::OK,
+        discovery::AGGREGATED,
+        serde_json::to_vec(v).expect("JSON values serialize"),
+    )
 }
 
-fn text(code: StatusCode, s: &str) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(code)
-        .header("content-type", "text/plain; charset=utf-8")
-        .header("x-content-type-options", "nosniff")
-        .body(Full::new(Bytes::from(s.to_string())))
-        .expect("static response parts")
+fn text(code: StatusCode, s: &str) -> Response<Body> {
+    let mut r = full(code, "text/plain; charset=utf-8", s.to_string());
+    r.headers_mut().insert(
+        "x-content-type-options",
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
 }

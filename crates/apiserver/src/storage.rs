@@ -47,15 +47,15 @@ pub enum Update {
 /// etcd error.
 pub fn store_error(e: StoreError) -> StatusError {
     match e {
-        StoreError::Compacted { .. } => status::expired(
-            "The resourceVersion for the provided list is too old.".to_string(),
-        ),
+        StoreError::Compacted { .. } => {
+            status::expired("The resourceVersion for the provided list is too old.".to_string())
+        }
         StoreError::FutureRevision => status::timeout(
             "Too large resource version: the requested resourceVersion is newer than the store",
         ),
-        StoreError::Timeout | StoreError::NoLeader | StoreError::Unhealthy => {
-            status::timeout(format!("request did not complete within requested timeout - {e}"))
-        }
+        StoreError::Timeout | StoreError::NoLeader | StoreError::Unhealthy => status::timeout(
+            format!("request did not complete within requested timeout - {e}"),
+        ),
         StoreError::RequestTooLarge => status::too_large(1_572_864),
         other => status::internal(other),
     }
@@ -92,6 +92,17 @@ fn put_op(key: &str, value: Vec<u8>) -> RequestOp {
             value,
             ..Default::default()
         })),
+    }
+}
+
+fn delete_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestDeleteRange(
+            DeleteRangeRequest {
+                key: key.as_bytes().to_vec(),
+                ..Default::default()
+            },
+        )),
     }
 }
 
@@ -172,19 +183,19 @@ impl Objects {
         })
     }
 
-    /// Creates an object; `AlreadyExists` comes back as `Ok(None)`. `also` writes more
-    /// keys in the same transaction when they are absent too (allocations).
+    /// Creates an object; a failed compare (the object or a `claim` key exists) comes
+    /// back as `Ok(None)`. `claim` keys (allocations) are created with it.
     pub async fn create(
         &self,
         key: &str,
         object: &Value,
-        also: &[(String, Vec<u8>)],
+        claim: &[String],
     ) -> Result<Option<i64>, StatusError> {
         let mut compare = vec![mod_revision_is(key, 0)];
         let mut success = vec![put_op(key, encode(object))];
-        for (k, v) in also {
+        for k in claim {
             compare.push(mod_revision_is(k, 0));
-            success.push(put_op(k, v.clone()));
+            success.push(put_op(k, key.as_bytes().to_vec()));
         }
         let resp = self
             .store
@@ -195,26 +206,65 @@ impl Objects {
             })
             .await
             .map_err(store_error)?;
-        Ok(resp.succeeded.then(|| resp.header.map_or(0, |h| h.revision)))
+        Ok(resp
+            .succeeded
+            .then(|| resp.header.map_or(0, |h| h.revision)))
     }
 
-    /// Writes `object` if the key is still at `revision`; `Ok(None)` when it moved on.
+    /// Writes `object` if the key is still at `revision`, creating the `claim` keys (which
+    /// must be absent) and deleting the `release` keys in the same transaction. `Ok(None)`
+    /// when a compare failed.
     pub async fn put_if(
         &self,
         key: &str,
         revision: i64,
         object: &Value,
+        claim: &[String],
+        release: &[String],
     ) -> Result<Option<i64>, StatusError> {
+        let mut compare = vec![mod_revision_is(key, revision)];
+        let mut success = vec![put_op(key, encode(object))];
+        for k in claim {
+            compare.push(mod_revision_is(k, 0));
+            success.push(put_op(k, key.as_bytes().to_vec()));
+        }
+        for k in release {
+            success.push(delete_op(k));
+        }
         let resp = self
             .store
             .txn(TxnRequest {
-                compare: vec![mod_revision_is(key, revision)],
-                success: vec![put_op(key, encode(object))],
+                compare,
+                success,
                 failure: vec![],
             })
             .await
             .map_err(store_error)?;
-        Ok(resp.succeeded.then(|| resp.header.map_or(0, |h| h.revision)))
+        Ok(resp
+            .succeeded
+            .then(|| resp.header.map_or(0, |h| h.revision)))
+    }
+
+    /// Every key under `prefix` (allocation keys), without values.
+    pub async fn keys(
+        &self,
+        prefix: &str,
+    ) -> Result<std::collections::BTreeSet<String>, StatusError> {
+        let resp = self
+            .store
+            .range(RangeRequest {
+                key: prefix.as_bytes().to_vec(),
+                range_end: prefix_end(prefix.as_bytes()),
+                keys_only: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(store_error)?;
+        Ok(resp
+            .kvs
+            .iter()
+            .map(|kv| String::from_utf8_lossy(&kv.key).into_owned())
+            .collect())
     }
 
     /// Deletes the key if it is still at `revision`, and `also` keys unconditionally
@@ -225,20 +275,8 @@ impl Objects {
         revision: i64,
         also: &[String],
     ) -> Result<Option<i64>, StatusError> {
-        let mut success = vec![RequestOp {
-            request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                key: key.as_bytes().to_vec(),
-                ..Default::default()
-            })),
-        }];
-        for k in also {
-            success.push(RequestOp {
-                request: Some(request_op::Request::RequestDeleteRange(DeleteRangeRequest {
-                    key: k.as_bytes().to_vec(),
-                    ..Default::default()
-                })),
-            });
-        }
+        let mut success = vec![delete_op(key)];
+        success.extend(also.iter().map(|k| delete_op(k)));
         let resp = self
             .store
             .txn(TxnRequest {
@@ -262,7 +300,12 @@ impl Objects {
     /// a revision compare, retrying from a fresh read when another writer got there first
     /// (a bounded number of times). `f` sees `None` for an absent key. Returns the
     /// outcome: the written object, `None` after a delete, or the unchanged one.
-    pub async fn update<F>(&self, key: &str, mut f: F) -> Result<Outcome, StatusError>
+    pub async fn update<F>(
+        &self,
+        key: &str,
+        derived: &(dyn Fn(&Value) -> Vec<String> + Sync),
+        mut f: F,
+    ) -> Result<Outcome, StatusError>
     where
         F: FnMut(Option<&Stored>) -> Result<Update, StatusError>,
     {
@@ -282,7 +325,22 @@ impl Objects {
                             return Ok(Outcome::Unchanged(current.expect("checked")));
                         }
                     }
-                    if let Some(new_rev) = self.put_if(key, rev, &obj).await? {
+                    let old_keys = current
+                        .as_ref()
+                        .map(|c| derived(&c.object))
+                        .unwrap_or_default();
+                    let new_keys = derived(&obj);
+                    let claim: Vec<String> = new_keys
+                        .iter()
+                        .filter(|k| !old_keys.contains(k))
+                        .cloned()
+                        .collect();
+                    let release: Vec<String> = old_keys
+                        .iter()
+                        .filter(|k| !new_keys.contains(k))
+                        .cloned()
+                        .collect();
+                    if let Some(new_rev) = self.put_if(key, rev, &obj, &claim, &release).await? {
                         set_resource_version(&mut obj, new_rev);
                         return Ok(Outcome::Written(Stored {
                             key: key.to_string(),
@@ -295,7 +353,7 @@ impl Objects {
                     let Some(c) = current else {
                         return Ok(Outcome::Deleted(None, 0));
                     };
-                    if let Some(rev) = self.delete_if(key, c.revision, &[]).await? {
+                    if let Some(rev) = self.delete_if(key, c.revision, &derived(&c.object)).await? {
                         return Ok(Outcome::Deleted(Some(c), rev));
                     }
                 }

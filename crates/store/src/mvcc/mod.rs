@@ -7,7 +7,6 @@
 
 mod index;
 
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};

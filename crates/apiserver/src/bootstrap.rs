@@ -1,0 +1,119 @@
+//! What a new cluster starts with, created through the ordinary create path (so it gets
+//! uids, defaults and allocations like anything else): the four system namespaces, the
+//! `kubernetes` Service at the first address of the service range with Endpoints and an
+//! EndpointSlice naming this API server, and the two system PriorityClasses. Existing
+//! objects are left alone.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferrokube_api::status::StatusError;
+use http::{HeaderMap, Method};
+use serde_json::{json, Value};
+
+use crate::request::{Query, ResourcePath};
+use crate::rest::{Call, Resources};
+
+async fn ensure(
+    res: &Arc<Resources>,
+    group: &str,
+    plural: &str,
+    ns: Option<&str>,
+    obj: Value,
+) -> Result<(), StatusError> {
+    let r = res
+        .registry
+        .resources()
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
+        .copied()
+        .expect("bootstrap kinds are built in");
+    let path = ResourcePath {
+        group: group.into(),
+        version: r.version.into(),
+        namespace: ns.map(String::from),
+        resource: plural.into(),
+        name: None,
+        subresource: None,
+        rest: None,
+        watch_prefix: false,
+    };
+    let call = Call {
+        method: &Method::POST,
+        path: &path,
+        query: &Query::parse(None),
+        headers: &HeaderMap::new(),
+        body: Bytes::from(serde_json::to_vec(&obj).expect("JSON")),
+    };
+    match res.create(&r, &call).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason() == "AlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Creates the bootstrap objects that are missing.
+pub async fn run(
+    res: &Arc<Resources>,
+    advertise: IpAddr,
+    secure_port: u16,
+) -> Result<(), StatusError> {
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        ensure(
+            res,
+            "",
+            "namespaces",
+            None,
+            json!({"metadata": {"name": ns}}),
+        )
+        .await?;
+    }
+    for (name, value, desc) in [
+        ("system-node-critical", 2000001000, "Used for system critical pods that must not be moved from their current node."),
+        ("system-cluster-critical", 2000000000, "Used for system critical pods that must run in the cluster, but can be moved to another node if necessary."),
+    ] {
+        ensure(
+            res,
+            "scheduling.k8s.io",
+            "priorityclasses",
+            None,
+            json!({"metadata": {"name": name}, "value": value, "description": desc}),
+        )
+        .await?;
+    }
+    let ip = res.alloc.nth(1).to_string();
+    ensure(
+        res,
+        "",
+        "services",
+        Some("default"),
+        json!({"metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+               "spec": {"type": "ClusterIP", "clusterIP": ip, "sessionAffinity": "None",
+                        "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": secure_port}]}}),
+    )
+    .await?;
+    let addr = advertise.to_string();
+    ensure(
+        res,
+        "",
+        "endpoints",
+        Some("default"),
+        json!({"metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+               "subsets": [{"addresses": [{"ip": addr}], "ports": [{"name": "https", "port": secure_port, "protocol": "TCP"}]}]}),
+    )
+    .await?;
+    let family = if advertise.is_ipv4() { "IPv4" } else { "IPv6" };
+    ensure(
+        res,
+        "discovery.k8s.io",
+        "endpointslices",
+        Some("default"),
+        json!({"metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+               "addressType": family,
+               "endpoints": [{"addresses": [addr], "conditions": {"ready": true}}],
+               "ports": [{"name": "https", "port": secure_port, "protocol": "TCP"}]}),
+    )
+    .await?;
+    Ok(())
+}
