@@ -12,7 +12,8 @@
 //! errors (codes, reasons, messages) that clients parse. [`meta`] reads and writes object
 //! metadata, [`defaults`] fills in upstream's defaults, [`patch`] applies the three patch
 //! formats, and [`table`] prints rows as upstream's server-side printers do;
-//! [`typed`] decodes bodies against the compiled types and [`checks`] validates objects.
+//! [`typed`] decodes bodies against the compiled types and [`checks`] validates objects;
+//! [`protobuf`] turns Kubernetes protobuf bodies into JSON.
 
 pub mod checks;
 pub mod defaults;
@@ -20,6 +21,7 @@ pub mod fields;
 pub mod keys;
 pub mod meta;
 pub mod patch;
+pub mod protobuf;
 pub mod quantity;
 pub mod registry;
 pub mod selector;

@@ -108,7 +108,7 @@ pub fn unsupported_media_type(content_type: &str) -> StatusError {
     failure(
         415,
         "UnsupportedMediaType",
-        format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/apply-patch+yaml (got {content_type:?})"),
+        format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf, application/apply-patch+yaml (got {content_type:?})"),
         None,
     )
 }

@@ -39,6 +39,14 @@ async fn ensure(
         rest: None,
         watch_prefix: false,
     };
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let key = ferrokube_api::keys::object_key(&r, ns.unwrap_or_default(), name);
+    if res.objects.get(&key).await?.is_some() {
+        return Ok(());
+    }
     let call = Call {
         method: &Method::POST,
         path: &path,
@@ -49,7 +57,10 @@ async fn ensure(
     match res.create(&r, &call).await {
         Ok(_) => Ok(()),
         Err(e) if e.reason() == "AlreadyExists" => Ok(()),
-        Err(e) => Err(e),
+        Err(e) => {
+            tracing::error!(?e, "bootstrap object {plural}/{name}");
+            Err(e)
+        }
     }
 }
 

@@ -214,10 +214,15 @@ fn parse_body(body: &[u8], content_type: &str) -> Result<Value, StatusError> {
                 | "application/merge-patch+json"
                 | "application/strategic-merge-patch+json"
                 | "application/apply-patch+yaml"
+                | "application/vnd.kubernetes.protobuf"
                 | "*/*"
         )
     {
         return Err(status::unsupported_media_type(ct));
+    }
+    if ct == "application/vnd.kubernetes.protobuf" {
+        return ferrokube_api::protobuf::decode(body)
+            .map_err(|e| status::bad_request(format!("decoding the protobuf body: {e}")));
     }
     serde_json::from_slice(body).map_err(|e| {
         if ct.contains("yaml") {
