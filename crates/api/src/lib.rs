@@ -13,13 +13,15 @@
 //! metadata, [`defaults`] fills in upstream's defaults, [`patch`] applies the three patch
 //! formats, and [`table`] prints rows as upstream's server-side printers do;
 //! [`typed`] decodes bodies against the compiled types and [`checks`] validates objects;
-//! [`protobuf`] turns Kubernetes protobuf bodies into JSON.
+//! [`protobuf`] turns Kubernetes protobuf bodies into JSON; [`openapi`] writes the OpenAPI v3
+//! documents.
 
 pub mod checks;
 pub mod defaults;
 pub mod fields;
 pub mod keys;
 pub mod meta;
+pub mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod quantity;

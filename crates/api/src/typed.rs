@@ -13,6 +13,55 @@ pub struct Decoded {
     pub unknown: Vec<String>,
 }
 
+/// Calls `$m!` with every built-in kind served: `(group, kind) => type` pairs.
+#[macro_export]
+macro_rules! builtin_types {
+    ($m:ident, $($args:tt)*) => {
+        $m!($($args)* {
+            ("", "ConfigMap") => k8s_openapi::api::core::v1::ConfigMap,
+            ("", "Endpoints") => k8s_openapi::api::core::v1::Endpoints,
+            ("", "Event") => k8s_openapi::api::core::v1::Event,
+            ("", "LimitRange") => k8s_openapi::api::core::v1::LimitRange,
+            ("", "Namespace") => k8s_openapi::api::core::v1::Namespace,
+            ("", "Node") => k8s_openapi::api::core::v1::Node,
+            ("", "PersistentVolumeClaim") => k8s_openapi::api::core::v1::PersistentVolumeClaim,
+            ("", "PersistentVolume") => k8s_openapi::api::core::v1::PersistentVolume,
+            ("", "Pod") => k8s_openapi::api::core::v1::Pod,
+            ("", "PodTemplate") => k8s_openapi::api::core::v1::PodTemplate,
+            ("", "ReplicationController") => k8s_openapi::api::core::v1::ReplicationController,
+            ("", "ResourceQuota") => k8s_openapi::api::core::v1::ResourceQuota,
+            ("", "Secret") => k8s_openapi::api::core::v1::Secret,
+            ("", "ServiceAccount") => k8s_openapi::api::core::v1::ServiceAccount,
+            ("", "Service") => k8s_openapi::api::core::v1::Service,
+            ("", "Binding") => k8s_openapi::api::core::v1::Binding,
+            ("apps", "ControllerRevision") => k8s_openapi::api::apps::v1::ControllerRevision,
+            ("apps", "DaemonSet") => k8s_openapi::api::apps::v1::DaemonSet,
+            ("apps", "Deployment") => k8s_openapi::api::apps::v1::Deployment,
+            ("apps", "ReplicaSet") => k8s_openapi::api::apps::v1::ReplicaSet,
+            ("apps", "StatefulSet") => k8s_openapi::api::apps::v1::StatefulSet,
+            ("autoscaling", "HorizontalPodAutoscaler") => k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+            ("batch", "CronJob") => k8s_openapi::api::batch::v1::CronJob,
+            ("batch", "Job") => k8s_openapi::api::batch::v1::Job,
+            ("certificates.k8s.io", "CertificateSigningRequest") => k8s_openapi::api::certificates::v1::CertificateSigningRequest,
+            ("coordination.k8s.io", "Lease") => k8s_openapi::api::coordination::v1::Lease,
+            ("discovery.k8s.io", "EndpointSlice") => k8s_openapi::api::discovery::v1::EndpointSlice,
+            ("events.k8s.io", "Event") => k8s_openapi::api::events::v1::Event,
+            ("networking.k8s.io", "IngressClass") => k8s_openapi::api::networking::v1::IngressClass,
+            ("networking.k8s.io", "Ingress") => k8s_openapi::api::networking::v1::Ingress,
+            ("networking.k8s.io", "NetworkPolicy") => k8s_openapi::api::networking::v1::NetworkPolicy,
+            ("policy", "PodDisruptionBudget") => k8s_openapi::api::policy::v1::PodDisruptionBudget,
+            ("policy", "Eviction") => k8s_openapi::api::policy::v1::Eviction,
+            ("rbac.authorization.k8s.io", "ClusterRoleBinding") => k8s_openapi::api::rbac::v1::ClusterRoleBinding,
+            ("rbac.authorization.k8s.io", "ClusterRole") => k8s_openapi::api::rbac::v1::ClusterRole,
+            ("rbac.authorization.k8s.io", "RoleBinding") => k8s_openapi::api::rbac::v1::RoleBinding,
+            ("rbac.authorization.k8s.io", "Role") => k8s_openapi::api::rbac::v1::Role,
+            ("scheduling.k8s.io", "PriorityClass") => k8s_openapi::api::scheduling::v1::PriorityClass,
+            ("storage.k8s.io", "StorageClass") => k8s_openapi::api::storage::v1::StorageClass,
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+        })
+    };
+}
+
 macro_rules! round_trip {
     ($group:expr, $kind:expr, $obj:expr, { $( ($g:literal, $k:literal) => $t:ty ),* $(,)? }) => {
         match ($group, $kind) {
@@ -28,56 +77,7 @@ macro_rules! round_trip {
 /// Decodes `obj` as `kind` of `group`. Kinds without a compiled type (custom resources)
 /// come back unchanged. The error is the type mismatch, as a message.
 pub fn decode(group: &str, kind: &str, obj: &Value) -> Result<Decoded, String> {
-    use k8s_openapi::api::{
-        apps::v1 as apps, autoscaling::v2 as autoscaling, batch::v1 as batch,
-        certificates::v1 as certificates, coordination::v1 as coordination, core::v1 as core,
-        discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
-        policy::v1 as policy, rbac::v1 as rbac, scheduling::v1 as scheduling,
-        storage::v1 as storage,
-    };
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiextensions;
-    let rt = round_trip!(group, kind, obj, {
-        ("", "ConfigMap") => core::ConfigMap,
-        ("", "Endpoints") => core::Endpoints,
-        ("", "Event") => core::Event,
-        ("", "LimitRange") => core::LimitRange,
-        ("", "Namespace") => core::Namespace,
-        ("", "Node") => core::Node,
-        ("", "PersistentVolumeClaim") => core::PersistentVolumeClaim,
-        ("", "PersistentVolume") => core::PersistentVolume,
-        ("", "Pod") => core::Pod,
-        ("", "PodTemplate") => core::PodTemplate,
-        ("", "ReplicationController") => core::ReplicationController,
-        ("", "ResourceQuota") => core::ResourceQuota,
-        ("", "Secret") => core::Secret,
-        ("", "ServiceAccount") => core::ServiceAccount,
-        ("", "Service") => core::Service,
-        ("", "Binding") => core::Binding,
-        ("apps", "ControllerRevision") => apps::ControllerRevision,
-        ("apps", "DaemonSet") => apps::DaemonSet,
-        ("apps", "Deployment") => apps::Deployment,
-        ("apps", "ReplicaSet") => apps::ReplicaSet,
-        ("apps", "StatefulSet") => apps::StatefulSet,
-        ("autoscaling", "HorizontalPodAutoscaler") => autoscaling::HorizontalPodAutoscaler,
-        ("batch", "CronJob") => batch::CronJob,
-        ("batch", "Job") => batch::Job,
-        ("certificates.k8s.io", "CertificateSigningRequest") => certificates::CertificateSigningRequest,
-        ("coordination.k8s.io", "Lease") => coordination::Lease,
-        ("discovery.k8s.io", "EndpointSlice") => discovery::EndpointSlice,
-        ("events.k8s.io", "Event") => events::Event,
-        ("networking.k8s.io", "IngressClass") => networking::IngressClass,
-        ("networking.k8s.io", "Ingress") => networking::Ingress,
-        ("networking.k8s.io", "NetworkPolicy") => networking::NetworkPolicy,
-        ("policy", "PodDisruptionBudget") => policy::PodDisruptionBudget,
-        ("policy", "Eviction") => policy::Eviction,
-        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => rbac::ClusterRoleBinding,
-        ("rbac.authorization.k8s.io", "ClusterRole") => rbac::ClusterRole,
-        ("rbac.authorization.k8s.io", "RoleBinding") => rbac::RoleBinding,
-        ("rbac.authorization.k8s.io", "Role") => rbac::Role,
-        ("scheduling.k8s.io", "PriorityClass") => scheduling::PriorityClass,
-        ("storage.k8s.io", "StorageClass") => storage::StorageClass,
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => apiextensions::CustomResourceDefinition,
-    });
+    let rt = crate::builtin_types!(round_trip, group, kind, obj,);
     let Some(rt) = rt else {
         return Ok(Decoded {
             object: obj.clone(),

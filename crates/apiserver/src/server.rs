@@ -88,6 +88,9 @@ pub struct ApiServer {
     resources: Arc<Resources>,
     /// `host:port` clients reach this server at (for `/api`).
     server_address: String,
+    /// OpenAPI v3 documents by index path (`apis/apps/v1`), with their hashes; built on
+    /// first use.
+    openapi: std::sync::OnceLock<std::collections::BTreeMap<String, (bytes::Bytes, String)>>,
 }
 
 impl ApiServer {
@@ -103,6 +106,7 @@ impl ApiServer {
             store,
             resources,
             server_address,
+            openapi: std::sync::OnceLock::new(),
         })
     }
 
@@ -217,6 +221,31 @@ impl ApiServer {
             Route::Resource(_) => unreachable!("handled above"),
             Route::Other => match path.as_str() {
                 "/version" => json_response(StatusCode::OK, &version()),
+                "/openapi/v3" => {
+                    let paths: serde_json::Map<String, serde_json::Value> = self
+                        .openapi_docs()
+                        .iter()
+                        .map(|(p, (_, hash))| {
+                            (p.clone(), serde_json::json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={hash}")}))
+                        })
+                        .collect();
+                    json_response(StatusCode::OK, &serde_json::json!({"paths": paths}))
+                }
+                p if p.starts_with("/openapi/v3/") => {
+                    match self
+                        .openapi_docs()
+                        .get(p.trim_start_matches("/openapi/v3/"))
+                    {
+                        Some((doc, hash)) => {
+                            let mut r = full(StatusCode::OK, "application/json", doc.clone());
+                            if let Ok(v) = http::HeaderValue::from_str(&format!("\"{hash}\"")) {
+                                r.headers_mut().insert(http::header::ETAG, v);
+                            }
+                            r
+                        }
+                        None => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+                    }
+                }
                 "/healthz" => self.health("healthz", query.get("verbose").is_some()).await,
                 "/livez" => self.health("livez", query.get("verbose").is_some()).await,
                 "/readyz" => self.health("readyz", query.get("verbose").is_some()).await,
@@ -229,6 +258,24 @@ impl ApiServer {
                 _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
             },
         }
+    }
+
+    fn openapi_docs(&self) -> &std::collections::BTreeMap<String, (bytes::Bytes, String)> {
+        self.openapi.get_or_init(|| {
+            let reg = &self.resources.registry;
+            reg.group_versions()
+                .into_iter()
+                .filter_map(|(g, v)| {
+                    let doc = ferrokube_api::openapi::group_version_doc(reg, g, v)?;
+                    let bytes = serde_json::to_vec(&doc).expect("JSON values serialize");
+                    let hash = format!("{:016X}", fnv1a(&bytes));
+                    Some((
+                        ferrokube_api::openapi::gv_path(g, v),
+                        (bytes::Bytes::from(bytes), hash),
+                    ))
+                })
+                .collect()
+        })
     }
 
     /// A resource request: find the resource, authorize, read the body, serve.
@@ -363,6 +410,13 @@ pub fn version() -> serde_json::Value {
             "aarch64" => "arm64",
             other => other,
         }),
+    })
+}
+
+/// FNV-1a, for document hashes.
+fn fnv1a(b: &[u8]) -> u64 {
+    b.iter().fold(0xcbf29ce484222325, |h, x| {
+        (h ^ u64::from(*x)).wrapping_mul(0x100000001b3)
     })
 }
 

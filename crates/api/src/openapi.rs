@@ -1,0 +1,261 @@
+//! OpenAPI v3 documents, one per group/version as upstream serves them under
+//! `/openapi/v3/<api|apis/group>/<version>`: the resources' paths and operations (with
+//! the `x-kubernetes-group-version-kind` and `x-kubernetes-action` extensions and the
+//! query parameters kubectl checks for, such as `fieldValidation`), and the schemas of
+//! the types with their descriptions (what `kubectl explain` prints), generated from the
+//! compiled types.
+
+use k8s_openapi::schemars::generate::SchemaSettings;
+use k8s_openapi::schemars::SchemaGenerator;
+use serde_json::{json, Map, Value};
+
+use crate::registry::{Registry, ResourceInfo};
+
+/// The path key of a group/version in the `/openapi/v3` index (`api/v1`,
+/// `apis/apps/v1`).
+pub fn gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// The schema name of a kind's type, when it has one.
+fn add_schema(gen: &mut SchemaGenerator, group: &str, kind: &str) -> Option<String> {
+    macro_rules! pick {
+        ($gen:expr, $group:expr, $kind:expr, { $( ($g:literal, $k:literal) => $t:ty ),* $(,)? }) => {
+            match ($group, $kind) {
+                $( ($g, $k) => {
+                    let s = $gen.subschema_for::<$t>();
+                    s.get("$ref").and_then(Value::as_str).map(|r| r.rsplit('/').next().unwrap_or(r).to_string())
+                } )*
+                _ => None,
+            }
+        };
+    }
+    crate::builtin_types!(pick, gen, group, kind,)
+}
+
+fn operation_id(verb: &str, r: &ResourceInfo, namespaced: bool) -> String {
+    let group = if r.group.is_empty() {
+        "Core".to_string()
+    } else {
+        r.group
+            .trim_end_matches(".k8s.io")
+            .split('.')
+            .map(|p| {
+                let mut c = p.chars();
+                c.next()
+                    .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let version = {
+        let mut c = r.version.chars();
+        c.next()
+            .map(|f| f.to_ascii_uppercase().to_string() + c.as_str())
+            .unwrap_or_default()
+    };
+    let ns = if namespaced { "Namespaced" } else { "" };
+    format!("{verb}{group}{version}{ns}{}", r.kind)
+}
+
+fn param(name: &str, ty: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "description": description, "schema": {"type": ty, "uniqueItems": true}})
+}
+
+fn write_params(apply: bool) -> Vec<Value> {
+    let mut p = vec![
+        param("dryRun", "string", "When present, indicates that modifications should not be persisted. Valid values are: - All: all dry run stages will be processed"),
+        param("fieldManager", "string", "fieldManager is a name associated with the actor or entity that is making these changes."),
+        param("fieldValidation", "string", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields. Valid values are: - Ignore - Warn - Strict"),
+    ];
+    if apply {
+        p.push(param("force", "boolean", "Force is going to \"force\" Apply requests. It means user will re-acquire conflicting fields owned by other people."));
+    }
+    p
+}
+
+fn body_ref(schema: &str) -> Value {
+    json!({"schema": {"$ref": format!("#/components/schemas/{schema}")}})
+}
+
+fn operation(verb: &str, action: &str, r: &ResourceInfo, namespaced: bool, schema: &str) -> Value {
+    let gvk = json!({"group": r.group, "version": r.version, "kind": r.kind});
+    let mut op = json!({
+        "operationId": operation_id(verb, r, namespaced),
+        "x-kubernetes-action": action,
+        "x-kubernetes-group-version-kind": gvk,
+        "responses": {"200": {"description": "OK", "content": {"application/json": body_ref(schema)}}},
+    });
+    match action {
+        "post" | "put" => {
+            op["parameters"] = json!(write_params(false));
+            op["requestBody"] = json!({"content": {"*/*": body_ref(schema)}, "required": true});
+        }
+        "patch" => {
+            op["parameters"] = json!(write_params(true));
+            let patch = body_ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch");
+            op["requestBody"] = json!({"content": {
+                "application/apply-patch+yaml": patch,
+                "application/json-patch+json": patch,
+                "application/merge-patch+json": patch,
+                "application/strategic-merge-patch+json": patch,
+            }, "required": true});
+        }
+        "list" | "watchlist" => {
+            op["parameters"] = json!([
+                param("labelSelector", "string", "A selector to restrict the list of returned objects by their labels."),
+                param("fieldSelector", "string", "A selector to restrict the list of returned objects by their fields."),
+                param("limit", "integer", "limit is a maximum number of responses to return for a list call."),
+                param("continue", "string", "The continue option should be set when retrieving more results from the server."),
+                param("resourceVersion", "string", "resourceVersion sets a constraint on what resource versions a request may be served from."),
+                param("watch", "boolean", "Watch for changes to the described resources and return them as a stream of add, update, and remove notifications."),
+            ]);
+        }
+        _ => {}
+    }
+    op
+}
+
+/// The OpenAPI v3 document of one group/version; `None` when nothing is served there.
+pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<Value> {
+    let rs: Vec<&ResourceInfo> = reg
+        .resources()
+        .iter()
+        .filter(|r| r.group == group && r.version == version)
+        .collect();
+    if rs.is_empty() {
+        return None;
+    }
+    let mut gen = SchemaSettings::openapi3().into_generator();
+    let mut paths = Map::new();
+    let mut gvks: Vec<(String, Value)> = Vec::new();
+    let root = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
+    for r in &rs {
+        let Some(schema) = add_schema(&mut gen, r.group, r.kind) else {
+            continue;
+        };
+        gvks.push((
+            schema.clone(),
+            json!([{"group": r.group, "version": r.version, "kind": r.kind}]),
+        ));
+        let (collection, item) = if r.namespaced {
+            (
+                format!("{root}/namespaces/{{namespace}}/{}", r.plural),
+                format!("{root}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+            )
+        } else {
+            (
+                format!("{root}/{}", r.plural),
+                format!("{root}/{}/{{name}}", r.plural),
+            )
+        };
+        let ns = r.namespaced;
+        let mut c = Map::new();
+        c.insert("get".into(), operation("list", "list", r, ns, &schema));
+        c.insert("post".into(), operation("create", "post", r, ns, &schema));
+        if r.verbs.contains(&"deletecollection") {
+            c.insert(
+                "delete".into(),
+                operation(
+                    "deleteCollection",
+                    "deletecollection",
+                    r,
+                    ns,
+                    "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+                ),
+            );
+        }
+        paths.insert(collection, Value::Object(c));
+        let mut i = Map::new();
+        i.insert("get".into(), operation("read", "get", r, ns, &schema));
+        i.insert("put".into(), operation("replace", "put", r, ns, &schema));
+        i.insert("patch".into(), operation("patch", "patch", r, ns, &schema));
+        i.insert(
+            "delete".into(),
+            operation(
+                "delete",
+                "delete",
+                r,
+                ns,
+                "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+            ),
+        );
+        paths.insert(item.clone(), Value::Object(i));
+        if r.subresources.contains(&"status") {
+            let mut s = Map::new();
+            s.insert("get".into(), operation("read", "get", r, ns, &schema));
+            s.insert("put".into(), operation("replace", "put", r, ns, &schema));
+            s.insert("patch".into(), operation("patch", "patch", r, ns, &schema));
+            // Status operations are not the kind's main operations for kubectl.
+            for op in s.values_mut() {
+                let id = op["operationId"].as_str().unwrap_or_default().to_string();
+                op["operationId"] = json!(format!("{id}Status"));
+            }
+            paths.insert(format!("{item}/status"), Value::Object(s));
+        }
+    }
+    gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
+    gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
+    let mut schemas = gen.take_definitions(true);
+    schemas.insert(
+        "io.k8s.apimachinery.pkg.apis.meta.v1.Patch".into(),
+        json!({"description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.", "type": "object"}),
+    );
+    for (name, gvk) in gvks {
+        if let Some(Value::Object(s)) = schemas.get_mut(&name) {
+            s.insert("x-kubernetes-group-version-kind".into(), gvk);
+        }
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apps_v1_has_deployments_with_their_schema() {
+        let doc = group_version_doc(&Registry::default(), "apps", "v1").unwrap();
+        let patch =
+            &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["patch"];
+        assert_eq!(
+            patch["x-kubernetes-group-version-kind"]["kind"],
+            "Deployment"
+        );
+        assert!(patch["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "fieldValidation"));
+        let d = &doc["components"]["schemas"]["io.k8s.api.apps.v1.Deployment"];
+        assert_eq!(
+            d["x-kubernetes-group-version-kind"][0]["kind"],
+            "Deployment"
+        );
+        let spec_ref = d["properties"]["spec"].to_string();
+        assert!(
+            spec_ref.contains("#/components/schemas/io.k8s.api.apps.v1.DeploymentSpec"),
+            "{spec_ref}"
+        );
+        assert!(
+            doc["components"]["schemas"]["io.k8s.api.core.v1.Container"]["properties"]["image"]
+                ["description"]
+                .as_str()
+                .is_some_and(|d| d.contains("image"))
+        );
+        assert!(group_version_doc(&Registry::default(), "nope", "v1").is_none());
+    }
+}
