@@ -13,6 +13,8 @@ use ferrokube_proto::etcdserverpb::maintenance_client::MaintenanceClient;
 use ferrokube_proto::etcdserverpb::StatusRequest;
 use tonic::transport::Channel;
 
+pub mod apiserver;
+
 /// Path of a binary built from this workspace (next to the test executable's directory).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

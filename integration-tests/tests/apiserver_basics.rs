@@ -1,106 +1,14 @@
 //! kube-apiserver as far as it goes today: TLS with a generated cluster PKI, the admin
 //! kubeconfig, `/version` and the health endpoints, driven by the stock kubectl.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
-use integration_tests::{binary, free_port};
-
-struct ApiServer {
-    child: Option<Child>,
-    dir: PathBuf,
-    port: u16,
-    peer_port: u16,
-}
-
-impl ApiServer {
-    fn start(dir: &Path) -> ApiServer {
-        let mut s = ApiServer {
-            child: None,
-            dir: dir.to_path_buf(),
-            port: free_port(),
-            peer_port: free_port(),
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("apiserver.log"))
-            .unwrap();
-        let child = Command::new(binary("kube-apiserver"))
-            .args(["--bind-address", "127.0.0.1"])
-            .args(["--secure-port", &self.port.to_string()])
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .args([
-                "--store-peer-url",
-                &format!("http://127.0.0.1:{}", self.peer_port),
-            ])
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Result<String, String> {
-        let out = Command::new("kubectl")
-            .arg("--kubeconfig")
-            .arg(self.dir.join("admin.conf"))
-            .arg("--request-timeout=5s")
-            .args(args)
-            .env_remove("KUBECONFIG")
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    }
-
-    /// Waits (bounded) for `/readyz` to pass.
-    fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if self.dir.join("admin.conf").exists()
-                && self.kubectl(&["get", "--raw", "/readyz"]).as_deref() == Ok("ok")
-            {
-                return;
-            }
-            if Instant::now() > deadline {
-                let log =
-                    std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
-                panic!("kube-apiserver not ready; log:\n{log}");
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for ApiServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use integration_tests::apiserver::ApiServer;
 
 #[test]
 fn kubectl_reaches_version_and_health_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let mut api = ApiServer::start(dir.path());
-    api.wait_ready();
     let v: serde_json::Value =
         serde_json::from_str(&api.kubectl(&["version", "-o", "json"]).unwrap()).unwrap();
     assert_eq!(v["serverVersion"]["major"], "1");

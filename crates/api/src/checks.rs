@@ -442,10 +442,10 @@ pub fn update(kind: &str, old: &Value, new: &Value) -> Errors {
         "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" => {
             immutable("/spec/selector", &mut errs)
         }
-        "Service" => {
-            if s(old, "/spec/type") != "ExternalName" && s(new, "/spec/type") != "ExternalName" {
-                immutable("/spec/clusterIP", &mut errs);
-            }
+        "Service"
+            if s(old, "/spec/type") != "ExternalName" && s(new, "/spec/type") != "ExternalName" =>
+        {
+            immutable("/spec/clusterIP", &mut errs)
         }
         "ConfigMap" | "Secret" if old.get("immutable") == Some(&Value::Bool(true)) => {
             for f in ["data", "binaryData"] {

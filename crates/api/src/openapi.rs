@@ -120,6 +120,63 @@ fn operation(verb: &str, action: &str, r: &ResourceInfo, namespaced: bool, schem
     op
 }
 
+/// The definition a property refers to (`$ref`, `allOf: [$ref]`, or array `items`).
+fn referenced(prop: &Value) -> Option<String> {
+    let r = prop
+        .get("$ref")
+        .or_else(|| prop.pointer("/allOf/0/$ref"))
+        .or_else(|| prop.pointer("/items/$ref"))
+        .or_else(|| prop.pointer("/items/allOf/0/$ref"))?;
+    r.as_str()
+        .map(|s| s.rsplit('/').next().unwrap_or(s).to_string())
+}
+
+/// Marks list properties with their patch strategy (`x-kubernetes-patch-strategy`,
+/// `x-kubernetes-patch-merge-key`), so clients compute strategic merge patches that
+/// merge lists by key as the server does.
+fn annotate_lists(
+    schemas: &mut Map<String, Value>,
+    kind: &str,
+    def: &str,
+    path: &mut Vec<String>,
+    seen: &mut Vec<String>,
+) {
+    if seen.iter().any(|s| s == def) || path.len() > 12 {
+        return;
+    }
+    seen.push(def.to_string());
+    let props: Vec<(String, Value)> = match schemas.get(def).and_then(|d| d.get("properties")) {
+        Some(Value::Object(p)) => p.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        _ => vec![],
+    };
+    for (field, prop) in props {
+        if prop.get("type").and_then(Value::as_str) == Some("array") {
+            let ext = match crate::patch::list_strategy(kind, path, &field) {
+                crate::patch::ListStrategy::MergeKey(key) => Some((json!("merge"), Some(key))),
+                crate::patch::ListStrategy::MergePrimitives => Some((json!("merge"), None)),
+                crate::patch::ListStrategy::Replace => None,
+            };
+            if let Some((strategy, key)) = ext {
+                if let Some(Value::Object(p)) = schemas
+                    .get_mut(def)
+                    .and_then(|d| d.pointer_mut(&format!("/properties/{field}")))
+                {
+                    p.insert("x-kubernetes-patch-strategy".into(), strategy);
+                    if let Some(k) = key {
+                        p.insert("x-kubernetes-patch-merge-key".into(), json!(k));
+                    }
+                }
+            }
+        }
+        if let Some(target) = referenced(&prop) {
+            path.push(field.clone());
+            annotate_lists(schemas, kind, &target, path, seen);
+            path.pop();
+        }
+    }
+    seen.pop();
+}
+
 /// The OpenAPI v3 document of one group/version; `None` when nothing is served there.
 pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let rs: Vec<&ResourceInfo> = reg
@@ -210,6 +267,8 @@ pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<V
         json!({"description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.", "type": "object"}),
     );
     for (name, gvk) in gvks {
+        let kind = gvk[0]["kind"].as_str().unwrap_or_default().to_string();
+        annotate_lists(&mut schemas, &kind, &name, &mut Vec::new(), &mut Vec::new());
         if let Some(Value::Object(s)) = schemas.get_mut(&name) {
             s.insert("x-kubernetes-group-version-kind".into(), gvk);
         }
@@ -256,6 +315,12 @@ mod tests {
                 .as_str()
                 .is_some_and(|d| d.contains("image"))
         );
+        let containers =
+            &doc["components"]["schemas"]["io.k8s.api.core.v1.PodSpec"]["properties"]["containers"];
+        assert_eq!(containers["x-kubernetes-patch-merge-key"], "name");
+        let ports =
+            &doc["components"]["schemas"]["io.k8s.api.core.v1.Container"]["properties"]["ports"];
+        assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
         assert!(group_version_doc(&Registry::default(), "nope", "v1").is_none());
     }
 }

@@ -9,7 +9,7 @@ use crate::registry::ResourceInfo;
 /// An API error: a `Status` with `status: Failure`.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{}", .0.message.as_deref().unwrap_or_default())]
-pub struct StatusError(pub Status);
+pub struct StatusError(pub Box<Status>);
 
 impl StatusError {
     /// The HTTP status code to answer with.
@@ -29,14 +29,14 @@ fn failure(
     message: String,
     details: Option<StatusDetails>,
 ) -> StatusError {
-    StatusError(Status {
+    StatusError(Box::new(Status {
         code: Some(code),
         details,
         message: Some(message),
         reason: Some(reason.to_string()),
         status: Some("Failure".to_string()),
         ..Default::default()
-    })
+    }))
 }
 
 fn resource_details(r: &ResourceInfo, name: &str) -> Option<StatusDetails> {
@@ -46,6 +46,24 @@ fn resource_details(r: &ResourceInfo, name: &str) -> Option<StatusDetails> {
         name: Some(name.to_string()),
         ..Default::default()
     })
+}
+
+/// A failure with causes (eviction refusals, apply conflicts).
+pub fn with_causes(
+    code: i32,
+    reason: &str,
+    message: String,
+    causes: Vec<StatusCause>,
+) -> StatusError {
+    failure(
+        code,
+        reason,
+        message,
+        Some(StatusDetails {
+            causes: Some(causes),
+            ..Default::default()
+        }),
+    )
 }
 
 /// 404: `pods "x" not found`.
@@ -91,6 +109,11 @@ pub fn forbidden(r: &ResourceInfo, name: &str, why: &str) -> StatusError {
 /// 403 for a request with no resource to name (non-resource paths).
 pub fn forbidden_path(message: String) -> StatusError {
     failure(403, "Forbidden", message, None)
+}
+
+/// 401: credentials no authenticator accepts.
+pub fn unauthorized() -> StatusError {
+    failure(401, "Unauthorized", "Unauthorized".into(), None)
 }
 
 /// 404 for a path the server does not serve.

@@ -14,7 +14,7 @@ use ferrokube_api::patch::{self, list_strategy, ListStrategy};
 use ferrokube_api::status::{self, StatusError};
 use ferrokube_api::ResourceInfo;
 use http::StatusCode;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Status, StatusCause, StatusDetails};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause;
 use serde_json::{json, Map, Value};
 
 use crate::rest::{Call, Resources};
@@ -295,17 +295,7 @@ fn merge(
                 lines.join("\n")
             )
         };
-        return Err(StatusError(Status {
-            code: Some(409),
-            reason: Some("Conflict".into()),
-            status: Some("Failure".into()),
-            message: Some(msg),
-            details: Some(StatusDetails {
-                causes: Some(causes),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }));
+        return Err(status::with_causes(409, "Conflict", msg, causes));
     }
     // Fields this manager dropped from its configuration, owned by no one else, go.
     let others: BTreeSet<Path> = managed

@@ -196,7 +196,7 @@ fn strip_type(mut v: Value) -> Value {
     v
 }
 
-fn header_str<'a>(h: &'a HeaderMap, name: http::header::HeaderName) -> &'a str {
+fn header_str(h: &HeaderMap, name: http::header::HeaderName) -> &str {
     h.get(name)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
@@ -1314,23 +1314,21 @@ impl Resources {
                     .and_then(Value::as_i64)
                     .unwrap_or(0);
                 if allowed <= 0 {
-                    return Err(StatusError(k8s_openapi::apimachinery::pkg::apis::meta::v1::Status {
-                        code: Some(429),
-                        reason: Some("TooManyRequests".into()),
-                        status: Some("Failure".into()),
-                        message: Some("Cannot evict pod as it would violate the pod's disruption budget.".into()),
-                        details: Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusDetails {
-                            causes: Some(vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
-                                reason: Some("DisruptionBudget".into()),
-                                message: Some(format!("The disruption budget {} needs {} healthy pods and has {} currently", meta::name(&b.object),
-                                    b.object.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0),
-                                    b.object.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0))),
-                                field: None,
-                            }]),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }));
+                    return Err(status::with_causes(
+                        429,
+                        "TooManyRequests",
+                        "Cannot evict pod as it would violate the pod's disruption budget.".into(),
+                        vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
+                            reason: Some("DisruptionBudget".into()),
+                            message: Some(format!(
+                                "The disruption budget {} needs {} healthy pods and has {} currently",
+                                meta::name(&b.object),
+                                b.object.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0),
+                                b.object.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0)
+                            )),
+                            field: None,
+                        }],
+                    ));
                 }
             }
         }

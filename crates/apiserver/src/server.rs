@@ -171,6 +171,11 @@ impl ApiServer {
 
     async fn handle(&self, req: Request<Incoming>, user: &User) -> Response<Body> {
         let path = req.uri().path().to_string();
+        // No token or password authenticator is configured: such credentials are
+        // refused (401), as upstream refuses credentials no authenticator accepts.
+        if req.headers().contains_key(http::header::AUTHORIZATION) {
+            return error_response(&status::unauthorized());
+        }
         let query = Query::parse(req.uri().query());
         let route = request::route(&path);
         if let Route::Resource(rp) = route {

@@ -1,0 +1,164 @@
+//! A `kube-apiserver` process on loopback with its own data directory, and the stock
+//! kubectl pointed at it through the admin kubeconfig it writes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{binary, free_port};
+
+/// A running kube-apiserver; killed when dropped.
+pub struct ApiServer {
+    child: Option<Child>,
+    pub dir: PathBuf,
+    pub port: u16,
+    pub peer_port: u16,
+}
+
+impl ApiServer {
+    /// Starts one and waits until `/readyz` passes.
+    pub fn start(dir: &Path) -> ApiServer {
+        let mut s = ApiServer {
+            child: None,
+            dir: dir.to_path_buf(),
+            port: free_port(),
+            peer_port: free_port(),
+        };
+        s.spawn();
+        s.wait_ready();
+        s
+    }
+
+    /// Starts the process (again) on the same ports and data.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("apiserver.log"))
+            .unwrap();
+        let child = Command::new(binary("kube-apiserver"))
+            .args(["--bind-address", "127.0.0.1"])
+            .args(["--secure-port", &self.port.to_string()])
+            .arg("--data-dir")
+            .arg(&self.dir)
+            .args([
+                "--store-peer-url",
+                &format!("http://127.0.0.1:{}", self.peer_port),
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// The admin kubeconfig.
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.join("admin.conf")
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// A kubectl command with the admin kubeconfig and a request timeout.
+    pub fn kubectl_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("kubectl");
+        c.arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--request-timeout=10s")
+            .args(args)
+            .env_remove("KUBECONFIG");
+        c
+    }
+
+    /// Runs kubectl; stdout on success, stderr on failure.
+    pub fn kubectl(&self, args: &[&str]) -> Result<String, String> {
+        self.kubectl_stdin(args, None)
+    }
+
+    /// Runs kubectl with `stdin` fed to it.
+    pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
+        use std::io::Write as _;
+        let mut c = self.kubectl_command(args);
+        c.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = c.spawn().expect("kubectl runs");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input.as_bytes())
+                .unwrap();
+        }
+        drop(child.stdin.take());
+        let out = child.wait_with_output().unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    /// Runs kubectl and panics (with the server log) when it fails.
+    pub fn ok(&self, args: &[&str]) -> String {
+        self.kubectl(args).unwrap_or_else(|e| {
+            panic!(
+                "kubectl {args:?} failed: {e}\nserver log:\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
+    /// Runs kubectl and returns its error output, panicking when it succeeds.
+    pub fn fails(&self, args: &[&str]) -> String {
+        match self.kubectl(args) {
+            Ok(out) => panic!("kubectl {args:?} should have failed; printed:\n{out}"),
+            Err(e) => e,
+        }
+    }
+
+    /// The end of the server's log.
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default();
+        let start = log.len().saturating_sub(4000);
+        log[log
+            .char_indices()
+            .map(|(i, _)| i)
+            .find(|i| *i >= start)
+            .unwrap_or(0)..]
+            .to_string()
+    }
+
+    /// Waits (bounded) for `/readyz` to pass.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.kubeconfig().exists()
+                && self.kubectl(&["get", "--raw", "/readyz"]).as_deref() == Ok("ok")
+            {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("kube-apiserver not ready; log:\n{}", self.log_tail());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
