@@ -9,7 +9,12 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   etcd-client:        etcdctl, the reference client in the store's tests
 #   etcd-server:        real etcd, the peer in `scripts/bench store`
 #   ca-certificates:    a CA bundle that is not the cluster's, for the TLS tests
-FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server)
+#   openssl:            certificates made by another tool, for the TLS and authn tests
+#   python3-venv:       a virtualenv for the official Python kubernetes client
+FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv)
+
+# The official Python client, pinned to the Kubernetes version we serve (1.32).
+FERROKUBE_PYTHON_CLIENT="kubernetes==32.0.1"
 
 # etcdctl refuses to run when a flag and its ETCDCTL_* variable are both set, and the
 # scripts always pass flags: ignore what the caller exported (e.g. from scripts/up).
@@ -59,6 +64,20 @@ setup_target_dir() {
             export CARGO_TARGET_DIR="$ROOT/target"
         fi
     fi
+}
+
+# Installs the Python kubernetes client into a virtualenv kept outside the clone (or in
+# it when that is not writable) and exports FERROKUBE_PYTHON, its interpreter.
+ensure_python_client() {
+    local venv=/var/cache/ferrokube/venv
+    mkdir -p "$(dirname "$venv")" 2>/dev/null && [ -w "$(dirname "$venv")" ] || venv="$ROOT/.venv"
+    if ! "$venv/bin/python" -c 'import kubernetes, sys; sys.exit(kubernetes.__version__ != "32.0.1")' 2>/dev/null; then
+        log "installing the Python client ($FERROKUBE_PYTHON_CLIENT) into $venv"
+        rm -rf "$venv"
+        python3 -m venv "$venv"
+        "$venv/bin/pip" install -q "$FERROKUBE_PYTHON_CLIENT"
+    fi
+    export FERROKUBE_PYTHON="$venv/bin/python"
 }
 
 prepare() {
