@@ -299,6 +299,11 @@ fn create_get_and_output_formats() {
             || err.contains("invalid"),
         "{err}"
     );
+    // Metrics count what was served.
+    let metrics = api.ok(&["get", "--raw", "/metrics"]);
+    assert!(metrics.contains("apiserver_request_total{code=\"201\",component=\"apiserver\",group=\"\",resource=\"configmaps\",scope=\"namespace\",subresource=\"\",verb=\"POST\",version=\"v1\"} 2"), "{metrics}");
+    assert!(metrics.contains("apiserver_request_duration_seconds_bucket{component=\"apiserver\",group=\"apps\",resource=\"deployments\",scope=\"resource\",subresource=\"\",verb=\"GET\",version=\"v1\",le=\"+Inf\"}"), "{metrics}");
+    assert!(metrics.contains("etcd_request_duration_seconds_count{operation=\"create\",type=\"/registry/configmaps\"}"), "{metrics}");
     // Paging: kubectl lists in chunks with limit/continue.
     for i in 0..5 {
         api.ok(&[

@@ -7,7 +7,7 @@
 //! [`rest`] (the resource verbs, with admission and validation), [`watch`] (streams fed
 //! by the shared [`watchcache`]) and [`apply`] (server-side apply). Objects live in the
 //! embedded store through [`storage`]; Service IPs and node ports come from [`alloc`];
-//! [`bootstrap`] creates what a new cluster starts with.
+//! [`bootstrap`] creates what a new cluster starts with; [`metrics`] serves `/metrics`.
 
 pub mod alloc;
 pub mod apply;
@@ -15,6 +15,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod discovery;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod pki;
 pub mod request;
 pub mod rest;

@@ -156,6 +156,7 @@ impl WriteOptions {
 
 /// The resource API.
 pub struct Resources {
+    pub metrics: Arc<crate::metrics::Metrics>,
     pub objects: Objects,
     pub cache: Arc<WatchCache>,
     pub registry: Registry,

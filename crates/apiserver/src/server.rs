@@ -22,6 +22,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::alloc::Allocator;
 use crate::auth::{self, User};
 use crate::discovery;
+use crate::metrics::{Metrics, RequestLabels};
 use crate::request::{self, Query, ResourcePath, Route, Verb};
 use crate::rest::{error_response, full, json_response, Body, Call, Resources, MAX_BODY};
 use crate::storage::Objects;
@@ -96,8 +97,10 @@ pub struct ApiServer {
 impl ApiServer {
     /// Builds the server over an open store, with the Service IP range.
     pub fn new(store: Store, alloc: Allocator, server_address: String) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::default());
         let resources = Arc::new(Resources {
-            objects: Objects::new(store.clone()),
+            metrics: metrics.clone(),
+            objects: Objects::new(store.clone(), metrics),
             cache: WatchCache::start(store.clone()),
             registry: Registry::default(),
             alloc,
@@ -226,6 +229,14 @@ impl ApiServer {
             Route::Resource(_) => unreachable!("handled above"),
             Route::Other => match path.as_str() {
                 "/version" => json_response(StatusCode::OK, &version()),
+                "/metrics" => {
+                    let body = self.resources.metrics.render();
+                    full(
+                        StatusCode::OK,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                        body,
+                    )
+                }
                 "/openapi/v3" => {
                     let paths: serde_json::Map<String, serde_json::Value> = self
                         .openapi_docs()
@@ -341,7 +352,32 @@ impl ApiServer {
             headers: &parts.headers,
             body,
         };
-        self.resources.handle(&r, verb, call).await
+        let labels = RequestLabels {
+            // Upstream's metric verbs: the HTTP method, LIST/WATCH for collections.
+            verb: match verb {
+                Verb::Create => "POST".into(),
+                Verb::Update => "PUT".into(),
+                v => v.as_str().to_ascii_uppercase(),
+            },
+            group: r.group.to_string(),
+            version: r.version.to_string(),
+            resource: r.plural.to_string(),
+            subresource: rp.subresource.clone().unwrap_or_default(),
+            scope: if rp.name.is_some() {
+                "resource"
+            } else if rp.namespace.is_some() {
+                "namespace"
+            } else {
+                "cluster"
+            },
+        };
+        let started = std::time::Instant::now();
+        let metrics = &self.resources.metrics;
+        metrics.inflight(1);
+        let resp = self.resources.handle(&r, verb, call).await;
+        metrics.inflight(-1);
+        metrics.request(labels, resp.status().as_u16(), started.elapsed());
+        resp
     }
 
     /// Named checks, in upstream's style: `ping` always passes, `etcd` needs a

@@ -12,6 +12,9 @@ use ferrokube_proto::etcdserverpb::{
 };
 use ferrokube_store::{Store, StoreError};
 use serde_json::Value;
+use std::time::Instant;
+
+use crate::metrics::Metrics;
 
 /// One stored object with its mod revision.
 #[derive(Debug, Clone)]
@@ -120,11 +123,22 @@ fn mod_revision_is(key: &str, revision: i64) -> Compare {
 #[derive(Clone)]
 pub struct Objects {
     store: Store,
+    metrics: std::sync::Arc<Metrics>,
+}
+
+/// The object type of a key, for store metrics: `/registry/<resource>`.
+fn key_type(key: &str) -> &str {
+    let end = key.match_indices('/').nth(2).map_or(key.len(), |(i, _)| i);
+    &key[..end]
 }
 
 impl Objects {
-    pub fn new(store: Store) -> Self {
-        Objects { store }
+    pub fn new(store: Store, metrics: std::sync::Arc<Metrics>) -> Self {
+        Objects { store, metrics }
+    }
+
+    fn observe(&self, op: &'static str, key: &str, started: Instant) {
+        self.metrics.store(op, key_type(key), started.elapsed());
     }
 
     /// The store underneath.
@@ -134,6 +148,7 @@ impl Objects {
 
     /// Reads one object; `None` when absent.
     pub async fn get(&self, key: &str) -> Result<Option<Stored>, StatusError> {
+        let started = Instant::now();
         let resp = self
             .store
             .range(RangeRequest {
@@ -142,6 +157,7 @@ impl Objects {
             })
             .await
             .map_err(store_error)?;
+        self.observe("get", key, started);
         match resp.kvs.first() {
             Some(kv) => Ok(Some(decode(&kv.key, &kv.value, kv.mod_revision)?)),
             None => Ok(None),
@@ -158,6 +174,7 @@ impl Objects {
         limit: i64,
     ) -> Result<Page, StatusError> {
         let from = if start.is_empty() { prefix } else { start };
+        let started = Instant::now();
         let resp = self
             .store
             .range(RangeRequest {
@@ -169,6 +186,7 @@ impl Objects {
             })
             .await
             .map_err(store_error)?;
+        self.observe("list", prefix, started);
         let items = resp
             .kvs
             .iter()
@@ -197,6 +215,7 @@ impl Objects {
             compare.push(mod_revision_is(k, 0));
             success.push(put_op(k, key.as_bytes().to_vec()));
         }
+        let started = Instant::now();
         let resp = self
             .store
             .txn(TxnRequest {
@@ -206,6 +225,7 @@ impl Objects {
             })
             .await
             .map_err(store_error)?;
+        self.observe("create", key, started);
         Ok(resp
             .succeeded
             .then(|| resp.header.map_or(0, |h| h.revision)))
@@ -231,6 +251,7 @@ impl Objects {
         for k in release {
             success.push(delete_op(k));
         }
+        let started = Instant::now();
         let resp = self
             .store
             .txn(TxnRequest {
@@ -240,6 +261,7 @@ impl Objects {
             })
             .await
             .map_err(store_error)?;
+        self.observe("update", key, started);
         Ok(resp
             .succeeded
             .then(|| resp.header.map_or(0, |h| h.revision)))
@@ -277,6 +299,7 @@ impl Objects {
     ) -> Result<Option<i64>, StatusError> {
         let mut success = vec![delete_op(key)];
         success.extend(also.iter().map(|k| delete_op(k)));
+        let started = Instant::now();
         let resp = self
             .store
             .txn(TxnRequest {
@@ -286,6 +309,7 @@ impl Objects {
             })
             .await
             .map_err(store_error)?;
+        self.observe("delete", key, started);
         if !resp.succeeded {
             return Ok(None);
         }

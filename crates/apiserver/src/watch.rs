@@ -149,6 +149,44 @@ async fn start(
         tx,
     };
     tokio::spawn(async move {
+        let metrics = w.res.metrics.clone();
+        metrics.watchers(w.r.group, w.r.version, w.r.kind, 1);
+        w.run(
+            initial,
+            cursor,
+            prefix,
+            exact_key,
+            send_initial,
+            bookmarks,
+            timeout,
+        )
+        .await;
+        metrics.watchers(w.r.group, w.r.version, w.r.kind, -1);
+    });
+    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
+    Ok(Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .header("cache-control", "no-cache, private")
+        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .expect("static response parts"))
+}
+
+impl Watcher {
+    /// Sends the initial events, then follows the cache until the client leaves, the
+    /// timeout passes, or the history is gone.
+    #[allow(clippy::too_many_arguments)] // the watch's parameters, read once in `start`
+    async fn run(
+        &self,
+        initial: Vec<Value>,
+        mut cursor: i64,
+        prefix: String,
+        exact_key: bool,
+        send_initial: bool,
+        bookmarks: bool,
+        timeout: Duration,
+    ) {
+        let w = self;
         let deadline = tokio::time::Instant::now() + timeout;
         for obj in &initial {
             if !w.send("ADDED", obj).await {
@@ -219,12 +257,5 @@ async fn start(
                 _ = w.tx.closed() => return,
             }
         }
-    });
-    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "application/json")
-        .header("cache-control", "no-cache, private")
-        .body(BodyExt::boxed(StreamBody::new(stream)))
-        .expect("static response parts"))
+    }
 }
