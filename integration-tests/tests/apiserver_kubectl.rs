@@ -1131,3 +1131,156 @@ fn bad_input_gets_upstream_errors_and_stores_nothing() {
     let err = as_user(&["--token", "not-a-token"]);
     assert!(err.contains("Unauthorized"), "{err}");
 }
+
+const CRD: &str = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: crontabs.stable.example.com
+spec:
+  group: stable.example.com
+  scope: Namespaced
+  names: {plural: crontabs, singular: crontab, kind: CronTab, shortNames: [ct]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources:
+      status: {}
+      scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}
+    additionalPrinterColumns:
+    - {name: Spec, type: string, jsonPath: .spec.cronSpec}
+    - {name: Replicas, type: integer, jsonPath: .spec.replicas}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [cronSpec]
+            properties:
+              cronSpec: {type: string, description: "The schedule."}
+              image: {type: string}
+              replicas: {type: integer, minimum: 1}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+"#;
+
+#[test]
+fn custom_resource_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(dir.path());
+    let crd = write(dir.path(), "crd.yaml", CRD);
+    api.ok(&["apply", "-f", &crd]);
+    api.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=20s",
+        "crd/crontabs.stable.example.com",
+    ]);
+    let status = json(&api.ok(&["get", "crd", "crontabs.stable.example.com", "-o", "json"]))
+        ["status"]
+        .clone();
+    assert_eq!(status["acceptedNames"]["listKind"], "CronTabList");
+    assert_eq!(status["storedVersions"], serde_json::json!(["v1"]));
+    let resources = api.ok(&[
+        "api-resources",
+        "--api-group=stable.example.com",
+        "--no-headers",
+    ]);
+    assert_eq!(
+        resources.split_whitespace().collect::<Vec<_>>(),
+        ["crontabs", "ct", "stable.example.com/v1", "true", "CronTab"]
+    );
+    let explain = api.ok(&["explain", "crontab.spec.cronSpec"]);
+    assert!(explain.contains("The schedule."), "{explain}");
+
+    let cr = "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: tick\nspec:\n  cronSpec: \"* * * * */5\"\n  image: busybox\n  replicas: 2\n";
+    let f = write(dir.path(), "ct.yaml", cr);
+    api.ok(&["apply", "-f", &f]);
+    let table = api.ok(&["get", "ct"]);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header, ["NAME", "SPEC", "REPLICAS", "AGE"]);
+    assert!(table.lines().nth(1).unwrap().starts_with("tick"), "{table}");
+    // apply again with a change: kubectl sends a merge patch, generation moves.
+    let f = write(dir.path(), "ct.yaml", &cr.replace("busybox", "alpine"));
+    assert_eq!(
+        api.ok(&["apply", "-f", &f]).trim(),
+        "crontab.stable.example.com/tick configured"
+    );
+    let obj = json(&api.ok(&["get", "ct", "tick", "-o", "json"]));
+    assert_eq!(obj["spec"]["image"], "alpine");
+    assert_eq!(obj["metadata"]["generation"], 2);
+    assert!(obj.get("status").is_none());
+    api.ok(&["scale", "ct", "tick", "--replicas=3"]);
+    assert_eq!(
+        api.ok(&["get", "ct", "tick", "-o", "jsonpath={.spec.replicas}"]),
+        "3"
+    );
+    // Schema validation, unknown fields, strategic merge patches.
+    let bad = write(
+        dir.path(),
+        "bad.yaml",
+        &cr.replace("replicas: 2", "replicas: 0"),
+    );
+    let err = api.fails(&["apply", "-f", &bad]);
+    assert!(
+        err.contains("spec.replicas: Invalid value: 0: should be greater than or equal to 1"),
+        "{err}"
+    );
+    let typo = write(
+        dir.path(),
+        "typo.yaml",
+        &cr.replace("name: tick", "name: tock")
+            .replace("image:", "imagee:"),
+    );
+    let err = api.fails(&["create", "-f", &typo]);
+    assert!(err.contains("unknown field \"spec.imagee\""), "{err}");
+    let missing = write(
+        dir.path(),
+        "missing.yaml",
+        "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: nope\nspec: {}\n",
+    );
+    let err = api.fails(&["create", "-f", &missing]);
+    assert!(err.contains("spec.cronSpec: Required value"), "{err}");
+    let err = api.fails(&[
+        "patch",
+        "ct",
+        "tick",
+        "--type=strategic",
+        "-p",
+        r#"{"spec":{"image":"x"}}"#,
+    ]);
+    assert!(
+        err.contains("UnsupportedMediaType") || err.contains("not supported"),
+        "{err}"
+    );
+    // Deleting the definition deletes its objects, then the definition.
+    api.ok(&["delete", "crd", "crontabs.stable.example.com"]);
+    assert!(api
+        .fails(&["get", "crd", "crontabs.stable.example.com"])
+        .contains("NotFound"));
+    let err = api.fails(&[
+        "get",
+        "--raw",
+        "/apis/stable.example.com/v1/namespaces/default/crontabs",
+    ]);
+    assert!(
+        err.contains("NotFound") || err.contains("could not find"),
+        "{err}"
+    );
+    api.ok(&["apply", "-f", &crd]);
+    api.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=20s",
+        "crd/crontabs.stable.example.com",
+    ]);
+    assert_eq!(
+        api.ok(&["get", "ct", "-o", "name"]).trim(),
+        "",
+        "objects of the old definition are gone"
+    );
+}

@@ -14,9 +14,10 @@
 //! formats, and [`table`] prints rows as upstream's server-side printers do;
 //! [`typed`] decodes bodies against the compiled types and [`checks`] validates objects;
 //! [`protobuf`] turns Kubernetes protobuf bodies into JSON; [`openapi`] writes the OpenAPI v3
-//! documents.
+//! documents; [`crd`] reads CustomResourceDefinitions and validates custom objects.
 
 pub mod checks;
+pub mod crd;
 pub mod defaults;
 pub mod fields;
 pub mod keys;

@@ -98,12 +98,20 @@ fn operation(verb: &str, action: &str, r: &ResourceInfo, namespaced: bool, schem
         "patch" => {
             op["parameters"] = json!(write_params(true));
             let patch = body_ref("io.k8s.apimachinery.pkg.apis.meta.v1.Patch");
-            op["requestBody"] = json!({"content": {
+            let mut content = json!({
                 "application/apply-patch+yaml": patch,
                 "application/json-patch+json": patch,
                 "application/merge-patch+json": patch,
-                "application/strategic-merge-patch+json": patch,
-            }, "required": true});
+            });
+            // Custom resources take no strategic merge patches (kubectl then sends merge
+            // patches).
+            let builtin = crate::registry::BUILTIN
+                .iter()
+                .any(|b| b.group == r.group && b.version == r.version && b.plural == r.plural);
+            if builtin {
+                content["application/strategic-merge-patch+json"] = patch;
+            }
+            op["requestBody"] = json!({"content": content, "required": true});
         }
         "list" | "watchlist" => {
             op["parameters"] = json!([
@@ -177,6 +185,111 @@ fn annotate_lists(
     seen.pop();
 }
 
+/// The paths and operations of one resource.
+fn add_paths(paths: &mut Map<String, Value>, root: &str, r: &ResourceInfo, schema: &str) {
+    let (collection, item) = if r.namespaced {
+        (
+            format!("{root}/namespaces/{{namespace}}/{}", r.plural),
+            format!("{root}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
+        )
+    } else {
+        (
+            format!("{root}/{}", r.plural),
+            format!("{root}/{}/{{name}}", r.plural),
+        )
+    };
+    let ns = r.namespaced;
+    let mut c = Map::new();
+    c.insert("get".into(), operation("list", "list", r, ns, schema));
+    c.insert("post".into(), operation("create", "post", r, ns, schema));
+    if r.verbs.contains(&"deletecollection") {
+        c.insert(
+            "delete".into(),
+            operation(
+                "deleteCollection",
+                "deletecollection",
+                r,
+                ns,
+                "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+            ),
+        );
+    }
+    paths.insert(collection, Value::Object(c));
+    let mut i = Map::new();
+    i.insert("get".into(), operation("read", "get", r, ns, schema));
+    i.insert("put".into(), operation("replace", "put", r, ns, schema));
+    i.insert("patch".into(), operation("patch", "patch", r, ns, schema));
+    i.insert(
+        "delete".into(),
+        operation(
+            "delete",
+            "delete",
+            r,
+            ns,
+            "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
+        ),
+    );
+    paths.insert(item.clone(), Value::Object(i));
+    if r.subresources.contains(&"status") {
+        let mut s = Map::new();
+        s.insert("get".into(), operation("read", "get", r, ns, schema));
+        s.insert("put".into(), operation("replace", "put", r, ns, schema));
+        s.insert("patch".into(), operation("patch", "patch", r, ns, schema));
+        // Status operations are not the kind's main operations for kubectl.
+        for op in s.values_mut() {
+            let id = op["operationId"].as_str().unwrap_or_default().to_string();
+            op["operationId"] = json!(format!("{id}Status"));
+        }
+        paths.insert(format!("{item}/status"), Value::Object(s));
+    }
+}
+
+/// The schema name upstream gives a custom resource (`com.example.v1.Widget`).
+pub fn custom_schema_name(r: &ResourceInfo) -> String {
+    let reversed: Vec<&str> = r.group.split('.').rev().collect();
+    format!("{}.{}.{}", reversed.join("."), r.version, r.kind)
+}
+
+/// The OpenAPI v3 document of a custom resource group/version: its resources with the
+/// CRDs' schemas (metadata as ObjectMeta).
+pub fn custom_doc(versions: &[&crate::crd::CustomVersion]) -> Option<Value> {
+    let first = versions.first()?;
+    let root = format!("/apis/{}/{}", first.info.group, first.info.version);
+    let mut gen = SchemaSettings::openapi3().into_generator();
+    gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta>();
+    gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
+    gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();
+    let mut schemas = gen.take_definitions(true);
+    schemas.insert(
+        "io.k8s.apimachinery.pkg.apis.meta.v1.Patch".into(),
+        json!({"description": "Patch is provided to give a concrete name and type to the Kubernetes PATCH request body.", "type": "object"}),
+    );
+    let mut paths = Map::new();
+    for cv in versions {
+        let r = &cv.info;
+        let name = custom_schema_name(r);
+        let mut schema = cv.schema.clone();
+        if let Some(o) = schema.as_object_mut() {
+            let props = o.entry("properties").or_insert_with(|| json!({}));
+            props["apiVersion"] = json!({"type": "string", "description": "APIVersion defines the versioned schema of this representation of an object."});
+            props["kind"] = json!({"type": "string", "description": "Kind is a string value representing the REST resource this object represents."});
+            props["metadata"] = json!({"$ref": "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta", "description": "Standard object's metadata."});
+            o.insert(
+                "x-kubernetes-group-version-kind".into(),
+                json!([{"group": r.group, "version": r.version, "kind": r.kind}]),
+            );
+        }
+        schemas.insert(name.clone(), schema);
+        add_paths(&mut paths, &root, r, &name);
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes CRD Swagger", "version": "v0.1.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }))
+}
+
 /// The OpenAPI v3 document of one group/version; `None` when nothing is served there.
 pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<Value> {
     let rs: Vec<&ResourceInfo> = reg
@@ -203,61 +316,7 @@ pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<V
             schema.clone(),
             json!([{"group": r.group, "version": r.version, "kind": r.kind}]),
         ));
-        let (collection, item) = if r.namespaced {
-            (
-                format!("{root}/namespaces/{{namespace}}/{}", r.plural),
-                format!("{root}/namespaces/{{namespace}}/{}/{{name}}", r.plural),
-            )
-        } else {
-            (
-                format!("{root}/{}", r.plural),
-                format!("{root}/{}/{{name}}", r.plural),
-            )
-        };
-        let ns = r.namespaced;
-        let mut c = Map::new();
-        c.insert("get".into(), operation("list", "list", r, ns, &schema));
-        c.insert("post".into(), operation("create", "post", r, ns, &schema));
-        if r.verbs.contains(&"deletecollection") {
-            c.insert(
-                "delete".into(),
-                operation(
-                    "deleteCollection",
-                    "deletecollection",
-                    r,
-                    ns,
-                    "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
-                ),
-            );
-        }
-        paths.insert(collection, Value::Object(c));
-        let mut i = Map::new();
-        i.insert("get".into(), operation("read", "get", r, ns, &schema));
-        i.insert("put".into(), operation("replace", "put", r, ns, &schema));
-        i.insert("patch".into(), operation("patch", "patch", r, ns, &schema));
-        i.insert(
-            "delete".into(),
-            operation(
-                "delete",
-                "delete",
-                r,
-                ns,
-                "io.k8s.apimachinery.pkg.apis.meta.v1.Status",
-            ),
-        );
-        paths.insert(item.clone(), Value::Object(i));
-        if r.subresources.contains(&"status") {
-            let mut s = Map::new();
-            s.insert("get".into(), operation("read", "get", r, ns, &schema));
-            s.insert("put".into(), operation("replace", "put", r, ns, &schema));
-            s.insert("patch".into(), operation("patch", "patch", r, ns, &schema));
-            // Status operations are not the kind's main operations for kubectl.
-            for op in s.values_mut() {
-                let id = op["operationId"].as_str().unwrap_or_default().to_string();
-                op["operationId"] = json!(format!("{id}Status"));
-            }
-            paths.insert(format!("{item}/status"), Value::Object(s));
-        }
+        add_paths(&mut paths, &root, r, &schema);
     }
     gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>();
     gen.subschema_for::<k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions>();

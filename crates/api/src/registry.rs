@@ -540,6 +540,33 @@ pub static BUILTIN: &[ResourceInfo] = &[
     },
 ];
 
+/// A built-in resource by group and plural; panics on a name that is not built in
+/// (callers name resources of their own code).
+pub fn builtin(group: &str, plural: &str) -> ResourceInfo {
+    *BUILTIN
+        .iter()
+        .find(|r| r.group == group && r.plural == plural)
+        .unwrap_or_else(|| panic!("{plural}.{group} is not a built-in resource"))
+}
+
+/// A `&'static str` for a name learned at run time (custom resources), stored once per
+/// distinct name.
+pub fn intern(s: &str) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{Mutex, OnceLock};
+    static NAMES: OnceLock<Mutex<HashSet<&'static str>>> = OnceLock::new();
+    let mut names = NAMES
+        .get_or_init(Default::default)
+        .lock()
+        .expect("intern lock");
+    if let Some(n) = names.get(s) {
+        return n;
+    }
+    let n: &'static str = Box::leak(s.to_string().into_boxed_str());
+    names.insert(n);
+    n
+}
+
 /// Looks resources up the ways clients name them.
 #[derive(Debug, Clone)]
 pub struct Registry {
@@ -555,6 +582,13 @@ impl Default for Registry {
 }
 
 impl Registry {
+    /// The built-in resources plus `custom` ones (served custom resource versions).
+    pub fn with_custom(custom: impl IntoIterator<Item = ResourceInfo>) -> Registry {
+        let mut resources = BUILTIN.to_vec();
+        resources.extend(custom);
+        Registry { resources }
+    }
+
     /// All resources, in discovery order.
     pub fn resources(&self) -> &[ResourceInfo] {
         &self.resources

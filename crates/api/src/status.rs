@@ -128,10 +128,18 @@ pub fn no_route() -> StatusError {
 
 /// 415: a body in a content type the server does not decode.
 pub fn unsupported_media_type(content_type: &str) -> StatusError {
+    unsupported_media_type_of(
+        content_type,
+        "application/json, application/yaml, application/vnd.kubernetes.protobuf",
+    )
+}
+
+/// 415 naming the media types this request accepts.
+pub fn unsupported_media_type_of(content_type: &str, accepted: &str) -> StatusError {
     failure(
         415,
         "UnsupportedMediaType",
-        format!("the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf, application/apply-patch+yaml (got {content_type:?})"),
+        format!("the body of the request was in an unknown format - accepted media types include: {accepted} (got {content_type:?})"),
         None,
     )
 }

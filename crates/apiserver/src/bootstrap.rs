@@ -22,13 +22,7 @@ async fn ensure(
     ns: Option<&str>,
     obj: Value,
 ) -> Result<(), StatusError> {
-    let r = res
-        .registry
-        .resources()
-        .iter()
-        .find(|r| r.group == group && r.plural == plural)
-        .copied()
-        .expect("bootstrap kinds are built in");
+    let r = ferrokube_api::registry::builtin(group, plural);
     let path = ResourcePath {
         group: group.into(),
         version: r.version.into(),

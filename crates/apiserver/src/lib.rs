@@ -7,12 +7,14 @@
 //! [`rest`] (the resource verbs, with admission and validation), [`watch`] (streams fed
 //! by the shared [`watchcache`]) and [`apply`] (server-side apply). Objects live in the
 //! embedded store through [`storage`]; Service IPs and node ports come from [`alloc`];
-//! [`bootstrap`] creates what a new cluster starts with; [`metrics`] serves `/metrics`.
+//! [`bootstrap`] creates what a new cluster starts with; [`crds`] serves custom resources;
+//! [`metrics`] serves `/metrics`.
 
 pub mod alloc;
 pub mod apply;
 pub mod auth;
 pub mod bootstrap;
+pub mod crds;
 pub mod discovery;
 pub mod kubeconfig;
 pub mod metrics;

@@ -159,7 +159,12 @@ pub struct Resources {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub objects: Objects,
     pub cache: Arc<WatchCache>,
-    pub registry: Registry,
+    /// Built-in and custom resources; replaced whole when CRDs change.
+    pub registry: std::sync::RwLock<Arc<Registry>>,
+    /// Served custom resource versions by (group, version, plural).
+    pub custom: std::sync::RwLock<
+        std::collections::HashMap<(String, String, String), Arc<ferrokube_api::crd::CustomVersion>>,
+    >,
     pub alloc: Allocator,
 }
 
@@ -240,6 +245,24 @@ fn parse_body(body: &[u8], content_type: &str) -> Result<Value, StatusError> {
 }
 
 impl Resources {
+    /// The resources served now.
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.read().expect("registry lock").clone()
+    }
+
+    /// The custom resource version `r` is, if it is one.
+    pub fn custom(&self, r: &ResourceInfo) -> Option<Arc<ferrokube_api::crd::CustomVersion>> {
+        self.custom
+            .read()
+            .expect("custom lock")
+            .get(&(
+                r.group.to_string(),
+                r.version.to_string(),
+                r.plural.to_string(),
+            ))
+            .cloned()
+    }
+
     /// Answers a resource request (already authorized).
     pub async fn handle(
         self: &Arc<Self>,
@@ -304,6 +327,30 @@ impl Resources {
         include: Include,
     ) -> Value {
         let now = jiff::Timestamp::now();
+        if let Some(cv) = self.custom(r) {
+            let cols: Vec<Value> = ferrokube_api::crd::columns(&cv)
+                .iter()
+                .map(|(c, _)| c.definition())
+                .collect();
+            let rows: Vec<Value> = items
+                .iter()
+                .map(|o| {
+                    let object = match include {
+                        Include::None => Value::Null,
+                        Include::Metadata => table::partial_metadata(o),
+                        Include::Object => o.clone(),
+                    };
+                    json!({"cells": ferrokube_api::crd::cells(&cv, o, now), "object": object})
+                })
+                .collect();
+            return json!({
+                "kind": "Table",
+                "apiVersion": "meta.k8s.io/v1",
+                "metadata": list_meta.unwrap_or(json!({})),
+                "columnDefinitions": cols,
+                "rows": rows,
+            });
+        }
         let cols: Vec<Value> = table::columns(r.kind)
             .iter()
             .map(|c| c.definition())
@@ -591,6 +638,7 @@ impl Resources {
     /// Decodes against the type: type errors are 400, unknown fields per
     /// `fieldValidation`.
     fn decode_typed(
+        &self,
         r: &ResourceInfo,
         obj: Value,
         validation: FieldValidation,
@@ -602,7 +650,18 @@ impl Resources {
                 r.kind, r.version, r.kind
             ))
         };
-        let d = typed::decode(r.group, r.kind, &obj).map_err(cannot)?;
+        let d = match self.custom(r) {
+            // Custom resources: the version's structural schema validates and prunes.
+            Some(cv) => {
+                let mut object = obj;
+                let (errs, unknown) = ferrokube_api::crd::validate(&cv.schema, &mut object);
+                if !errs.is_empty() {
+                    return Err(status::invalid(r.group, r.kind, meta::name(&object), &errs));
+                }
+                typed::Decoded { object, unknown }
+            }
+            None => typed::decode(r.group, r.kind, &obj).map_err(cannot)?,
+        };
         if !d.unknown.is_empty() {
             match validation {
                 FieldValidation::Strict => {
@@ -644,11 +703,7 @@ impl Resources {
         ns: &str,
         name: &str,
     ) -> Result<(), StatusError> {
-        let ns_info = self
-            .registry
-            .by_path("", "v1", "namespaces")
-            .copied()
-            .expect("namespaces are built in");
+        let ns_info = ferrokube_api::registry::builtin("", "namespaces");
         match self.objects.get(&object_key(&ns_info, "", ns)).await? {
             None => Err(status::not_found(&ns_info, ns)),
             Some(s) if s.object.pointer("/metadata/deletionTimestamp").is_some() => Err(status::forbidden(
@@ -676,13 +731,17 @@ impl Resources {
             ] {
                 m.remove(k);
             }
-            if GENERATION_KINDS.contains(&r.kind) {
+            if GENERATION_KINDS.contains(&r.kind) || self.custom(r).is_some() {
                 m.insert("generation".into(), json!(1));
             }
         }
         defaults::apply(r.kind, obj);
         if r.subresources.contains(&"status") {
-            let status = initial_status(r.kind, obj);
+            let status = if self.custom(r).is_some() {
+                None
+            } else {
+                initial_status(r.kind, obj)
+            };
             match status {
                 Some(s) => obj["status"] = s,
                 None => {
@@ -703,6 +762,19 @@ impl Resources {
             }
             ("", "Secret") => merge_string_data(obj),
             ("batch", "Job") => job_selector(obj),
+            ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+                let errs = ferrokube_api::crd::check(obj);
+                if !errs.is_empty() {
+                    return Err(status::invalid(r.group, r.kind, meta::name(obj), &errs));
+                }
+                // The cleanup finalizer: custom objects go before their definition.
+                let m = metadata_mut(obj);
+                let f = m.entry("finalizers").or_insert(json!([]));
+                if let Some(list) = f.as_array_mut() {
+                    push_unique(list, crate::crds::CLEANUP_FINALIZER);
+                }
+                obj["status"] = json!({"acceptedNames": {"kind": "", "plural": ""}, "conditions": [], "storedVersions": []});
+            }
             ("", "Service") => {
                 let taken = self.objects.keys(alloc::ROOT).await?;
                 self.alloc
@@ -758,11 +830,7 @@ impl Resources {
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_string();
-        let pc_info = self
-            .registry
-            .by_path("scheduling.k8s.io", "v1", "priorityclasses")
-            .copied()
-            .expect("priorityclasses are built in");
+        let pc_info = ferrokube_api::registry::builtin("scheduling.k8s.io", "priorityclasses");
         let (value, policy) = if class.is_empty() {
             (0, None)
         } else {
@@ -772,11 +840,7 @@ impl Resources {
                     pc.object.get("preemptionPolicy").cloned(),
                 ),
                 None => {
-                    let pods = self
-                        .registry
-                        .by_path("", "v1", "pods")
-                        .copied()
-                        .expect("pods");
+                    let pods = ferrokube_api::registry::builtin("", "pods");
                     return Err(status::forbidden(
                         &pods,
                         meta::name(pod),
@@ -842,6 +906,12 @@ impl Resources {
         defaults::apply(r.kind, &mut new);
         match (r.group, r.kind) {
             ("", "Secret") => merge_string_data(&mut new),
+            ("apiextensions.k8s.io", "CustomResourceDefinition") if sub != Some("status") => {
+                let errs = ferrokube_api::crd::check(&new);
+                if !errs.is_empty() {
+                    return Err(status::invalid(r.group, r.kind, meta::name(&new), &errs));
+                }
+            }
             ("", "Namespace") => {
                 let name = meta::name(&new).to_string();
                 let m = metadata_mut(&mut new);
@@ -882,7 +952,21 @@ impl Resources {
             }
             _ => {}
         }
-        if GENERATION_KINDS.contains(&r.kind) && old.get("spec") != new.get("spec") {
+        let custom_changed = self.custom(r).is_some() && {
+            // Custom resources: any change outside metadata and status.
+            let strip = |v: &Value| {
+                let mut v = v.clone();
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("metadata");
+                    o.remove("status");
+                }
+                v
+            };
+            strip(old) != strip(&new)
+        };
+        if (GENERATION_KINDS.contains(&r.kind) && old.get("spec") != new.get("spec"))
+            || custom_changed
+        {
             let g = old_meta
                 .get("generation")
                 .and_then(Value::as_i64)
@@ -914,7 +998,7 @@ impl Resources {
         let opts = WriteOptions::from(call.query)?;
         let mut warnings = Vec::new();
         let obj = self.body_object(r, call)?;
-        let mut obj = Self::decode_typed(r, obj, opts.validation, &mut warnings)?;
+        let mut obj = self.decode_typed(r, obj, opts.validation, &mut warnings)?;
         let generate = meta::meta_str(&obj, "generateName").to_string();
         if meta::name(&obj).is_empty() && !generate.is_empty() {
             metadata_mut(&mut obj).insert("name".into(), json!(meta::generate_name(&generate)));
@@ -983,7 +1067,7 @@ impl Resources {
         let opts = WriteOptions::from(call.query)?;
         let mut warnings = Vec::new();
         let obj = self.body_object(r, call)?;
-        let obj = Self::decode_typed(r, obj, opts.validation, &mut warnings)?;
+        let obj = self.decode_typed(r, obj, opts.validation, &mut warnings)?;
         let body_name = meta::name(&obj);
         if body_name != name {
             return Err(status::bad_request(format!(
@@ -1092,16 +1176,28 @@ impl Resources {
             .to_string();
         let patch_doc = parse_body(&call.body, &ct)?;
         let kind = r.kind;
+        let custom = self.custom(r).is_some();
         let apply = move |base: &Value| -> Result<Value, StatusError> {
             let out = match ct.as_str() {
                 "application/json-patch+json" => patch::json_patch(base, &patch_doc),
                 "application/merge-patch+json" => Ok(patch::merge_patch(base, &patch_doc)),
+                "application/strategic-merge-patch+json" if custom => {
+                    return Err(status::unsupported_media_type_of(
+                        "application/strategic-merge-patch+json",
+                        "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                    ))
+                }
                 "application/strategic-merge-patch+json" => {
                     patch::strategic_merge_patch(kind, base, &patch_doc)
                 }
                 // Applying to `scale` sets what the configuration sets.
                 "application/apply-patch+yaml" => Ok(patch::merge_patch(base, &patch_doc)),
-                other => return Err(status::unsupported_media_type(other)),
+                other => {
+                    return Err(status::unsupported_media_type_of(
+                        other,
+                        "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json",
+                    ))
+                }
             };
             out.map_err(|e| match e {
                 PatchError::Malformed(m) => status::bad_request(m),
@@ -1147,7 +1243,7 @@ impl Resources {
                     )));
                 }
                 warnings.clear();
-                Self::decode_typed(r, patched, validation, &mut warnings)
+                self.decode_typed(r, patched, validation, &mut warnings)
             })
             .await?;
         a.warnings.extend(warnings);
@@ -1280,11 +1376,7 @@ impl Resources {
             .get(&self.key(r, Some(&ns), &name))
             .await?
             .ok_or_else(|| status::not_found(r, &name))?;
-        let pdb = self
-            .registry
-            .by_path("policy", "v1", "poddisruptionbudgets")
-            .copied()
-            .expect("built in");
+        let pdb = ferrokube_api::registry::builtin("policy", "poddisruptionbudgets");
         let budgets = self
             .objects
             .list(&list_prefix(&pdb, Some(&ns)), "", 0, 0)

@@ -102,7 +102,8 @@ impl ApiServer {
             metrics: metrics.clone(),
             objects: Objects::new(store.clone(), metrics),
             cache: WatchCache::start(store.clone()),
-            registry: Registry::default(),
+            registry: std::sync::RwLock::new(Arc::new(Registry::default())),
+            custom: Default::default(),
             alloc,
         });
         Arc::new(ApiServer {
@@ -119,7 +120,11 @@ impl ApiServer {
         advertise: std::net::IpAddr,
         port: u16,
     ) -> Result<(), StatusError> {
-        crate::bootstrap::run(&self.resources, advertise, port).await
+        crate::bootstrap::run(&self.resources, advertise, port).await?;
+        // Custom resources are served from the first request on, then kept current.
+        crate::crds::reconcile(&self.resources).await?;
+        tokio::spawn(crate::crds::run(self.resources.clone()));
+        Ok(())
     }
 
     /// Accepts connections until the listener fails; each connection is served on its own
@@ -201,7 +206,7 @@ impl ApiServer {
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_string();
-        let reg = &self.resources.registry;
+        let reg = &*self.resources.registry();
         let found = |v: Option<serde_json::Value>| match v {
             Some(v) => json_response(StatusCode::OK, &v),
             None => error_response(&status::no_route()),
@@ -276,22 +281,44 @@ impl ApiServer {
         }
     }
 
-    fn openapi_docs(&self) -> &std::collections::BTreeMap<String, (bytes::Bytes, String)> {
-        self.openapi.get_or_init(|| {
-            let reg = &self.resources.registry;
-            reg.group_versions()
-                .into_iter()
-                .filter_map(|(g, v)| {
-                    let doc = ferrokube_api::openapi::group_version_doc(reg, g, v)?;
-                    let bytes = serde_json::to_vec(&doc).expect("JSON values serialize");
-                    let hash = format!("{:016X}", fnv1a(&bytes));
-                    Some((
-                        ferrokube_api::openapi::gv_path(g, v),
-                        (bytes::Bytes::from(bytes), hash),
-                    ))
-                })
-                .collect()
-        })
+    /// Every OpenAPI v3 document: the built-in ones (made once) and those of the custom
+    /// resources served now.
+    fn openapi_docs(&self) -> std::collections::BTreeMap<String, (bytes::Bytes, String)> {
+        let encode = |doc: serde_json::Value| {
+            let bytes = serde_json::to_vec(&doc).expect("JSON values serialize");
+            let hash = format!("{:016X}", fnv1a(&bytes));
+            (bytes::Bytes::from(bytes), hash)
+        };
+        let mut docs = self
+            .openapi
+            .get_or_init(|| {
+                let reg = Registry::default();
+                reg.group_versions()
+                    .into_iter()
+                    .filter_map(|(g, v)| {
+                        let doc = ferrokube_api::openapi::group_version_doc(&reg, g, v)?;
+                        Some((ferrokube_api::openapi::gv_path(g, v), encode(doc)))
+                    })
+                    .collect()
+            })
+            .clone();
+        let custom = self.resources.custom.read().expect("custom lock").clone();
+        let mut by_gv: std::collections::BTreeMap<
+            (String, String),
+            Vec<&ferrokube_api::crd::CustomVersion>,
+        > = Default::default();
+        for cv in custom.values() {
+            by_gv
+                .entry((cv.info.group.to_string(), cv.info.version.to_string()))
+                .or_default()
+                .push(cv);
+        }
+        for ((g, v), cvs) in by_gv {
+            if let Some(doc) = ferrokube_api::openapi::custom_doc(&cvs) {
+                docs.insert(ferrokube_api::openapi::gv_path(&g, &v), encode(doc));
+            }
+        }
+        docs
     }
 
     /// A resource request: find the resource, authorize, read the body, serve.
@@ -304,7 +331,7 @@ impl ApiServer {
     ) -> Response<Body> {
         let Some(r) = self
             .resources
-            .registry
+            .registry()
             .by_path(&rp.group, &rp.version, &rp.resource)
             .copied()
         else {
