@@ -3,6 +3,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/kv.proto",
         "etcd/rpc.proto",
         "ferrokube/raftpeer.proto",
+        "ferrokube/resources.proto",
     ];
     for p in protos {
         println!("cargo:rerun-if-changed={p}");

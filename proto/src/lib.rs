@@ -3,6 +3,7 @@
 //! - [`etcdserverpb`] and [`mvccpb`]: the subset of the etcd v3 API that the store serves,
 //!   with upstream's package names and field numbers so that `etcdctl` works unchanged.
 //! - [`raftpeer`]: the transport between store members and the replicated command format.
+//! - [`resources`]: the resource service components use to reach kube-apiserver.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -22,6 +23,11 @@ pub mod ferrokube {
     pub mod raftpeer {
         tonic::include_proto!("ferrokube.raftpeer");
     }
+
+    /// The resource service components use to reach kube-apiserver.
+    pub mod resources {
+        tonic::include_proto!("ferrokube.resources");
+    }
 }
 
-pub use ferrokube::raftpeer;
+pub use ferrokube::{raftpeer, resources};

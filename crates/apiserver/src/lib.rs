@@ -8,7 +8,8 @@
 //! by the shared [`watchcache`]) and [`apply`] (server-side apply). Objects live in the
 //! embedded store through [`storage`]; Service IPs and node ports come from [`alloc`];
 //! [`bootstrap`] creates what a new cluster starts with; [`crds`] serves custom resources;
-//! [`metrics`] serves `/metrics`.
+//! [`metrics`] serves `/metrics`; [`grpc`] carries the components' requests over gRPC on
+//! the same port.
 
 pub mod alloc;
 pub mod apply;
@@ -16,6 +17,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod crds;
 pub mod discovery;
+pub mod grpc;
 pub mod kubeconfig;
 pub mod metrics;
 pub mod pki;

@@ -164,6 +164,11 @@ impl Query {
         )
     }
 
+    /// Parameters given as a map (the gRPC resource service).
+    pub fn from_map(m: HashMap<String, String>) -> Query {
+        Query(m)
+    }
+
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str)
     }

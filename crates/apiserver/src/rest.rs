@@ -17,7 +17,7 @@ use ferrokube_api::status::{self, FieldError, StatusError};
 use ferrokube_api::table::{self, Include};
 use ferrokube_api::{checks, defaults, typed, LabelSelector, Registry, ResourceInfo};
 use http::{HeaderMap, Method, Response, StatusCode};
-use http_body_util::combinators::BoxBody;
+use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Map, Value};
 
@@ -26,15 +26,22 @@ use crate::request::{Query, ResourcePath, Verb};
 use crate::storage::{Objects, Outcome, Stored, Update};
 use crate::watchcache::WatchCache;
 
-/// Response bodies: whole documents or streams (watch).
-pub type Body = BoxBody<Bytes, Infallible>;
+/// Errors of streamed bodies (gRPC responses share the connection's body type).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Response bodies: whole documents or streams (watch, gRPC).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A whole-document response.
 pub fn full(code: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Response<Body> {
     Response::builder()
         .status(code)
         .header("content-type", content_type)
-        .body(Full::new(body.into()).boxed())
+        .body(
+            Full::new(body.into())
+                .map_err(|never: Infallible| match never {})
+                .boxed_unsync(),
+        )
         .expect("static response parts")
 }
 

@@ -162,10 +162,24 @@ impl ApiServer {
                     .and_then(|c| User::from_certificate(c))
                     .unwrap_or_else(User::anonymous);
                 let user = Arc::new(user);
-                let svc = service_fn(move |req| {
+                let grpc = crate::grpc::router(me.clone());
+                let svc = service_fn(move |mut req: Request<Incoming>| {
                     let me = me.clone();
                     let user = user.clone();
-                    async move { Ok::<_, std::convert::Infallible>(me.handle(req, &user).await) }
+                    let mut grpc = grpc.clone();
+                    async move {
+                        let is_grpc = req
+                            .headers()
+                            .get(http::header::CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                        if is_grpc {
+                            req.extensions_mut().insert(user);
+                            return Ok::<_, std::convert::Infallible>(
+                                crate::grpc::call(&mut grpc, req).await,
+                            );
+                        }
+                        Ok(me.handle(req, &user).await)
+                    }
                 });
                 let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
@@ -329,35 +343,10 @@ impl ApiServer {
         query: Query,
         user: &User,
     ) -> Response<Body> {
-        let Some(r) = self
-            .resources
-            .registry()
-            .by_path(&rp.group, &rp.version, &rp.resource)
-            .copied()
-        else {
-            return error_response(&status::no_route());
+        let (r, verb) = match self.admit_request(req.method(), &rp, &query, user) {
+            Ok(x) => x,
+            Err(e) => return error_response(&e),
         };
-        if rp.namespace.is_some() && !r.namespaced {
-            return error_response(&status::no_route());
-        }
-        let Some(verb) = Verb::of(req.method(), &rp, &query) else {
-            return error_response(&status::method_not_supported());
-        };
-        let attrs = auth::Attributes {
-            verb: verb.as_str(),
-            group: r.group,
-            resource: r.plural,
-            subresource: rp.subresource.as_deref(),
-            namespace: rp.namespace.as_deref(),
-            name: rp.name.as_deref(),
-        };
-        if let Err(msg) = auth::authorize_resource(user, &attrs) {
-            return error_response(&status::forbidden(
-                &r,
-                rp.name.as_deref().unwrap_or_default(),
-                &msg,
-            ));
-        }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),
@@ -379,6 +368,57 @@ impl ApiServer {
             headers: &parts.headers,
             body,
         };
+        self.serve_resource(&r, verb, call).await
+    }
+
+    /// Finds the resource a request names and authorizes the user for it.
+    pub(crate) fn admit_request(
+        &self,
+        method: &Method,
+        rp: &ResourcePath,
+        query: &Query,
+        user: &User,
+    ) -> Result<(ferrokube_api::ResourceInfo, Verb), StatusError> {
+        let Some(r) = self
+            .resources
+            .registry()
+            .by_path(&rp.group, &rp.version, &rp.resource)
+            .copied()
+        else {
+            return Err(status::no_route());
+        };
+        if rp.namespace.is_some() && !r.namespaced {
+            return Err(status::no_route());
+        }
+        let Some(verb) = Verb::of(method, rp, query) else {
+            return Err(status::method_not_supported());
+        };
+        let attrs = auth::Attributes {
+            verb: verb.as_str(),
+            group: r.group,
+            resource: r.plural,
+            subresource: rp.subresource.as_deref(),
+            namespace: rp.namespace.as_deref(),
+            name: rp.name.as_deref(),
+        };
+        if let Err(msg) = auth::authorize_resource(user, &attrs) {
+            return Err(status::forbidden(
+                &r,
+                rp.name.as_deref().unwrap_or_default(),
+                &msg,
+            ));
+        }
+        Ok((r, verb))
+    }
+
+    /// Serves an admitted resource request and counts it.
+    pub(crate) async fn serve_resource(
+        &self,
+        r: &ferrokube_api::ResourceInfo,
+        verb: Verb,
+        call: Call<'_>,
+    ) -> Response<Body> {
+        let rp = call.path;
         let labels = RequestLabels {
             // Upstream's metric verbs: the HTTP method, LIST/WATCH for collections.
             verb: match verb {
@@ -401,7 +441,7 @@ impl ApiServer {
         let started = std::time::Instant::now();
         let metrics = &self.resources.metrics;
         metrics.inflight(1);
-        let resp = self.resources.handle(&r, verb, call).await;
+        let resp = self.resources.handle(r, verb, call).await;
         metrics.inflight(-1);
         metrics.request(labels, resp.status().as_u16(), started.elapsed());
         resp

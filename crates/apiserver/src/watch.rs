@@ -163,12 +163,12 @@ async fn start(
         .await;
         metrics.watchers(w.r.group, w.r.version, w.r.kind, -1);
     });
-    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, std::convert::Infallible>(Frame::data(b)));
+    let stream = ReceiverStream::new(rx).map(|b| Ok::<_, crate::rest::BoxError>(Frame::data(b)));
     Ok(Response::builder()
         .status(StatusCode::OK)
         .header("content-type", "application/json")
         .header("cache-control", "no-cache, private")
-        .body(BodyExt::boxed(StreamBody::new(stream)))
+        .body(BodyExt::boxed_unsync(StreamBody::new(stream)))
         .expect("static response parts"))
 }
 
