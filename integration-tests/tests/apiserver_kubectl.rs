@@ -1166,6 +1166,13 @@ spec:
             type: object
             properties:
               replicas: {type: integer}
+  - name: v2
+    served: true
+    storage: false
+    schema:
+      openAPIV3Schema:
+        type: object
+        x-kubernetes-preserve-unknown-fields: true
 "#;
 
 #[test]
@@ -1190,19 +1197,40 @@ fn custom_resource_round_trip() {
         "--api-group=stable.example.com",
         "--no-headers",
     ]);
+    // The preferred version is the highest (v2), as upstream orders versions.
     assert_eq!(
         resources.split_whitespace().collect::<Vec<_>>(),
-        ["crontabs", "ct", "stable.example.com/v1", "true", "CronTab"]
+        ["crontabs", "ct", "stable.example.com/v2", "true", "CronTab"]
     );
-    let explain = api.ok(&["explain", "crontab.spec.cronSpec"]);
+    let versions = api.ok(&["api-versions"]);
+    assert!(
+        versions.contains("stable.example.com/v1") && versions.contains("stable.example.com/v2"),
+        "{versions}"
+    );
+    let explain = api.ok(&[
+        "explain",
+        "crontab.spec.cronSpec",
+        "--api-version=stable.example.com/v1",
+    ]);
     assert!(explain.contains("The schedule."), "{explain}");
 
     let cr = "apiVersion: stable.example.com/v1\nkind: CronTab\nmetadata:\n  name: tick\nspec:\n  cronSpec: \"* * * * */5\"\n  image: busybox\n  replicas: 2\n";
     let f = write(dir.path(), "ct.yaml", cr);
     api.ok(&["apply", "-f", &f]);
-    let table = api.ok(&["get", "ct"]);
+    // v1's printer columns; v2 (preferred, no columns) prints Name and Age.
+    let table = api.ok(&["get", "crontabs.v1.stable.example.com"]);
     let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
     assert_eq!(header, ["NAME", "SPEC", "REPLICAS", "AGE"]);
+    let header = api.ok(&["get", "ct"]);
+    assert_eq!(
+        header
+            .lines()
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .collect::<Vec<_>>(),
+        ["NAME", "AGE"]
+    );
     assert!(table.lines().nth(1).unwrap().starts_with("tick"), "{table}");
     // apply again with a change: kubectl sends a merge patch, generation moves.
     let f = write(dir.path(), "ct.yaml", &cr.replace("busybox", "alpine"));
@@ -1214,7 +1242,21 @@ fn custom_resource_round_trip() {
     assert_eq!(obj["spec"]["image"], "alpine");
     assert_eq!(obj["metadata"]["generation"], 2);
     assert!(obj.get("status").is_none());
-    api.ok(&["scale", "ct", "tick", "--replicas=3"]);
+    // Another served version shows the same object in that version.
+    let v2 = api.ok(&[
+        "get",
+        "crontabs.v2.stable.example.com",
+        "tick",
+        "-o",
+        "jsonpath={.apiVersion} {.spec.image}",
+    ]);
+    assert_eq!(v2, "stable.example.com/v2 alpine");
+    api.ok(&[
+        "scale",
+        "crontabs.v1.stable.example.com",
+        "tick",
+        "--replicas=3",
+    ]);
     assert_eq!(
         api.ok(&["get", "ct", "tick", "-o", "jsonpath={.spec.replicas}"]),
         "3"

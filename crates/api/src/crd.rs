@@ -116,7 +116,32 @@ pub fn check(crd: &Value) -> Vec<FieldError> {
     errs
 }
 
-/// The served versions a (valid) CRD declares.
+/// Upstream's version priority: GA before beta before alpha, higher numbers first,
+/// then anything else alphabetically.
+pub fn version_priority(v: &str) -> (u8, std::cmp::Reverse<u32>, std::cmp::Reverse<u32>, String) {
+    use std::cmp::Reverse;
+    let parse = |s: &str| -> Option<(u32, u8, u32)> {
+        let rest = s.strip_prefix('v')?;
+        let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+        let major: u32 = digits.parse().ok()?;
+        let tail = &rest[digits.len()..];
+        if tail.is_empty() {
+            return Some((major, 0, 0));
+        }
+        for (word, rank) in [("beta", 1), ("alpha", 2)] {
+            if let Some(n) = tail.strip_prefix(word) {
+                return Some((major, rank, n.parse().ok()?));
+            }
+        }
+        None
+    };
+    match parse(v) {
+        Some((major, rank, minor)) => (rank, Reverse(major), Reverse(minor), String::new()),
+        None => (3, Reverse(0), Reverse(0), v.to_string()),
+    }
+}
+
+/// The served versions a (valid) CRD declares, preferred version first.
 pub fn versions(crd: &Value) -> Vec<CustomVersion> {
     let group = intern(s(crd, "/spec/group"));
     let plural = intern(s(crd, "/spec/names/plural"));
@@ -140,6 +165,8 @@ pub fn versions(crd: &Value) -> Vec<CustomVersion> {
         .find(|v| v.get("storage") == Some(&json!(true)))
         .map(|v| intern(s(v, "/name")))
         .unwrap_or_default();
+    let mut all = all;
+    all.sort_by_key(|v| version_priority(s(v, "/name")));
     all.iter()
         .filter(|v| v.get("served") == Some(&json!(true)))
         .map(|v| {
@@ -566,6 +593,18 @@ mod tests {
         assert_eq!(
             validate(schema, &mut none).0[0].to_string(),
             "spec.size: Required value"
+        );
+    }
+
+    #[test]
+    fn versions_sort_like_upstream() {
+        let mut vs = vec![
+            "v1alpha1", "v1", "foo", "v2beta1", "v2", "v1beta2", "v1beta1",
+        ];
+        vs.sort_by_key(|v| version_priority(v));
+        assert_eq!(
+            vs,
+            ["v2", "v1", "v2beta1", "v1beta2", "v1beta1", "v1alpha1", "foo"]
         );
     }
 

@@ -291,7 +291,10 @@ impl Resources {
             Verb::DeleteCollection => self.delete_collection(r, &call).await,
         };
         match result {
-            Ok(a) => {
+            Ok(mut a) => {
+                if self.custom(r).is_some() {
+                    present_version(r, &mut a.body);
+                }
                 let body = match (shape, verb) {
                     (Shape::Table(inc), Verb::Get) if a.code.is_success() => {
                         self.table(r, &[a.body], None, inc)
@@ -1671,6 +1674,22 @@ impl Resources {
             "metadata": {"resourceVersion": revision.to_string()},
             "items": deleted,
         })))
+    }
+}
+
+/// Custom objects are stored in the version they were written in and shown in the
+/// version asked for (the `None` conversion strategy: only `apiVersion` changes).
+pub fn present_version(r: &ResourceInfo, v: &mut Value) {
+    let api_version = json!(r.api_version());
+    let is_mine = |o: &Value| o.get("kind").and_then(Value::as_str) == Some(r.kind);
+    if is_mine(v) {
+        v["apiVersion"] = api_version;
+    } else if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
+        for i in items {
+            if i.get("apiVersion").is_some() {
+                i["apiVersion"] = api_version.clone();
+            }
+        }
     }
 }
 

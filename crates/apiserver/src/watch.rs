@@ -46,6 +46,8 @@ struct Watcher {
     fields: ferrokube_api::fields::FieldSelector,
     shape: Shape,
     tx: mpsc::Sender<Bytes>,
+    /// A custom resource (objects shown in the watched version).
+    custom: bool,
 }
 
 impl Watcher {
@@ -54,6 +56,14 @@ impl Watcher {
     }
 
     fn render(&self, ty: &str, obj: &Value) -> Bytes {
+        let mut shown;
+        let obj = if self.custom && ty != "BOOKMARK" && ty != "ERROR" {
+            shown = obj.clone();
+            crate::rest::present_version(&self.r, &mut shown);
+            &shown
+        } else {
+            obj
+        };
         let object = match self.shape {
             Shape::Table(inc) if ty != "BOOKMARK" && ty != "ERROR" => {
                 let rv = obj
@@ -141,6 +151,7 @@ async fn start(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let w = Watcher {
+        custom: res.custom(&r).is_some(),
         res: res.clone(),
         r,
         labels,
