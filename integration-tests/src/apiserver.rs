@@ -11,22 +11,33 @@ use crate::{binary, free_port};
 pub struct ApiServer {
     child: Option<Child>,
     pub dir: PathBuf,
+    /// The loopback address it binds and advertises.
+    pub ip: String,
     pub port: u16,
     pub peer_port: u16,
+    /// More flags (store group membership).
+    pub extra: Vec<String>,
 }
 
 impl ApiServer {
     /// Starts one and waits until `/readyz` passes.
     pub fn start(dir: &Path) -> ApiServer {
-        let mut s = ApiServer {
-            child: None,
-            dir: dir.to_path_buf(),
-            port: free_port(),
-            peer_port: free_port(),
-        };
+        let mut s = ApiServer::new(dir, "127.0.0.1", free_port(), free_port(), vec![]);
         s.spawn();
         s.wait_ready();
         s
+    }
+
+    /// One not started yet, on `ip` (a loopback address) with these ports and flags.
+    pub fn new(dir: &Path, ip: &str, port: u16, peer_port: u16, extra: Vec<String>) -> ApiServer {
+        ApiServer {
+            child: None,
+            dir: dir.to_path_buf(),
+            ip: ip.to_string(),
+            port,
+            peer_port,
+            extra,
+        }
     }
 
     /// Starts the process (again) on the same ports and data.
@@ -37,14 +48,15 @@ impl ApiServer {
             .open(self.dir.join("apiserver.log"))
             .unwrap();
         let child = Command::new(binary("kube-apiserver"))
-            .args(["--bind-address", "127.0.0.1"])
+            .args(["--bind-address", &self.ip, "--advertise-address", &self.ip])
             .args(["--secure-port", &self.port.to_string()])
             .arg("--data-dir")
             .arg(&self.dir)
             .args([
                 "--store-peer-url",
-                &format!("http://127.0.0.1:{}", self.peer_port),
+                &format!("http://{}:{}", self.ip, self.peer_port),
             ])
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -64,9 +76,9 @@ impl ApiServer {
         self.dir.join("admin.conf")
     }
 
-    /// `https://127.0.0.1:<port>`.
+    /// `https://<ip>:<port>`.
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     /// A kubectl command with the admin kubeconfig and a request timeout.
@@ -142,7 +154,7 @@ impl ApiServer {
 
     /// Waits (bounded) for `/readyz` to pass.
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if self.kubeconfig().exists()
                 && self.kubectl(&["get", "--raw", "/readyz"]).as_deref() == Ok("ok")

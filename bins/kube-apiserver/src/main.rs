@@ -47,6 +47,56 @@ struct Args {
     /// Where to write the admin kubeconfig (default: <data-dir>/admin.conf).
     #[arg(long)]
     admin_kubeconfig: Option<PathBuf>,
+    /// Name of this member of the embedded store's group (default: the host name).
+    #[arg(long)]
+    store_name: Option<String>,
+    /// Every initial member of the store's group as name=peerURL,... (etcd's
+    /// --initial-cluster); default: this member alone.
+    #[arg(long)]
+    store_initial_cluster: Option<String>,
+    /// `new` to form a group, `existing` to join one (after `member add`).
+    #[arg(long, default_value = "new")]
+    store_initial_cluster_state: String,
+    /// Token that keeps separate groups apart (etcd's --initial-cluster-token).
+    #[arg(long, default_value = "etcd-cluster")]
+    store_initial_cluster_token: String,
+    /// How often history older than the previous interval is compacted (Go duration,
+    /// like upstream's --etcd-compaction-interval; 0 disables).
+    #[arg(long, default_value = "5m")]
+    etcd_compaction_interval: String,
+}
+
+/// Parses a Go duration such as `5m`, `90s`, `1h30m` or `0`.
+fn go_duration(s: &str) -> Result<Duration> {
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = 0f64;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() || c == '.' {
+            num.push(c);
+            continue;
+        }
+        let mut unit = c.to_string();
+        if c == 'm' && chars.peek() == Some(&'s') {
+            unit.push(chars.next().unwrap_or('s'));
+        }
+        let n: f64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
+        total += n * match unit.as_str() {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 0.001,
+            _ => anyhow::bail!("bad duration {s:?}: unknown unit {unit:?}"),
+        };
+        num.clear();
+        any = true;
+    }
+    anyhow::ensure!(any && num.is_empty(), "bad duration {s:?}");
+    Ok(Duration::from_secs_f64(total))
 }
 
 /// The first usable address of a CIDR (`10.96.0.0/12` → `10.96.0.1`).
@@ -104,13 +154,36 @@ async fn main() -> Result<()> {
         .unwrap_or_else(|| args.data_dir.join("admin.conf"));
     kubeconfig::write_admin(&kubeconfig_path, &server_url, &files).context("admin kubeconfig")?;
 
-    let mut store_cfg = StoreConfig::single(
-        "kube-apiserver",
-        args.data_dir.join("store"),
-        &args.store_peer_url,
-        "",
-    );
+    let name = args.store_name.clone().unwrap_or_else(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .unwrap_or_else(|_| "kube-apiserver".into())
+    });
+    let mut store_cfg =
+        StoreConfig::single(&name, args.data_dir.join("store"), &args.store_peer_url, "");
     store_cfg.advertise_client_urls = Vec::new();
+    store_cfg.cluster_token = args.store_initial_cluster_token.clone();
+    if let Some(ic) = &args.store_initial_cluster {
+        store_cfg.initial_cluster = ic
+            .split(',')
+            .map(|m| {
+                m.split_once('=')
+                    .map(|(n, u)| (n.to_string(), u.to_string()))
+                    .with_context(|| {
+                        format!("--store-initial-cluster member {m:?} is not name=URL")
+                    })
+            })
+            .collect::<Result<_>>()?;
+    }
+    store_cfg.initial_cluster_state = match args.store_initial_cluster_state.as_str() {
+        "new" => ferrokube_store::ClusterState::New,
+        "existing" => ferrokube_store::ClusterState::Existing,
+        other => {
+            anyhow::bail!("--store-initial-cluster-state must be new or existing, not {other:?}")
+        }
+    };
+    let compaction =
+        go_duration(&args.etcd_compaction_interval).context("--etcd-compaction-interval")?;
     let peer_addr: SocketAddr = args
         .store_peer_url
         .strip_prefix("http://")
@@ -141,6 +214,24 @@ async fn main() -> Result<()> {
     api.bootstrap(args.advertise_address, args.secure_port)
         .await
         .context("creating the bootstrap objects")?;
+    if !compaction.is_zero() {
+        // Like upstream: every interval, compact to the revision seen one interval ago.
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut previous = 0;
+            loop {
+                tokio::time::sleep(compaction).await;
+                let p = store.state().progress();
+                if previous > p.compacted {
+                    match store.compact(previous).await {
+                        Ok(()) => tracing::info!(revision = previous, "compacted"),
+                        Err(e) => tracing::debug!("compaction to {previous}: {e}"),
+                    }
+                }
+                previous = p.current;
+            }
+        });
+    }
     let watchdog = async {
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -183,5 +274,17 @@ mod tests {
         );
         assert!(first_service_ip("10.0.0.0").is_err());
         assert!(first_service_ip("10.0.0.0/31").is_err());
+    }
+
+    #[test]
+    fn go_durations() {
+        use super::go_duration;
+        use std::time::Duration;
+        assert_eq!(go_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(go_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(go_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(go_duration("0").unwrap(), Duration::ZERO);
+        assert!(go_duration("5").is_err());
+        assert!(go_duration("5x").is_err());
     }
 }

@@ -7,7 +7,8 @@
 //! [`rest`] (the resource verbs, with admission and validation), [`watch`] (streams fed
 //! by the shared [`watchcache`]) and [`apply`] (server-side apply). Objects live in the
 //! embedded store through [`storage`]; Service IPs and node ports come from [`alloc`];
-//! [`bootstrap`] creates what a new cluster starts with; [`crds`] serves custom resources;
+//! [`bootstrap`] creates what a new cluster starts with and [`endpoints`] keeps the
+//! `kubernetes` Service pointing at the live API servers; [`crds`] serves custom resources;
 //! [`metrics`] serves `/metrics`; [`grpc`] carries the components' requests over gRPC on
 //! the same port.
 
@@ -17,6 +18,7 @@ pub mod auth;
 pub mod bootstrap;
 pub mod crds;
 pub mod discovery;
+pub mod endpoints;
 pub mod grpc;
 pub mod kubeconfig;
 pub mod metrics;

@@ -71,54 +71,73 @@ fn name(cn: &str, org: Option<&str>) -> DistinguishedName {
     dn
 }
 
-/// Makes the PKI under `dir` unless its CA already exists; returns the file paths.
-/// `sans` are the serving certificate's DNS names and IP addresses.
+/// Makes what is missing of the PKI under `dir` and returns the file paths: the CA
+/// (kept when present — a control-plane node joining a cluster is given the cluster's
+/// CA), then the serving and admin certificates signed by it. `sans` are the serving
+/// certificate's DNS names and IP addresses.
 pub fn ensure(dir: &Path, sans: &[String]) -> Result<PkiFiles, PkiError> {
     let files = PkiFiles::in_dir(dir);
-    if files.ca_cert.exists() {
-        return Ok(files);
-    }
     std::fs::create_dir_all(dir).map_err(|source| PkiError::Io {
         path: dir.to_path_buf(),
         source,
     })?;
-    let ca_key = KeyPair::generate()?;
-    let mut ca = CertificateParams::default();
-    ca.distinguished_name = name("kubernetes", None);
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_cert = ca.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca, &ca_key);
-
-    let serving_key = KeyPair::generate()?;
-    let mut serving = CertificateParams::default();
-    serving.distinguished_name = name("kube-apiserver", None);
-    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    for s in sans {
-        serving.subject_alt_names.push(match s.parse::<IpAddr>() {
-            Ok(ip) => SanType::IpAddress(ip),
-            Err(_) => SanType::DnsName(s.clone().try_into().map_err(|_| PkiError::San(s.clone()))?),
-        });
+    let read = |p: &Path| {
+        std::fs::read_to_string(p).map_err(|source| PkiError::Io {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let (ca_key, ca_pem, new_ca) = if files.ca_cert.exists() {
+        (
+            KeyPair::from_pem(&read(&files.ca_key)?)?,
+            read(&files.ca_cert)?,
+            false,
+        )
+    } else {
+        let ca_key = KeyPair::generate()?;
+        let mut ca = CertificateParams::default();
+        ca.distinguished_name = name("kubernetes", None);
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let pem = ca.self_signed(&ca_key)?.pem();
+        (ca_key, pem, true)
+    };
+    let issuer = Issuer::from_ca_cert_pem(&ca_pem, &ca_key)?;
+    if new_ca || !files.serving_cert.exists() {
+        let serving_key = KeyPair::generate()?;
+        let mut serving = CertificateParams::default();
+        serving.distinguished_name = name("kube-apiserver", None);
+        serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        for s in sans {
+            serving.subject_alt_names.push(match s.parse::<IpAddr>() {
+                Ok(ip) => SanType::IpAddress(ip),
+                Err(_) => {
+                    SanType::DnsName(s.clone().try_into().map_err(|_| PkiError::San(s.clone()))?)
+                }
+            });
+        }
+        let serving_cert = serving.signed_by(&serving_key, &issuer)?;
+        write(&files.serving_key, &serving_key.serialize_pem(), true)?;
+        write(&files.serving_cert, &serving_cert.pem(), false)?;
     }
-    let serving_cert = serving.signed_by(&serving_key, &issuer)?;
-
-    let admin_key = KeyPair::generate()?;
-    let mut admin = CertificateParams::default();
-    admin.distinguished_name = name("kubernetes-admin", Some("system:masters"));
-    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let admin_cert = admin.signed_by(&admin_key, &issuer)?;
-
-    write(&files.ca_key, &ca_key.serialize_pem(), true)?;
-    write(&files.serving_cert, &serving_cert.pem(), false)?;
-    write(&files.serving_key, &serving_key.serialize_pem(), true)?;
-    write(&files.admin_cert, &admin_cert.pem(), false)?;
-    write(&files.admin_key, &admin_key.serialize_pem(), true)?;
-    // The CA certificate last: its presence marks a complete PKI.
-    write(&files.ca_cert, &ca_cert.pem(), false)?;
+    if new_ca || !files.admin_cert.exists() {
+        let admin_key = KeyPair::generate()?;
+        let mut admin = CertificateParams::default();
+        admin.distinguished_name = name("kubernetes-admin", Some("system:masters"));
+        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
+        write(&files.admin_key, &admin_key.serialize_pem(), true)?;
+        write(&files.admin_cert, &admin_cert.pem(), false)?;
+    }
+    if new_ca {
+        write(&files.ca_key, &ca_key.serialize_pem(), true)?;
+        // The CA certificate last: its presence marks a CA that is complete.
+        write(&files.ca_cert, &ca_pem, false)?;
+    }
     Ok(files)
 }
 
@@ -164,5 +183,16 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
+        // Given only the CA (a joining control-plane node), the rest is made from it.
+        let other = tempfile::tempdir().unwrap();
+        std::fs::copy(&files.ca_cert, other.path().join("ca.crt")).unwrap();
+        std::fs::copy(&files.ca_key, other.path().join("ca.key")).unwrap();
+        let joined = ensure(other.path(), &sans).unwrap();
+        assert_eq!(std::fs::read_to_string(&joined.ca_cert).unwrap(), ca);
+        assert!(joined.serving_cert.exists() && joined.admin_cert.exists());
+        assert_ne!(
+            std::fs::read(&joined.serving_cert).unwrap(),
+            std::fs::read(&files.serving_cert).unwrap()
+        );
     }
 }

@@ -124,6 +124,11 @@ impl ApiServer {
         // Custom resources are served from the first request on, then kept current.
         crate::crds::reconcile(&self.resources).await?;
         tokio::spawn(crate::crds::run(self.resources.clone()));
+        tokio::spawn(crate::endpoints::run(
+            self.resources.clone(),
+            advertise,
+            port,
+        ));
         Ok(())
     }
 
