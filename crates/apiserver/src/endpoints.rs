@@ -128,7 +128,7 @@ pub async fn run(res: Arc<Resources>, ip: IpAddr, port: u16) {
             }
         }
         // Reconcile right away, then every other renewal (10 s).
-        if n % 2 == 0 {
+        if n.is_multiple_of(2) {
             let result = async { reconcile(&res, &live(&res).await?, port).await }.await;
             if let Err(e) = result {
                 tracing::warn!("reconciling the kubernetes endpoints: {e}");
