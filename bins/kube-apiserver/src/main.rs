@@ -64,6 +64,9 @@ struct Args {
     /// like upstream's --etcd-compaction-interval; 0 disables).
     #[arg(long, default_value = "5m")]
     etcd_compaction_interval: String,
+    /// How long events are kept (Go duration, as upstream's --event-ttl).
+    #[arg(long, default_value = "1h")]
+    event_ttl: String,
 }
 
 /// Parses a Go duration such as `5m`, `90s`, `1h30m` or `0`.
@@ -210,6 +213,7 @@ async fn main() -> Result<()> {
         store.clone(),
         alloc,
         format!("{}:{}", args.advertise_address, args.secure_port),
+        go_duration(&args.event_ttl).context("--event-ttl")?,
     );
     api.bootstrap(args.advertise_address, args.secure_port)
         .await

@@ -14,11 +14,13 @@
 //! formats, and [`table`] prints rows as upstream's server-side printers do;
 //! [`typed`] decodes bodies against the compiled types and [`checks`] validates objects;
 //! [`protobuf`] turns Kubernetes protobuf bodies into JSON; [`openapi`] writes the OpenAPI v3
-//! documents; [`crd`] reads CustomResourceDefinitions and validates custom objects.
+//! documents; [`crd`] reads CustomResourceDefinitions and validates custom objects;
+//! [`events`] converts between the two Event APIs.
 
 pub mod checks;
 pub mod crd;
 pub mod defaults;
+pub mod events;
 pub mod fields;
 pub mod keys;
 pub mod meta;

@@ -292,14 +292,16 @@ impl Resources {
         };
         match result {
             Ok(mut a) => {
-                if self.custom(r).is_some() {
-                    present_version(r, &mut a.body);
-                }
+                // Tables print the stored form; objects are shown in the form asked for.
                 let body = match (shape, verb) {
                     (Shape::Table(inc), Verb::Get) if a.code.is_success() => {
                         self.table(r, &[a.body], None, inc)
                     }
-                    _ => a.body,
+                    (Shape::Table(_), Verb::List) => a.body,
+                    _ => {
+                        self.present(r, &mut a.body);
+                        a.body
+                    }
                 };
                 let mut resp = json_response(a.code, &body);
                 for w in a.warnings {
@@ -1008,7 +1010,8 @@ impl Resources {
         let opts = WriteOptions::from(call.query)?;
         let mut warnings = Vec::new();
         let obj = self.body_object(r, call)?;
-        let mut obj = self.decode_typed(r, obj, opts.validation, &mut warnings)?;
+        let obj = self.decode_typed(r, obj, opts.validation, &mut warnings)?;
+        let mut obj = Self::to_storage(r, obj);
         let generate = meta::meta_str(&obj, "generateName").to_string();
         if meta::name(&obj).is_empty() && !generate.is_empty() {
             metadata_mut(&mut obj).insert("name".into(), json!(meta::generate_name(&generate)));
@@ -1078,6 +1081,7 @@ impl Resources {
         let mut warnings = Vec::new();
         let obj = self.body_object(r, call)?;
         let obj = self.decode_typed(r, obj, opts.validation, &mut warnings)?;
+        let obj = Self::to_storage(r, obj);
         let body_name = meta::name(&obj);
         if body_name != name {
             return Err(status::bad_request(format!(
@@ -1238,7 +1242,9 @@ impl Resources {
         let mut a = self
             .write(r, call, opts.dry_run, |cur| {
                 let cur = cur.ok_or_else(|| status::not_found(r, &name))?;
-                let patched = apply(&cur.object)?;
+                let mut shown = cur.object.clone();
+                self.present(r, &mut shown);
+                let patched = apply(&shown)?;
                 if !patched.is_object() {
                     return Err(status::unprocessable("the patch must leave an object"));
                 }
@@ -1254,6 +1260,7 @@ impl Resources {
                 }
                 warnings.clear();
                 self.decode_typed(r, patched, validation, &mut warnings)
+                    .map(|o| Self::to_storage(r, o))
             })
             .await?;
         a.warnings.extend(warnings);
@@ -1674,6 +1681,52 @@ impl Resources {
             "metadata": {"resourceVersion": revision.to_string()},
             "items": deleted,
         })))
+    }
+}
+
+/// Whether `r` is events.k8s.io's Event (stored as a core Event).
+fn is_events_api(r: &ResourceInfo) -> bool {
+    r.group == "events.k8s.io" && r.kind == "Event"
+}
+
+impl Resources {
+    /// An object (or list) from storage in the form `r` serves it.
+    pub fn present(&self, r: &ResourceInfo, v: &mut Value) {
+        if self.custom(r).is_some() {
+            present_version(r, v);
+        } else if is_events_api(r) {
+            let convert = |o: &Value| {
+                if o.get("kind").and_then(Value::as_str) == Some("Event")
+                    || o.get("involvedObject").is_some()
+                {
+                    ferrokube_api::events::from_core(o)
+                } else {
+                    o.clone()
+                }
+            };
+            if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
+                for i in items.iter_mut() {
+                    let had_type = i.get("apiVersion").is_some();
+                    *i = convert(i);
+                    if !had_type {
+                        if let Some(o) = i.as_object_mut() {
+                            o.remove("apiVersion");
+                        }
+                    }
+                }
+            } else if v.get("kind").and_then(Value::as_str) == Some("Event") {
+                *v = convert(v);
+            }
+        }
+    }
+
+    /// An object in the form `r` serves it, in the form it is stored in.
+    fn to_storage(r: &ResourceInfo, v: Value) -> Value {
+        if is_events_api(r) {
+            ferrokube_api::events::to_core(&v)
+        } else {
+            v
+        }
     }
 }
 

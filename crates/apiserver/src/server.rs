@@ -95,12 +95,18 @@ pub struct ApiServer {
 }
 
 impl ApiServer {
-    /// Builds the server over an open store, with the Service IP range.
-    pub fn new(store: Store, alloc: Allocator, server_address: String) -> Arc<Self> {
+    /// Builds the server over an open store, with the Service IP range and how long
+    /// events live.
+    pub fn new(
+        store: Store,
+        alloc: Allocator,
+        server_address: String,
+        event_ttl: Duration,
+    ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::default());
         let resources = Arc::new(Resources {
             metrics: metrics.clone(),
-            objects: Objects::new(store.clone(), metrics),
+            objects: Objects::new(store.clone(), metrics, event_ttl),
             cache: WatchCache::start(store.clone()),
             registry: std::sync::RwLock::new(Arc::new(Registry::default())),
             custom: Default::default(),

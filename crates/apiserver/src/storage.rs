@@ -12,7 +12,7 @@ use ferrokube_proto::etcdserverpb::{
 };
 use ferrokube_store::{Store, StoreError};
 use serde_json::Value;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::metrics::Metrics;
 
@@ -88,15 +88,23 @@ pub fn encode(object: &Value) -> Vec<u8> {
     serde_json::to_vec(&o).expect("JSON values serialize")
 }
 
-fn put_op(key: &str, value: Vec<u8>) -> RequestOp {
+fn put_op(key: &str, value: Vec<u8>, lease: i64) -> RequestOp {
     RequestOp {
         request: Some(request_op::Request::RequestPut(PutRequest {
             key: key.as_bytes().to_vec(),
             value,
+            lease,
             ..Default::default()
         })),
     }
 }
+
+/// Keys whose objects expire (upstream's `--event-ttl`: events only).
+const EXPIRING_PREFIX: &str = "/registry/events/";
+/// One store lease serves every event written within this window (upstream reuses
+/// leases the same way, so a busy cluster does not make a lease per event); a tenth of
+/// the TTL when that is shorter.
+const LEASE_REUSE: Duration = Duration::from_secs(60);
 
 fn delete_op(key: &str) -> RequestOp {
     RequestOp {
@@ -124,6 +132,10 @@ fn mod_revision_is(key: &str, revision: i64) -> Compare {
 pub struct Objects {
     store: Store,
     metrics: std::sync::Arc<Metrics>,
+    /// How long events live.
+    event_ttl: Duration,
+    /// The lease events are attached to now, and when it was granted.
+    event_lease: std::sync::Arc<tokio::sync::Mutex<Option<(i64, Instant)>>>,
 }
 
 /// The object type of a key, for store metrics: `/registry/<resource>`.
@@ -133,8 +145,31 @@ fn key_type(key: &str) -> &str {
 }
 
 impl Objects {
-    pub fn new(store: Store, metrics: std::sync::Arc<Metrics>) -> Self {
-        Objects { store, metrics }
+    pub fn new(store: Store, metrics: std::sync::Arc<Metrics>, event_ttl: Duration) -> Self {
+        Objects {
+            store,
+            metrics,
+            event_ttl,
+            event_lease: Default::default(),
+        }
+    }
+
+    /// The store lease a write of `key` attaches to (0: none).
+    async fn lease_for(&self, key: &str) -> Result<i64, StatusError> {
+        if !key.starts_with(EXPIRING_PREFIX) || self.event_ttl.is_zero() {
+            return Ok(0);
+        }
+        let reuse = LEASE_REUSE.min(self.event_ttl / 10);
+        let mut cur = self.event_lease.lock().await;
+        if let Some((id, at)) = *cur {
+            if at.elapsed() < reuse {
+                return Ok(id);
+            }
+        }
+        let ttl = (self.event_ttl + reuse).as_secs_f64().ceil() as i64;
+        let (id, _) = self.store.lease_grant(ttl, 0).await.map_err(store_error)?;
+        *cur = Some((id, Instant::now()));
+        Ok(id)
     }
 
     fn observe(&self, op: &'static str, key: &str, started: Instant) {
@@ -209,11 +244,12 @@ impl Objects {
         object: &Value,
         claim: &[String],
     ) -> Result<Option<i64>, StatusError> {
+        let lease = self.lease_for(key).await?;
         let mut compare = vec![mod_revision_is(key, 0)];
-        let mut success = vec![put_op(key, encode(object))];
+        let mut success = vec![put_op(key, encode(object), lease)];
         for k in claim {
             compare.push(mod_revision_is(k, 0));
-            success.push(put_op(k, key.as_bytes().to_vec()));
+            success.push(put_op(k, key.as_bytes().to_vec(), 0));
         }
         let started = Instant::now();
         let resp = self
@@ -242,11 +278,12 @@ impl Objects {
         claim: &[String],
         release: &[String],
     ) -> Result<Option<i64>, StatusError> {
+        let lease = self.lease_for(key).await?;
         let mut compare = vec![mod_revision_is(key, revision)];
-        let mut success = vec![put_op(key, encode(object))];
+        let mut success = vec![put_op(key, encode(object), lease)];
         for k in claim {
             compare.push(mod_revision_is(k, 0));
-            success.push(put_op(k, key.as_bytes().to_vec()));
+            success.push(put_op(k, key.as_bytes().to_vec(), 0));
         }
         for k in release {
             success.push(delete_op(k));

@@ -46,8 +46,6 @@ struct Watcher {
     fields: ferrokube_api::fields::FieldSelector,
     shape: Shape,
     tx: mpsc::Sender<Bytes>,
-    /// A custom resource (objects shown in the watched version).
-    custom: bool,
 }
 
 impl Watcher {
@@ -57,9 +55,10 @@ impl Watcher {
 
     fn render(&self, ty: &str, obj: &Value) -> Bytes {
         let mut shown;
-        let obj = if self.custom && ty != "BOOKMARK" && ty != "ERROR" {
+        let table = matches!(self.shape, Shape::Table(_));
+        let obj = if !table && ty != "BOOKMARK" && ty != "ERROR" {
             shown = obj.clone();
-            crate::rest::present_version(&self.r, &mut shown);
+            self.res.present(&self.r, &mut shown);
             &shown
         } else {
             obj
@@ -151,7 +150,6 @@ async fn start(
     }
     let (tx, rx) = mpsc::channel::<Bytes>(64);
     let w = Watcher {
-        custom: res.custom(&r).is_some(),
         res: res.clone(),
         r,
         labels,
