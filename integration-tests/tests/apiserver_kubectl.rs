@@ -727,6 +727,37 @@ fn apply_patch_edit_replace_scale_label_annotate() {
         .map(|m| m["manager"].as_str().unwrap())
         .collect();
     assert_eq!(managers, ["kubectl", "other"]);
+    // Other writes own what they set: kubectl create, then kubectl label.
+    api.ok(&["create", "configmap", "plain", "--from-literal=k=v"]);
+    api.ok(&["label", "cm", "plain", "tier=db"]);
+    let p = json(&api.ok(&["get", "cm", "plain", "-o", "json", "--show-managed-fields"]));
+    let entries: Vec<(String, String, String)> = p["metadata"]["managedFields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["manager"].as_str().unwrap().to_string(),
+                m["operation"].as_str().unwrap().to_string(),
+                m["fieldsV1"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(entries[0].0, "kubectl-create");
+    assert!(entries[0].2.contains("f:k"), "{entries:?}");
+    assert_eq!(
+        (entries[1].0.as_str(), entries[1].1.as_str()),
+        ("kubectl-label", "Update")
+    );
+    assert!(entries[1].2.contains("f:tier"), "{entries:?}");
+    // An apply that changes a field kubectl-create set conflicts with it.
+    let f4 = write(
+        dir.path(),
+        "plain.yaml",
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: plain\ndata:\n  k: other\n",
+    );
+    let err = api.fails(&["apply", "--server-side", "-f", &f4]);
+    assert!(err.contains("conflict with \"kubectl-create\""), "{err}");
     // kubectl drops b from its configuration: b goes (nobody else owns it).
     let f3 = write(
         dir.path(),

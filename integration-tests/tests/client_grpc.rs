@@ -79,6 +79,30 @@ async fn typed_calls_over_grpc() {
         .await
         .unwrap();
     assert_eq!(applied.data.unwrap().len(), 4);
+    // Every write is recorded under its field manager.
+    let managers: Vec<(String, String)> = cms
+        .get("one")
+        .await
+        .unwrap()
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            (
+                m.manager.unwrap_or_default(),
+                m.operation.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert!(
+        managers.contains(&("test".into(), "Apply".into())),
+        "{managers:?}"
+    );
+    assert!(
+        managers.iter().any(|(_, op)| op == "Update"),
+        "{managers:?}"
+    );
     // Optimistic concurrency: a stale resourceVersion is a Conflict.
     let err = cms.replace("one", &got).await.unwrap_err();
     assert_eq!((err.code(), err.reason()), (Some(409), Some("Conflict")));

@@ -5,7 +5,8 @@
 //! change a field another applier owns with a different value unless `force=true`
 //! (409 Conflict naming each field, as upstream).
 //!
-//! Ownership is tracked for `Apply` operations; other writes do not take ownership.
+//! Other writes take ownership too ([`track_update`]): the fields a create, update or
+//! patch sets become its manager's (operation `Update`) and leave other managers'.
 
 use std::collections::BTreeSet;
 
@@ -54,6 +55,10 @@ fn walk(
                     | "resourceVersion"
                     | "uid"
                     | "creationTimestamp"
+                    | "generation"
+                    | "selfLink"
+                    | "deletionTimestamp"
+                    | "deletionGracePeriodSeconds"
             )
         {
             continue;
@@ -257,7 +262,7 @@ fn merge(
     let mut conflicts: Vec<(String, String)> = Vec::new();
     for e in &managed {
         let other = e.get("manager").and_then(Value::as_str).unwrap_or_default();
-        if other == manager || e.get("operation").and_then(Value::as_str) != Some("Apply") {
+        if other == manager && e.get("operation").and_then(Value::as_str) == Some("Apply") {
             continue;
         }
         for p in from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null)) {
@@ -298,9 +303,13 @@ fn merge(
         return Err(status::with_causes(409, "Conflict", msg, causes));
     }
     // Fields this manager dropped from its configuration, owned by no one else, go.
+    let is_mine = |e: &Value| {
+        e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Apply")
+    };
     let others: BTreeSet<Path> = managed
         .iter()
-        .filter(|e| e.get("manager").and_then(Value::as_str) != Some(manager))
+        .filter(|e| !is_mine(e))
         .flat_map(|e| from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null)))
         .collect();
     let mut out = patch::strategic_merge_patch(r.kind, &base, config)
@@ -315,7 +324,7 @@ fn merge(
     }
     // Ownership: this manager owns its set; forced fields leave their old owners.
     for e in managed.iter_mut() {
-        if e.get("manager").and_then(Value::as_str) == Some(manager) {
+        if is_mine(e) {
             continue;
         }
         let mut set = from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
@@ -343,6 +352,89 @@ fn merge(
     }));
     metadata_mut(&mut out).insert("managedFields".into(), Value::Array(managed));
     Ok(out)
+}
+
+/// Records a create, update or patch in `managedFields`: the fields it set or changed
+/// become `manager`'s (operation `Update`), leave every other manager, and fields it
+/// removed leave everyone.
+pub fn track_update(
+    r: &ResourceInfo,
+    old: Option<&Value>,
+    new: &mut Value,
+    manager: &str,
+    subresource: Option<&str>,
+) {
+    let base = old.cloned().unwrap_or_else(|| json!({}));
+    // A client that sends managedFields sets them (an empty list resets them).
+    let mut managed = match new.pointer("/metadata/managedFields") {
+        Some(Value::Array(m)) => m.clone(),
+        _ => entries(&base),
+    };
+    let new_set = field_set(r.kind, new);
+    let old_set = field_set(r.kind, &base);
+    let changed: BTreeSet<Path> = new_set
+        .iter()
+        .filter(|p| match p.split_last() {
+            Some((last, init)) if last == "." => lookup(&base, init).is_none(),
+            _ => lookup(&base, p) != lookup(new, p),
+        })
+        .cloned()
+        .collect();
+    let removed: BTreeSet<Path> = old_set.difference(&new_set).cloned().collect();
+    if changed.is_empty() && removed.is_empty() {
+        if !managed.is_empty() {
+            metadata_mut(new).insert("managedFields".into(), Value::Array(managed));
+        }
+        return;
+    }
+    let mine = |e: &Value| {
+        e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Update")
+            && e.get("subresource").and_then(Value::as_str) == subresource
+    };
+    let mut own: BTreeSet<Path> = managed
+        .iter()
+        .filter(|e| mine(e))
+        .flat_map(|e| from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null)))
+        .collect();
+    own.extend(changed.iter().cloned());
+    own.retain(|p| !removed.contains(p));
+    for e in managed.iter_mut() {
+        if mine(e) {
+            continue;
+        }
+        let mut set = from_fields_v1(e.get("fieldsV1").unwrap_or(&Value::Null));
+        let before = set.len();
+        set.retain(|p| !changed.contains(p) && !removed.contains(p));
+        if set.len() != before {
+            e["fieldsV1"] = to_fields_v1(&set);
+        }
+    }
+    managed.retain(|e| {
+        !mine(e)
+            && e.get("fieldsV1")
+                .and_then(Value::as_object)
+                .is_some_and(|m| !m.is_empty())
+    });
+    if !own.is_empty() {
+        let mut entry = json!({
+            "manager": manager,
+            "operation": "Update",
+            "apiVersion": r.api_version(),
+            "time": meta::now(),
+            "fieldsType": "FieldsV1",
+            "fieldsV1": to_fields_v1(&own),
+        });
+        if let Some(sub) = subresource {
+            entry["subresource"] = json!(sub);
+        }
+        managed.push(entry);
+    }
+    if managed.is_empty() {
+        metadata_mut(new).remove("managedFields");
+    } else {
+        metadata_mut(new).insert("managedFields".into(), Value::Array(managed));
+    }
 }
 
 /// Serves an apply request: create when absent, else merge with ownership.
@@ -442,6 +534,7 @@ impl Resources {
         }
         let query = crate::request::Query::parse(Some(&q));
         let c = Call {
+            applied: true,
             method: &http::Method::POST,
             path: &collection,
             query: &query,
@@ -468,6 +561,7 @@ impl Resources {
         }
         let query = crate::request::Query::parse(Some(&q));
         let c = Call {
+            applied: true,
             method: &http::Method::PUT,
             path: call.path,
             query: &query,
@@ -521,6 +615,18 @@ mod tests {
         assert_eq!(e.0.message.as_deref(), Some("Apply failed with 1 conflict: conflict with \"alice\" using apps/v1: .spec.replicas"));
         let live = merge(&r, Some(&live), &b, "bob", true).unwrap();
         assert_eq!(live["spec"]["replicas"], 5);
+        // An Update manager's fields conflict too.
+        let mut updated = live.clone();
+        updated["spec"]["paused"] = json!(true);
+        track_update(&r, Some(&live), &mut updated, "kubectl-patch", None);
+        let fields = updated["metadata"]["managedFields"].to_string();
+        assert!(
+            fields.contains("kubectl-patch") && fields.contains("f:paused"),
+            "{fields}"
+        );
+        let pause = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"paused": false}});
+        let e = merge(&r, Some(&updated), &pause, "alice", false).unwrap_err();
+        assert!(e.to_string().contains("kubectl-patch"), "{e}");
         // Same value is no conflict.
         let same = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d", "labels": {"a": "1"}}});
         assert!(merge(&r, Some(&live), &same, "carol", false).is_ok());

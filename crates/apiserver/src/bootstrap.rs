@@ -42,6 +42,7 @@ async fn ensure(
         return Ok(());
     }
     let call = Call {
+        applied: false,
         method: &Method::POST,
         path: &path,
         query: &Query::parse(None),

@@ -124,6 +124,7 @@ impl ResourceService {
             Err(e) => return Ok(error_response(&e)),
         };
         let call = Call {
+            applied: false,
             method: &method,
             path: &path,
             query: &query,

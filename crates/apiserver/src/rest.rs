@@ -182,6 +182,28 @@ pub struct Call<'a> {
     pub query: &'a Query,
     pub headers: &'a HeaderMap,
     pub body: Bytes,
+    /// Written by server-side apply, which records field ownership itself.
+    pub applied: bool,
+}
+
+impl Call<'_> {
+    /// The field manager of a write: `fieldManager`, else the user agent's product
+    /// (`kubectl`, `OpenAPI-Generator`), as upstream names it.
+    pub fn manager(&self) -> String {
+        if let Some(m) = self.query.get("fieldManager").filter(|m| !m.is_empty()) {
+            return m.to_string();
+        }
+        let ua = header_str(self.headers, http::header::USER_AGENT);
+        match ua
+            .split('/')
+            .next()
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
+            Some(p) => p.to_string(),
+            None => "unknown".to_string(),
+        }
+    }
 }
 
 /// A finished response plus warnings (sent as `Warning` headers).
@@ -1025,6 +1047,9 @@ impl Resources {
         for _ in 0..8 {
             let mut obj = template.clone();
             self.prepare_create(r, &mut obj).await?;
+            if !call.applied {
+                crate::apply::track_update(r, None, &mut obj, &call.manager(), None);
+            }
             let name = meta::name(&obj).to_string();
             if opts.dry_run {
                 return Ok(Answer {
@@ -1124,7 +1149,10 @@ impl Resources {
                 return Err(status::not_found(r, &name));
             };
             let desired = f(Some(&cur))?;
-            let new = self.prepare_update(r, sub, &cur.object, desired).await?;
+            let mut new = self.prepare_update(r, sub, &cur.object, desired).await?;
+            if !call.applied {
+                crate::apply::track_update(r, Some(&cur.object), &mut new, &call.manager(), sub);
+            }
             if dry_run {
                 return Ok(Answer::ok(new));
             }
@@ -1285,6 +1313,7 @@ impl Resources {
             ..call.path.clone()
         };
         let parent_call = Call {
+            applied: false,
             method: call.method,
             path: &parent,
             query: call.query,

@@ -373,6 +373,7 @@ impl ApiServer {
             }
         };
         let call = Call {
+            applied: false,
             method: &parts.method,
             path: &rp,
             query: &query,

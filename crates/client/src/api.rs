@@ -19,6 +19,8 @@ use crate::{Config, Error};
 #[derive(Clone)]
 pub struct Client {
     inner: ResourcesClient<Channel>,
+    /// The field manager writes are recorded under (default: the program's name).
+    manager: std::sync::Arc<str>,
 }
 
 /// What a call answered: the HTTP-equivalent code and the JSON body.
@@ -54,11 +56,29 @@ impl Client {
         let inner = ResourcesClient::new(endpoint.connect_lazy())
             .max_decoding_message_size(256 * 1024 * 1024)
             .max_encoding_message_size(8 * 1024 * 1024);
-        Ok(Client { inner })
+        let manager = std::env::current_exe()
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "ferrokube-client".into());
+        Ok(Client {
+            inner,
+            manager: manager.into(),
+        })
+    }
+
+    /// Records writes under this field manager (a component's name).
+    pub fn with_field_manager(mut self, manager: &str) -> Client {
+        self.manager = manager.into();
+        self
     }
 
     /// One request, as REST would carry it.
-    pub async fn call(&self, req: Request) -> Result<Answer, Error> {
+    pub async fn call(&self, mut req: Request) -> Result<Answer, Error> {
+        if matches!(req.verb.as_str(), "create" | "update" | "patch") {
+            req.query
+                .entry("fieldManager".into())
+                .or_insert_with(|| self.manager.to_string());
+        }
         let resp = self.inner.clone().call(req).await?.into_inner();
         Ok(Answer {
             code: resp.code as u16,
