@@ -16,8 +16,11 @@ use ferrokube_store::{Store, StoreError};
 use serde_json::Value;
 use tokio::sync::watch;
 
-/// How many events the window keeps.
+/// How many events the window keeps at most...
 const WINDOW: usize = 100_000;
+/// ... and how many bytes of object data (big objects shorten the window, never the
+/// process's memory).
+const WINDOW_BYTES: usize = 64 << 20;
 /// Events read from the store per step.
 const BATCH: usize = 1000;
 
@@ -31,6 +34,8 @@ pub struct CacheEvent {
     /// The object before the change, with the change's revision as its resourceVersion
     /// when the change is a delete (what upstream sends in DELETED events).
     pub prev: Option<Arc<Value>>,
+    /// Stored bytes of the object and its previous version.
+    pub size: usize,
 }
 
 struct Window {
@@ -39,6 +44,8 @@ struct Window {
     after: i64,
     /// ... up to and including this one.
     head: i64,
+    /// Sum of the events' sizes.
+    bytes: usize,
 }
 
 /// Why events could not be read.
@@ -65,6 +72,7 @@ fn decode_event(e: Event) -> Option<Arc<CacheEvent>> {
         Some(Arc::new(v))
     };
     let delete = e.r#type == EventType::Delete as i32;
+    let size = kv.value.len() + e.prev_kv.as_ref().map_or(0, |p| p.value.len()) + kv.key.len();
     let prev = e.prev_kv.and_then(|p| {
         let rv = if delete { revision } else { p.mod_revision };
         parse(&p.value, rv)
@@ -79,6 +87,7 @@ fn decode_event(e: Event) -> Option<Arc<CacheEvent>> {
         revision,
         object,
         prev,
+        size,
     }))
 }
 
@@ -93,6 +102,7 @@ impl WatchCache {
                 events: VecDeque::new(),
                 after: now,
                 head: now,
+                bytes: 0,
             }),
             head_tx,
         });
@@ -124,15 +134,18 @@ impl WatchCache {
                     let caught_up = nxt > sm.progress().current;
                     if nxt > next {
                         let mut w = self.window.write().expect("window lock");
+                        w.bytes += batch.iter().map(|e| e.size).sum::<usize>();
                         w.events.extend(batch);
-                        while w.events.len() > WINDOW {
+                        while w.events.len() > WINDOW || w.bytes > WINDOW_BYTES {
                             let gone = w.events.pop_front().expect("non-empty");
+                            w.bytes -= gone.size;
                             w.after = gone.revision;
                         }
                         w.head = nxt - 1;
                         let after = w.after;
                         while w.events.front().is_some_and(|e| e.revision <= after) {
-                            w.events.pop_front();
+                            let gone = w.events.pop_front().expect("non-empty");
+                            w.bytes -= gone.size;
                         }
                         drop(w);
                         next = nxt;
@@ -150,6 +163,7 @@ impl WatchCache {
                     w.events.clear();
                     w.after = now;
                     w.head = now;
+                    w.bytes = 0;
                     drop(w);
                     next = now + 1;
                     self.head_tx.send_replace(now);
