@@ -89,6 +89,11 @@ fn discovery_openapi_and_bootstrap_state() {
     assert!(explain.contains("image\t<string>"), "{explain}");
     let explain = api.ok(&["explain", "deployment.spec.replicas"]);
     assert!(explain.contains("GROUP:      apps"), "{explain}");
+    // OpenAPI v2 for JSON clients.
+    let v2 = json(&api.ok(&["get", "--raw", "/openapi/v2"]));
+    assert_eq!(v2["swagger"], "2.0");
+    assert!(v2["definitions"]["io.k8s.api.core.v1.Pod"]["properties"]["spec"].is_object());
+    assert!(v2["paths"]["/api/v1/namespaces/{namespace}/pods/{name}"]["patch"].is_object());
     // What a new cluster starts with.
     let ns = api.ok(&["get", "ns", "-o", "name"]);
     for n in ["default", "kube-system", "kube-public", "kube-node-lease"] {

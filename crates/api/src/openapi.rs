@@ -340,6 +340,118 @@ pub fn group_version_doc(reg: &Registry, group: &str, version: &str) -> Option<V
     }))
 }
 
+/// Converts an OpenAPI v3 operation into its Swagger 2.0 form.
+fn v2_operation(op: &Value, path_params: &[&str]) -> Value {
+    let mut out = op.clone();
+    let Some(o) = out.as_object_mut() else {
+        return out;
+    };
+    let mut params: Vec<Value> = path_params
+        .iter()
+        .map(|p| json!({"name": p, "in": "path", "required": true, "type": "string", "uniqueItems": true}))
+        .collect();
+    for p in o
+        .get("parameters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let mut q = p.clone();
+        if let Some(qo) = q.as_object_mut() {
+            if let Some(Value::Object(schema)) = qo.remove("schema") {
+                for (k, v) in schema {
+                    qo.insert(k, v);
+                }
+            }
+        }
+        params.push(q);
+    }
+    if let Some(body) = o.remove("requestBody") {
+        let content = body
+            .get("content")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let schema = content
+            .values()
+            .next()
+            .and_then(|c| c.get("schema"))
+            .cloned()
+            .unwrap_or(json!({}));
+        params.push(json!({"name": "body", "in": "body", "required": true, "schema": schema}));
+        let consumes: Vec<&String> = content.keys().collect();
+        o.insert("consumes".into(), json!(consumes));
+    }
+    o.insert("parameters".into(), Value::Array(params));
+    if let Some(Value::Object(responses)) = o.get_mut("responses") {
+        for r in responses.values_mut() {
+            let schema = r.pointer("/content/application~1json/schema").cloned();
+            if let Some(ro) = r.as_object_mut() {
+                ro.remove("content");
+                if let Some(sc) = schema {
+                    ro.insert("schema".into(), sc);
+                }
+            }
+        }
+    }
+    o.insert(
+        "produces".into(),
+        json!([
+            "application/json",
+            "application/yaml",
+            "application/vnd.kubernetes.protobuf"
+        ]),
+    );
+    o.insert("schemes".into(), json!(["https"]));
+    out
+}
+
+/// The Swagger 2.0 document (`/openapi/v2`) made from the OpenAPI v3 documents of every
+/// group/version.
+pub fn v2_doc(v3_docs: &[Value]) -> Value {
+    let mut paths = Map::new();
+    let mut definitions = Map::new();
+    for doc in v3_docs {
+        for (path, item) in doc
+            .get("paths")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let params: Vec<&str> = ["namespace", "name"]
+                .into_iter()
+                .filter(|p| path.contains(&format!("{{{p}}}")))
+                .collect();
+            let mut ops = Map::new();
+            for (method, op) in item.as_object().into_iter().flatten() {
+                ops.insert(method.clone(), v2_operation(op, &params));
+            }
+            paths.insert(path.clone(), Value::Object(ops));
+        }
+        for (name, schema) in doc
+            .pointer("/components/schemas")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            definitions.insert(name.clone(), schema.clone());
+        }
+    }
+    let doc = json!({
+        "swagger": "2.0",
+        "info": {"title": "Kubernetes", "version": "v1.32.0"},
+        "paths": paths,
+        "definitions": definitions,
+        "securityDefinitions": {"BearerToken": {"type": "apiKey", "name": "authorization", "in": "header"}},
+        "security": [{"BearerToken": []}],
+    });
+    // References point at definitions in Swagger 2.0.
+    let text = doc
+        .to_string()
+        .replace("#/components/schemas/", "#/definitions/");
+    serde_json::from_str(&text).expect("re-reading our own JSON")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -381,5 +493,18 @@ mod tests {
             &doc["components"]["schemas"]["io.k8s.api.core.v1.Container"]["properties"]["ports"];
         assert_eq!(ports["x-kubernetes-patch-merge-key"], "containerPort");
         assert!(group_version_doc(&Registry::default(), "nope", "v1").is_none());
+        let v2 = v2_doc(&[doc]);
+        assert_eq!(v2["swagger"], "2.0");
+        let op = &v2["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments/{name}"]["put"];
+        let params = op["parameters"].as_array().unwrap();
+        assert!(params
+            .iter()
+            .any(|p| p["in"] == "path" && p["name"] == "namespace"));
+        assert_eq!(
+            params.iter().find(|p| p["in"] == "body").unwrap()["schema"]["$ref"],
+            "#/definitions/io.k8s.api.apps.v1.Deployment"
+        );
+        assert!(v2["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        assert!(!v2.to_string().contains("#/components/"));
     }
 }

@@ -267,6 +267,22 @@ impl ApiServer {
                         body,
                     )
                 }
+                "/openapi/v2" => {
+                    // JSON only; kubectl's v2 client asks for protobuf alone and, told no
+                    // (406), goes on without it.
+                    let json_ok = accept.is_empty()
+                        || accept.contains("application/json")
+                        || accept.contains("*/*");
+                    if !json_ok {
+                        return error_response(&status::not_acceptable(&accept));
+                    }
+                    let docs: Vec<serde_json::Value> = self
+                        .openapi_docs()
+                        .values()
+                        .filter_map(|(b, _)| serde_json::from_slice(b).ok())
+                        .collect();
+                    json_response(StatusCode::OK, &ferrokube_api::openapi::v2_doc(&docs))
+                }
                 "/openapi/v3" => {
                     let paths: serde_json::Map<String, serde_json::Value> = self
                         .openapi_docs()
