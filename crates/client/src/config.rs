@@ -104,7 +104,7 @@ impl Config {
     /// Parses kubeconfig text; relative file paths resolve against `base`.
     pub fn from_kubeconfig_text(text: &str, base: &Path) -> Result<Config, Error> {
         let kc: Kubeconfig =
-            serde_yaml::from_str(text).map_err(|e| Error::Config(format!("kubeconfig: {e}")))?;
+            serde_norway::from_str(text).map_err(|e| Error::Config(format!("kubeconfig: {e}")))?;
         let ctx = kc
             .contexts
             .iter()
