@@ -1,0 +1,416 @@
+//! The node's image store: blobs by digest under `<root>/blobs/sha256/`, image records
+//! under `<root>/images/`, and each layer unpacked once under `<root>/layers/<digest>/`
+//! in overlayfs form (whiteouts as 0/0 character devices, opaque directories marked
+//! with `trusted.overlay.opaque`), ready to be stacked per container.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::reference::Reference;
+use crate::registry::{sha256, Credentials, Endpoint, Registry, DOCKER_LIST, OCI_INDEX};
+use crate::Error;
+
+/// A pulled image.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Image {
+    /// The reference it was pulled as (`docker.io/library/busybox:latest`).
+    pub reference: String,
+    /// The digest of its (platform) manifest: the image ID kubectl shows as `imageID`.
+    pub digest: String,
+    /// The digest of its config blob.
+    pub config_digest: String,
+    /// Layer blob digests, lowest first.
+    pub layers: Vec<String>,
+}
+
+/// Registry mirrors, like containerd's hosts configuration: a registry name mapped to
+/// the endpoints tried first, in order.
+#[derive(Debug, Clone, Default)]
+pub struct Mirrors(pub HashMap<String, Vec<Endpoint>>);
+
+impl Mirrors {
+    /// Parses `registry=endpoint[,endpoint...]` entries (`docker.io=http://127.0.0.1:5000`).
+    pub fn parse(entries: &[String]) -> Result<Mirrors, Error> {
+        let mut m = HashMap::new();
+        for e in entries {
+            let (reg, eps) = e
+                .split_once('=')
+                .ok_or_else(|| Error::Registry(format!("mirror {e:?} is not registry=endpoint")))?;
+            let eps = eps.split(',').map(Endpoint::parse).collect::<Result<Vec<_>, _>>()?;
+            m.insert(reg.to_string(), eps);
+        }
+        Ok(Mirrors(m))
+    }
+}
+
+/// The store.
+pub struct ImageStore {
+    root: PathBuf,
+    mirrors: Mirrors,
+}
+
+fn hex(digest: &str) -> &str {
+    digest.strip_prefix("sha256:").unwrap_or(digest)
+}
+
+fn io(path: &Path, e: std::io::Error) -> Error {
+    Error::Io(format!("{}: {e}", path.display()))
+}
+
+/// Writes a file atomically (temporary name, then rename).
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+impl ImageStore {
+    pub fn open(root: &Path, mirrors: Mirrors) -> Result<ImageStore, Error> {
+        for d in ["blobs/sha256", "images", "layers"] {
+            let p = root.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+        }
+        Ok(ImageStore {
+            root: root.to_path_buf(),
+            mirrors,
+        })
+    }
+
+    fn blob_path(&self, digest: &str) -> PathBuf {
+        self.root.join("blobs/sha256").join(hex(digest))
+    }
+
+    fn record_path(&self, reference: &Reference) -> PathBuf {
+        self.root.join("images").join(hex(&sha256(reference.full().as_bytes())))
+    }
+
+    /// A blob already in the store.
+    pub fn read_blob(&self, digest: &str) -> Result<Vec<u8>, Error> {
+        let p = self.blob_path(digest);
+        std::fs::read(&p).map_err(|e| io(&p, e))
+    }
+
+    /// Stores a blob, checking its digest.
+    pub fn put_blob(&self, digest: &str, data: &[u8]) -> Result<(), Error> {
+        let got = sha256(data);
+        if got != digest {
+            return Err(Error::Digest(format!("blob {digest} has digest {got}")));
+        }
+        let p = self.blob_path(digest);
+        if !p.exists() {
+            write_atomic(&p, data)?;
+        }
+        Ok(())
+    }
+
+    /// The image recorded for a reference, if pulled before (`IfNotPresent`).
+    pub fn get(&self, reference: &str) -> Result<Option<Image>, Error> {
+        let r = Reference::parse(reference)?;
+        let p = self.record_path(&r);
+        match std::fs::read(&p) {
+            Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p, e)),
+        }
+    }
+
+    /// Records an image under a reference.
+    pub fn record(&self, reference: &Reference, image: &Image) -> Result<(), Error> {
+        write_atomic(&self.record_path(reference), &serde_json::to_vec(image)?)
+    }
+
+    /// Every recorded image.
+    pub fn list(&self) -> Result<Vec<Image>, Error> {
+        let dir = self.root.join("images");
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let p = e.map_err(|e| io(&dir, e))?.path();
+            if p.extension().is_some() {
+                continue;
+            }
+            if let Ok(b) = std::fs::read(&p) {
+                if let Ok(img) = serde_json::from_slice(&b) {
+                    out.push(img);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Endpoints for a registry: its mirrors, then the registry itself (plain HTTP for
+    /// loopback registries, HTTPS otherwise).
+    fn endpoints(&self, r: &Reference) -> Vec<Endpoint> {
+        let mut eps = self.mirrors.0.get(&r.registry).cloned().unwrap_or_default();
+        let host = r.endpoint_host().to_string();
+        let loopback = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
+        eps.push(Endpoint {
+            scheme: if loopback { "http" } else { "https" }.into(),
+            host,
+        });
+        eps
+    }
+
+    /// Pulls an image: the manifest (resolving a list to linux/amd64 or this machine's
+    /// architecture), the config and the layers, verified by digest; records it.
+    pub async fn pull(&self, reference: &str, credentials: Option<Credentials>) -> Result<Image, Error> {
+        let r = Reference::parse(reference)?;
+        let mut last = None;
+        for ep in self.endpoints(&r) {
+            let mut reg = Registry::new(ep.clone(), credentials.clone());
+            match self.pull_from(&mut reg, &r).await {
+                Ok(img) => {
+                    self.record(&r, &img)?;
+                    return Ok(img);
+                }
+                Err(e) => {
+                    tracing::debug!(endpoint = %ep.host, "pulling {reference}: {e}");
+                    last = Some(e);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| Error::Registry(format!("no endpoint for {reference}"))))
+    }
+
+    async fn pull_from(&self, reg: &mut Registry, r: &Reference) -> Result<Image, Error> {
+        let (mut body, mut media, mut digest) = reg.manifest(&r.repository, r.object()).await?;
+        if media.starts_with(OCI_INDEX) || media.starts_with(DOCKER_LIST) {
+            let index: Value = serde_json::from_slice(&body)?;
+            let arch = match std::env::consts::ARCH {
+                "x86_64" => "amd64",
+                "aarch64" => "arm64",
+                a => a,
+            };
+            let chosen = index["manifests"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == arch)
+                .and_then(|m| m["digest"].as_str())
+                .ok_or_else(|| Error::NotFound(format!("no linux/{arch} image in {}", r.full())))?
+                .to_string();
+            (body, media, digest) = reg.manifest(&r.repository, &chosen).await?;
+        }
+        let _ = media;
+        let manifest: Value = serde_json::from_slice(&body)?;
+        let config_digest = manifest["config"]["digest"]
+            .as_str()
+            .ok_or_else(|| Error::Registry("manifest without a config".into()))?
+            .to_string();
+        let layers: Vec<String> = manifest["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["digest"].as_str().map(String::from))
+            .collect();
+        self.put_blob(&digest, &body)?;
+        for d in std::iter::once(&config_digest).chain(&layers) {
+            if !self.blob_path(d).exists() {
+                let data = reg.blob(&r.repository, d).await?;
+                self.put_blob(d, &data)?;
+            }
+        }
+        Ok(Image {
+            reference: r.full(),
+            digest,
+            config_digest,
+            layers,
+        })
+    }
+
+    /// The image config (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`).
+    pub fn config(&self, image: &Image) -> Result<Value, Error> {
+        Ok(serde_json::from_slice(&self.read_blob(&image.config_digest)?)?)
+    }
+
+    /// Unpacks every layer (once) and returns their directories, lowest first.
+    pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, Error> {
+        let mut out = Vec::new();
+        for d in &image.layers {
+            let dir = self.root.join("layers").join(hex(d));
+            let done = dir.join(".unpacked");
+            let rootfs = dir.join("rootfs");
+            if !done.exists() {
+                if rootfs.exists() {
+                    std::fs::remove_dir_all(&rootfs).map_err(|e| io(&rootfs, e))?;
+                }
+                std::fs::create_dir_all(&rootfs).map_err(|e| io(&rootfs, e))?;
+                let blob = self.read_blob(d)?;
+                unpack_layer(&blob, &rootfs)?;
+                std::fs::write(&done, d).map_err(|e| io(&done, e))?;
+            }
+            out.push(rootfs);
+        }
+        Ok(out)
+    }
+
+    /// Stores a pushed-style image (manifest, config and layers given as blobs) under a
+    /// reference, as `scripts/images` and image imports do.
+    pub fn import(&self, reference: &str, manifest: &[u8], blobs: &[(String, Bytes)]) -> Result<Image, Error> {
+        let r = Reference::parse(reference)?;
+        for (d, b) in blobs {
+            self.put_blob(d, b)?;
+        }
+        let digest = sha256(manifest);
+        self.put_blob(&digest, manifest)?;
+        let m: Value = serde_json::from_slice(manifest)?;
+        let img = Image {
+            reference: r.full(),
+            digest,
+            config_digest: m["config"]["digest"].as_str().unwrap_or_default().to_string(),
+            layers: m["layers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|l| l["digest"].as_str().map(String::from))
+                .collect(),
+        };
+        self.record(&r, &img)?;
+        Ok(img)
+    }
+}
+
+/// A layer's tar stream, whatever its compression (gzip, zstd or none).
+fn decompressed(blob: &[u8]) -> Result<Box<dyn Read + '_>, Error> {
+    Ok(match blob {
+        [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(blob)),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::stream::read::Decoder::new(blob).map_err(|e| Error::Layer(e.to_string()))?),
+        _ => Box::new(blob),
+    })
+}
+
+/// Unpacks a layer into `dest` in overlayfs form.
+pub fn unpack_layer(blob: &[u8], dest: &Path) -> Result<(), Error> {
+    let mut archive = tar::Archive::new(decompressed(blob)?);
+    archive.set_preserve_permissions(true);
+    archive.set_preserve_ownerships(nix::unistd::geteuid().is_root());
+    archive.set_overwrite(true);
+    archive.set_unpack_xattrs(true);
+    for entry in archive.entries().map_err(|e| Error::Layer(e.to_string()))? {
+        let mut entry = entry.map_err(|e| Error::Layer(e.to_string()))?;
+        let path = entry.path().map_err(|e| Error::Layer(e.to_string()))?.into_owned();
+        if path.components().any(|c| matches!(c, Component::ParentDir)) {
+            return Err(Error::Layer(format!("entry {} leaves the layer", path.display())));
+        }
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let parent = path.parent().unwrap_or(Path::new(""));
+        if name == ".wh..wh..opq" {
+            let dir = dest.join(parent);
+            std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+            set_opaque(&dir)?;
+            continue;
+        }
+        if let Some(hidden) = name.strip_prefix(".wh.") {
+            let target = dest.join(parent).join(hidden);
+            if let Some(p) = target.parent() {
+                std::fs::create_dir_all(p).map_err(|e| io(p, e))?;
+            }
+            let _ = std::fs::remove_file(&target);
+            whiteout(&target)?;
+            continue;
+        }
+        entry
+            .unpack_in(dest)
+            .map_err(|e| {
+                let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
+                Error::Layer(format!("{}: {e} {cause}", path.display()))
+            })?;
+    }
+    Ok(())
+}
+
+/// An overlayfs whiteout: a 0/0 character device.
+fn whiteout(path: &Path) -> Result<(), Error> {
+    nix::sys::stat::mknod(
+        path,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::empty(),
+        nix::sys::stat::makedev(0, 0),
+    )
+    .map_err(|e| Error::Layer(format!("whiteout {}: {e}", path.display())))
+}
+
+/// An overlayfs opaque directory.
+fn set_opaque(dir: &Path) -> Result<(), Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| Error::Layer(e.to_string()))?;
+    let rc = unsafe {
+        nix::libc::setxattr(
+            c.as_ptr(),
+            c"trusted.overlay.opaque".as_ptr(),
+            b"y".as_ptr().cast(),
+            1,
+            0,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Layer(format!("opaque {}: {}", dir.display(), std::io::Error::last_os_error())));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_mtime(0);
+            // Raw names, so tests can make hostile archives the builder would refuse.
+            h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+            h.set_cksum();
+            b.append(&h, *data).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut gz, &tar).unwrap();
+        gz.finish().unwrap()
+    }
+
+    #[test]
+    fn layers_unpack_with_whiteouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let blob = layer(&[("etc/hosts", b"x"), ("etc/.wh.passwd", b""), ("var/.wh..wh..opq", b"")]);
+        unpack_layer(&blob, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("etc/hosts")).unwrap(), b"x");
+        use std::os::unix::fs::FileTypeExt;
+        let wh = std::fs::symlink_metadata(dir.path().join("etc/passwd")).unwrap();
+        assert!(wh.file_type().is_char_device());
+        assert!(dir.path().join("var").is_dir());
+        let escape = layer(&[("../evil", b"x")]);
+        assert!(unpack_layer(&escape, dir.path()).is_err());
+    }
+
+    #[test]
+    fn blobs_are_checked_and_images_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = ImageStore::open(dir.path(), Mirrors::default()).unwrap();
+        assert!(store.put_blob("sha256:00", b"x").is_err());
+        let l = layer(&[("bin/sh", b"#!")]);
+        let ld = sha256(&l);
+        let cfg = br#"{"config":{"Cmd":["sh"]}}"#;
+        let cd = sha256(cfg);
+        let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::OCI_MANIFEST,
+            "config": {"digest": cd, "size": cfg.len()}, "layers": [{"digest": ld, "size": l.len()}]})).unwrap();
+        let img = store
+            .import("example.com/x:1", &manifest, &[(cd.clone(), Bytes::from(cfg.to_vec())), (ld.clone(), Bytes::from(l))])
+            .unwrap();
+        assert_eq!(store.get("example.com/x:1").unwrap(), Some(img.clone()));
+        assert_eq!(store.config(&img).unwrap()["config"]["Cmd"][0], "sh");
+        let dirs = store.layer_dirs(&img).unwrap();
+        assert_eq!(std::fs::read(dirs[0].join("bin/sh")).unwrap(), b"#!");
+        assert!(store.get("example.com/y:1").unwrap().is_none());
+        let m = Mirrors::parse(&["docker.io=http://127.0.0.1:5000".to_string()]).unwrap();
+        assert_eq!(m.0["docker.io"][0].scheme, "http");
+    }
+}
