@@ -11,7 +11,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   ca-certificates:    a CA bundle that is not the cluster's, for the TLS tests
 #   openssl:            certificates made by another tool, for the TLS and authn tests
 #   python3-venv:       a virtualenv for the official Python kubernetes client
-FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv)
+#   docker-registry:    the local registry test images are served from
+#   busybox-static:     the busybox test image's content
+FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv docker-registry busybox-static)
 
 # The official Python client, pinned to the Kubernetes version we serve (1.32).
 FERROKUBE_PYTHON_CLIENT="kubernetes==32.0.1"
@@ -34,7 +36,7 @@ ensure_packages() {
     [ "$(id -u)" -eq 0 ] || die "need root to install: ${missing[*]}"
     log "installing ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    # Debian's etcd-server must not start a daemon of its own on 2379.
+    # Debian's etcd-server and docker-registry must not start daemons of their own.
     local policy=/usr/sbin/policy-rc.d created_policy=
     if [ ! -e "$policy" ]; then
         printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && created_policy=1

@@ -141,8 +141,14 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() {
     ferrokube_process::init();
+    if let Err(e) = run().await {
+        ferrokube_process::exit_with(&format!("{e:#}"));
+    }
+}
+
+async fn run() -> Result<()> {
     let args = Args::parse();
     let peer_url = args
         .initial_advertise_peer_urls

@@ -131,8 +131,14 @@ fn first_service_ip(cidr: &str) -> Result<IpAddr> {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() {
     ferrokube_process::init();
+    if let Err(e) = run().await {
+        ferrokube_process::exit_with(&format!("{e:#}"));
+    }
+}
+
+async fn run() -> Result<()> {
     let args = Args::parse();
     let service_ip = first_service_ip(&args.service_cluster_ip_range)?;
     let alloc = Allocator::new(&args.service_cluster_ip_range)?;

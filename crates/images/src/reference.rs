@@ -28,7 +28,10 @@ impl Reference {
         }
         let (name, digest) = match s.split_once('@') {
             Some((n, d)) => {
-                if !d.starts_with("sha256:") || d.len() != 71 || !d[7..].bytes().all(|b| b.is_ascii_hexdigit()) {
+                if !d.starts_with("sha256:")
+                    || d.len() != 71
+                    || !d[7..].bytes().all(|b| b.is_ascii_hexdigit())
+                {
                     return Err(bad("invalid digest"));
                 }
                 (n, Some(d.to_string()))
@@ -45,12 +48,19 @@ impl Reference {
             None => (name, None),
         };
         if let Some(t) = &tag {
-            if t.is_empty() || t.len() > 128 || !t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-')) {
+            if t.is_empty()
+                || t.len() > 128
+                || !t
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            {
                 return Err(bad("invalid tag"));
             }
         }
         let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
+            Some((first, rest))
+                if first.contains('.') || first.contains(':') || first == "localhost" =>
+            {
                 (first.to_string(), rest.to_string())
             }
             _ => (DOCKER_HUB.to_string(), name.to_string()),
@@ -61,9 +71,11 @@ impl Reference {
             repository
         };
         if repository.is_empty()
-            || !repository
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'/' | b'.' | b'_' | b'-'))
+            || !repository.bytes().all(|b| {
+                b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || matches!(b, b'/' | b'.' | b'_' | b'-')
+            })
         {
             return Err(bad("invalid repository name"));
         }
@@ -91,7 +103,10 @@ impl Reference {
 
     /// The digest when pinned, else the tag: what to ask the registry for.
     pub fn object(&self) -> &str {
-        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or("latest")
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
     }
 
     /// The canonical full name (`docker.io/library/nginx:latest`).
@@ -119,14 +134,26 @@ mod tests {
         assert_eq!(r.full(), "docker.io/library/nginx:latest");
         assert_eq!(r.endpoint_host(), "registry-1.docker.io");
         let r = Reference::parse("127.0.0.1:5000/busybox:1.36").unwrap();
-        assert_eq!((r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()), ("127.0.0.1:5000", "busybox", Some("1.36")));
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_deref()),
+            ("127.0.0.1:5000", "busybox", Some("1.36"))
+        );
         let r = Reference::parse("registry.k8s.io/pause:3.10").unwrap();
         assert_eq!(r.repository, "pause");
         let d = format!("busybox@sha256:{}", "a".repeat(64));
         let r = Reference::parse(&d).unwrap();
-        assert_eq!((r.tag.clone(), r.object()), (None, format!("sha256:{}", "a".repeat(64)).as_str()));
-        assert_eq!(Reference::parse("localhost/x").unwrap().registry, "localhost");
-        assert_eq!(Reference::parse("user/app:v1").unwrap().repository, "user/app");
+        assert_eq!(
+            (r.tag.clone(), r.object()),
+            (None, format!("sha256:{}", "a".repeat(64)).as_str())
+        );
+        assert_eq!(
+            Reference::parse("localhost/x").unwrap().registry,
+            "localhost"
+        );
+        assert_eq!(
+            Reference::parse("user/app:v1").unwrap().repository,
+            "user/app"
+        );
         assert!(Reference::parse("").is_err());
         assert!(Reference::parse("Nginx").is_err());
         assert!(Reference::parse("nginx:").is_err());

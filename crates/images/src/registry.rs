@@ -92,7 +92,9 @@ fn system_tls() -> Arc<rustls::ClientConfig> {
 
 /// A `WWW-Authenticate: Bearer realm=..,service=..,scope=..` challenge.
 fn bearer_challenge(h: &str) -> Option<(String, Vec<(String, String)>)> {
-    let rest = h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer "))?;
+    let rest = h
+        .strip_prefix("Bearer ")
+        .or_else(|| h.strip_prefix("bearer "))?;
     let mut realm = None;
     let mut params = Vec::new();
     for part in rest.split(',') {
@@ -117,10 +119,21 @@ impl Registry {
         }
     }
 
-    async fn send_once(&self, method: &Method, url: &str, headers: &[(&str, String)], body: Bytes) -> Result<Resp, Error> {
-        let uri: http::Uri = url.parse().map_err(|e| Error::Registry(format!("{url}: {e}")))?;
+    async fn send_once(
+        &self,
+        method: &Method,
+        url: &str,
+        headers: &[(&str, String)],
+        body: Bytes,
+    ) -> Result<Resp, Error> {
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e| Error::Registry(format!("{url}: {e}")))?;
         let https = uri.scheme_str() == Some("https");
-        let host = uri.host().ok_or_else(|| Error::Registry(format!("{url}: no host")))?.to_string();
+        let host = uri
+            .host()
+            .ok_or_else(|| Error::Registry(format!("{url}: no host")))?
+            .to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
@@ -129,12 +142,17 @@ impl Registry {
         let mut req = Request::builder()
             .method(method.clone())
             .uri(path)
-            .header(http::header::HOST, uri.authority().map_or(host.clone(), |a| a.to_string()))
+            .header(
+                http::header::HOST,
+                uri.authority().map_or(host.clone(), |a| a.to_string()),
+            )
             .header(http::header::USER_AGENT, "ferrokube-kubelet");
         for (k, v) in headers {
             req = req.header(*k, v);
         }
-        let req = req.body(Full::new(body)).map_err(|e| Error::Registry(e.to_string()))?;
+        let req = req
+            .body(Full::new(body))
+            .map_err(|e| Error::Registry(e.to_string()))?;
         macro_rules! exchange {
             ($io:expr) => {{
                 let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new($io))
@@ -143,7 +161,10 @@ impl Registry {
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
-                let resp = send.send_request(req).await.map_err(|e| Error::Registry(format!("{url}: {e}")))?;
+                let resp = send
+                    .send_request(req)
+                    .await
+                    .map_err(|e| Error::Registry(format!("{url}: {e}")))?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let body = resp
@@ -152,11 +173,16 @@ impl Registry {
                     .await
                     .map_err(|e| Error::Registry(format!("{url}: {e}")))?
                     .to_bytes();
-                Resp { status, headers, body }
+                Resp {
+                    status,
+                    headers,
+                    body,
+                }
             }};
         }
         if https {
-            let name = ServerName::try_from(host.clone()).map_err(|e| Error::Registry(e.to_string()))?;
+            let name =
+                ServerName::try_from(host.clone()).map_err(|e| Error::Registry(e.to_string()))?;
             let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
                 .connect(name, tcp)
                 .await
@@ -169,7 +195,13 @@ impl Registry {
 
     /// A request to the registry API, following redirects and answering one Bearer
     /// challenge.
-    async fn send(&mut self, method: Method, path: &str, mut headers: Vec<(&str, String)>, body: Bytes) -> Result<Resp, Error> {
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        mut headers: Vec<(&str, String)>,
+        body: Bytes,
+    ) -> Result<Resp, Error> {
         let mut url = if path.starts_with("http://") || path.starts_with("https://") {
             path.to_string()
         } else {
@@ -181,7 +213,8 @@ impl Registry {
             if let Some(t) = &self.token {
                 h.push(("authorization", format!("Bearer {t}")));
             } else if let Some(c) = &self.credentials {
-                let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+                let basic = base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", c.username, c.password));
                 h.push(("authorization", format!("Basic {basic}")));
             }
             let resp = self.send_once(&method, &url, &h, body.clone()).await?;
@@ -190,7 +223,9 @@ impl Registry {
                     .headers
                     .get(http::header::LOCATION)
                     .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| Error::Registry(format!("{url}: redirect without a location")))?;
+                    .ok_or_else(|| {
+                        Error::Registry(format!("{url}: redirect without a location"))
+                    })?;
                 url = if loc.starts_with("http") {
                     loc.to_string()
                 } else {
@@ -220,17 +255,33 @@ impl Registry {
     async fn fetch_token(&self, realm: &str, params: &[(String, String)]) -> Result<String, Error> {
         let query: Vec<String> = params
             .iter()
-            .map(|(k, v)| format!("{k}={}", v.replace(' ', "%20").replace(':', "%3A").replace('/', "%2F").replace(',', "%2C")))
+            .map(|(k, v)| {
+                format!(
+                    "{k}={}",
+                    v.replace(' ', "%20")
+                        .replace(':', "%3A")
+                        .replace('/', "%2F")
+                        .replace(',', "%2C")
+                )
+            })
             .collect();
-        let url = if query.is_empty() { realm.to_string() } else { format!("{realm}?{}", query.join("&")) };
+        let url = if query.is_empty() {
+            realm.to_string()
+        } else {
+            format!("{realm}?{}", query.join("&"))
+        };
         let mut h = Vec::new();
         if let Some(c) = &self.credentials {
-            let basic = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", c.username, c.password));
+            let basic = base64::engine::general_purpose::STANDARD
+                .encode(format!("{}:{}", c.username, c.password));
             h.push(("authorization", format!("Basic {basic}")));
         }
         let resp = self.send_once(&Method::GET, &url, &h, Bytes::new()).await?;
         if !resp.status.is_success() {
-            return Err(Error::Unauthorized(format!("token from {realm}: {}", resp.status)));
+            return Err(Error::Unauthorized(format!(
+                "token from {realm}: {}",
+                resp.status
+            )));
         }
         let v: serde_json::Value = serde_json::from_slice(&resp.body)?;
         v.get("token")
@@ -241,22 +292,44 @@ impl Registry {
     }
 
     /// A manifest (or index) by tag or digest: its bytes, media type and digest.
-    pub async fn manifest(&mut self, repository: &str, object: &str) -> Result<(Bytes, String, String), Error> {
+    pub async fn manifest(
+        &mut self,
+        repository: &str,
+        object: &str,
+    ) -> Result<(Bytes, String, String), Error> {
         let accept = [OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST].join(", ");
         let resp = self
-            .send(Method::GET, &format!("/v2/{repository}/manifests/{object}"), vec![("accept", accept)], Bytes::new())
+            .send(
+                Method::GET,
+                &format!("/v2/{repository}/manifests/{object}"),
+                vec![("accept", accept)],
+                Bytes::new(),
+            )
             .await?;
         match resp.status {
             StatusCode::OK => {}
-            StatusCode::NOT_FOUND => return Err(Error::NotFound(format!("manifest unknown: {repository}:{object}"))),
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
-                return Err(Error::Unauthorized(format!("{repository}:{object}: {}", resp.status)))
+            StatusCode::NOT_FOUND => {
+                return Err(Error::NotFound(format!(
+                    "manifest unknown: {repository}:{object}"
+                )))
             }
-            s => return Err(Error::Registry(format!("manifest {repository}:{object}: {s}"))),
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(Error::Unauthorized(format!(
+                    "{repository}:{object}: {}",
+                    resp.status
+                )))
+            }
+            s => {
+                return Err(Error::Registry(format!(
+                    "manifest {repository}:{object}: {s}"
+                )))
+            }
         }
         let digest = sha256(&resp.body);
         if object.starts_with("sha256:") && object != digest {
-            return Err(Error::Digest(format!("manifest {object} has digest {digest}")));
+            return Err(Error::Digest(format!(
+                "manifest {object} has digest {digest}"
+            )));
         }
         let media = resp
             .headers
@@ -277,7 +350,12 @@ impl Registry {
     /// A blob by digest, verified.
     pub async fn blob(&mut self, repository: &str, digest: &str) -> Result<Bytes, Error> {
         let resp = self
-            .send(Method::GET, &format!("/v2/{repository}/blobs/{digest}"), vec![], Bytes::new())
+            .send(
+                Method::GET,
+                &format!("/v2/{repository}/blobs/{digest}"),
+                vec![],
+                Bytes::new(),
+            )
             .await?;
         if resp.status != StatusCode::OK {
             return Err(Error::Registry(format!("blob {digest}: {}", resp.status)));
@@ -293,16 +371,29 @@ impl Registry {
     pub async fn push_blob(&mut self, repository: &str, data: Bytes) -> Result<String, Error> {
         let digest = sha256(&data);
         let head = self
-            .send(Method::HEAD, &format!("/v2/{repository}/blobs/{digest}"), vec![], Bytes::new())
+            .send(
+                Method::HEAD,
+                &format!("/v2/{repository}/blobs/{digest}"),
+                vec![],
+                Bytes::new(),
+            )
             .await?;
         if head.status == StatusCode::OK {
             return Ok(digest);
         }
         let start = self
-            .send(Method::POST, &format!("/v2/{repository}/blobs/uploads/"), vec![], Bytes::new())
+            .send(
+                Method::POST,
+                &format!("/v2/{repository}/blobs/uploads/"),
+                vec![],
+                Bytes::new(),
+            )
             .await?;
         if start.status != StatusCode::ACCEPTED {
-            return Err(Error::Registry(format!("starting an upload: {}", start.status)));
+            return Err(Error::Registry(format!(
+                "starting an upload: {}",
+                start.status
+            )));
         }
         let loc = start
             .headers
@@ -320,16 +411,30 @@ impl Registry {
             )
             .await?;
         if put.status != StatusCode::CREATED {
-            return Err(Error::Registry(format!("uploading {digest}: {}", put.status)));
+            return Err(Error::Registry(format!(
+                "uploading {digest}: {}",
+                put.status
+            )));
         }
         Ok(digest)
     }
 
     /// Puts a manifest under a tag.
-    pub async fn push_manifest(&mut self, repository: &str, tag: &str, media_type: &str, data: Bytes) -> Result<String, Error> {
+    pub async fn push_manifest(
+        &mut self,
+        repository: &str,
+        tag: &str,
+        media_type: &str,
+        data: Bytes,
+    ) -> Result<String, Error> {
         let digest = sha256(&data);
         let resp = self
-            .send(Method::PUT, &format!("/v2/{repository}/manifests/{tag}"), vec![("content-type", media_type.into())], data)
+            .send(
+                Method::PUT,
+                &format!("/v2/{repository}/manifests/{tag}"),
+                vec![("content-type", media_type.into())],
+                data,
+            )
             .await?;
         if resp.status != StatusCode::CREATED {
             return Err(Error::Registry(format!(
@@ -353,11 +458,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!(realm, "https://auth.docker.io/token");
-        assert_eq!(params[1], ("scope".to_string(), "repository:library/nginx:pull".to_string()));
+        assert_eq!(
+            params[1],
+            (
+                "scope".to_string(),
+                "repository:library/nginx:pull".to_string()
+            )
+        );
         assert!(bearer_challenge("Basic realm=x").is_none());
-        assert_eq!(Endpoint::parse("http://127.0.0.1:5000/").unwrap().host, "127.0.0.1:5000");
+        assert_eq!(
+            Endpoint::parse("http://127.0.0.1:5000/").unwrap().host,
+            "127.0.0.1:5000"
+        );
         assert_eq!(Endpoint::parse("quay.io").unwrap().scheme, "https");
         assert!(Endpoint::parse("ftp://x").is_err());
-        assert_eq!(sha256(b""), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            sha256(b""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
     }
 }

@@ -28,23 +28,65 @@ pub struct Image {
     pub layers: Vec<String>,
 }
 
-/// Registry mirrors, like containerd's hosts configuration: a registry name mapped to
-/// the endpoints tried first, in order.
-#[derive(Debug, Clone, Default)]
-pub struct Mirrors(pub HashMap<String, Vec<Endpoint>>);
+/// Registry mirrors, like containerd's hosts configuration: a registry name (or `*`
+/// for every registry) mapped to the endpoints tried first, in order. With `fallback`
+/// off the registry itself is never contacted — how nodes without outside access (and
+/// every test here) are configured.
+#[derive(Debug, Clone)]
+pub struct Mirrors {
+    pub map: HashMap<String, Vec<Endpoint>>,
+    pub fallback: bool,
+}
+
+impl Default for Mirrors {
+    fn default() -> Self {
+        Mirrors {
+            map: HashMap::new(),
+            fallback: true,
+        }
+    }
+}
 
 impl Mirrors {
-    /// Parses `registry=endpoint[,endpoint...]` entries (`docker.io=http://127.0.0.1:5000`).
+    /// Parses `registry=endpoint[,endpoint...]` entries (`docker.io=http://127.0.0.1:5000`,
+    /// `*=http://127.0.0.1:5000`).
     pub fn parse(entries: &[String]) -> Result<Mirrors, Error> {
-        let mut m = HashMap::new();
+        let mut map = HashMap::new();
         for e in entries {
             let (reg, eps) = e
                 .split_once('=')
                 .ok_or_else(|| Error::Registry(format!("mirror {e:?} is not registry=endpoint")))?;
-            let eps = eps.split(',').map(Endpoint::parse).collect::<Result<Vec<_>, _>>()?;
-            m.insert(reg.to_string(), eps);
+            let eps = eps
+                .split(',')
+                .map(Endpoint::parse)
+                .collect::<Result<Vec<_>, _>>()?;
+            map.insert(reg.to_string(), eps);
         }
-        Ok(Mirrors(m))
+        Ok(Mirrors {
+            map,
+            fallback: true,
+        })
+    }
+
+    /// The endpoints for a registry, mirrors first.
+    fn for_registry(&self, r: &Reference) -> Vec<Endpoint> {
+        let mut eps = self
+            .map
+            .get(&r.registry)
+            .or_else(|| self.map.get("*"))
+            .cloned()
+            .unwrap_or_default();
+        if self.fallback {
+            let host = r.endpoint_host().to_string();
+            let loopback = host.starts_with("127.")
+                || host.starts_with("localhost")
+                || host.starts_with("[::1]");
+            eps.push(Endpoint {
+                scheme: if loopback { "http" } else { "https" }.into(),
+                host,
+            });
+        }
+        eps
     }
 }
 
@@ -86,7 +128,9 @@ impl ImageStore {
     }
 
     fn record_path(&self, reference: &Reference) -> PathBuf {
-        self.root.join("images").join(hex(&sha256(reference.full().as_bytes())))
+        self.root
+            .join("images")
+            .join(hex(&sha256(reference.full().as_bytes())))
     }
 
     /// A blob already in the store.
@@ -142,22 +186,19 @@ impl ImageStore {
         Ok(out)
     }
 
-    /// Endpoints for a registry: its mirrors, then the registry itself (plain HTTP for
-    /// loopback registries, HTTPS otherwise).
+    /// Endpoints for a registry: its mirrors, then (with fallback) the registry itself,
+    /// over plain HTTP for loopback registries and HTTPS otherwise.
     fn endpoints(&self, r: &Reference) -> Vec<Endpoint> {
-        let mut eps = self.mirrors.0.get(&r.registry).cloned().unwrap_or_default();
-        let host = r.endpoint_host().to_string();
-        let loopback = host.starts_with("127.") || host.starts_with("localhost") || host.starts_with("[::1]");
-        eps.push(Endpoint {
-            scheme: if loopback { "http" } else { "https" }.into(),
-            host,
-        });
-        eps
+        self.mirrors.for_registry(r)
     }
 
     /// Pulls an image: the manifest (resolving a list to linux/amd64 or this machine's
     /// architecture), the config and the layers, verified by digest; records it.
-    pub async fn pull(&self, reference: &str, credentials: Option<Credentials>) -> Result<Image, Error> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        credentials: Option<Credentials>,
+    ) -> Result<Image, Error> {
         let r = Reference::parse(reference)?;
         let mut last = None;
         for ep in self.endpoints(&r) {
@@ -224,7 +265,9 @@ impl ImageStore {
 
     /// The image config (`Entrypoint`, `Cmd`, `Env`, `WorkingDir`, `User`).
     pub fn config(&self, image: &Image) -> Result<Value, Error> {
-        Ok(serde_json::from_slice(&self.read_blob(&image.config_digest)?)?)
+        Ok(serde_json::from_slice(
+            &self.read_blob(&image.config_digest)?,
+        )?)
     }
 
     /// Unpacks every layer (once) and returns their directories, lowest first.
@@ -250,7 +293,12 @@ impl ImageStore {
 
     /// Stores a pushed-style image (manifest, config and layers given as blobs) under a
     /// reference, as `scripts/images` and image imports do.
-    pub fn import(&self, reference: &str, manifest: &[u8], blobs: &[(String, Bytes)]) -> Result<Image, Error> {
+    pub fn import(
+        &self,
+        reference: &str,
+        manifest: &[u8],
+        blobs: &[(String, Bytes)],
+    ) -> Result<Image, Error> {
         let r = Reference::parse(reference)?;
         for (d, b) in blobs {
             self.put_blob(d, b)?;
@@ -261,7 +309,10 @@ impl ImageStore {
         let img = Image {
             reference: r.full(),
             digest,
-            config_digest: m["config"]["digest"].as_str().unwrap_or_default().to_string(),
+            config_digest: m["config"]["digest"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             layers: m["layers"]
                 .as_array()
                 .into_iter()
@@ -278,7 +329,9 @@ impl ImageStore {
 fn decompressed(blob: &[u8]) -> Result<Box<dyn Read + '_>, Error> {
     Ok(match blob {
         [0x1f, 0x8b, ..] => Box::new(flate2::read::GzDecoder::new(blob)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(zstd::stream::read::Decoder::new(blob).map_err(|e| Error::Layer(e.to_string()))?),
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(
+            zstd::stream::read::Decoder::new(blob).map_err(|e| Error::Layer(e.to_string()))?,
+        ),
         _ => Box::new(blob),
     })
 }
@@ -292,11 +345,21 @@ pub fn unpack_layer(blob: &[u8], dest: &Path) -> Result<(), Error> {
     archive.set_unpack_xattrs(true);
     for entry in archive.entries().map_err(|e| Error::Layer(e.to_string()))? {
         let mut entry = entry.map_err(|e| Error::Layer(e.to_string()))?;
-        let path = entry.path().map_err(|e| Error::Layer(e.to_string()))?.into_owned();
+        let path = entry
+            .path()
+            .map_err(|e| Error::Layer(e.to_string()))?
+            .into_owned();
         if path.components().any(|c| matches!(c, Component::ParentDir)) {
-            return Err(Error::Layer(format!("entry {} leaves the layer", path.display())));
+            return Err(Error::Layer(format!(
+                "entry {} leaves the layer",
+                path.display()
+            )));
         }
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
         let parent = path.parent().unwrap_or(Path::new(""));
         if name == ".wh..wh..opq" {
             let dir = dest.join(parent);
@@ -313,12 +376,12 @@ pub fn unpack_layer(blob: &[u8], dest: &Path) -> Result<(), Error> {
             whiteout(&target)?;
             continue;
         }
-        entry
-            .unpack_in(dest)
-            .map_err(|e| {
-                let cause = std::error::Error::source(&e).map(|c| c.to_string()).unwrap_or_default();
-                Error::Layer(format!("{}: {e} {cause}", path.display()))
-            })?;
+        entry.unpack_in(dest).map_err(|e| {
+            let cause = std::error::Error::source(&e)
+                .map(|c| c.to_string())
+                .unwrap_or_default();
+            Error::Layer(format!("{}: {e} {cause}", path.display()))
+        })?;
     }
     Ok(())
 }
@@ -337,7 +400,8 @@ fn whiteout(path: &Path) -> Result<(), Error> {
 /// An overlayfs opaque directory.
 fn set_opaque(dir: &Path) -> Result<(), Error> {
     use std::os::unix::ffi::OsStrExt;
-    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| Error::Layer(e.to_string()))?;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| Error::Layer(e.to_string()))?;
     let rc = unsafe {
         nix::libc::setxattr(
             c.as_ptr(),
@@ -348,7 +412,11 @@ fn set_opaque(dir: &Path) -> Result<(), Error> {
         )
     };
     if rc != 0 {
-        return Err(Error::Layer(format!("opaque {}: {}", dir.display(), std::io::Error::last_os_error())));
+        return Err(Error::Layer(format!(
+            "opaque {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        )));
     }
     Ok(())
 }
@@ -380,7 +448,11 @@ mod tests {
     #[test]
     fn layers_unpack_with_whiteouts() {
         let dir = tempfile::tempdir().unwrap();
-        let blob = layer(&[("etc/hosts", b"x"), ("etc/.wh.passwd", b""), ("var/.wh..wh..opq", b"")]);
+        let blob = layer(&[
+            ("etc/hosts", b"x"),
+            ("etc/.wh.passwd", b""),
+            ("var/.wh..wh..opq", b""),
+        ]);
         unpack_layer(&blob, dir.path()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("etc/hosts")).unwrap(), b"x");
         use std::os::unix::fs::FileTypeExt;
@@ -403,14 +475,25 @@ mod tests {
         let manifest = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::OCI_MANIFEST,
             "config": {"digest": cd, "size": cfg.len()}, "layers": [{"digest": ld, "size": l.len()}]})).unwrap();
         let img = store
-            .import("example.com/x:1", &manifest, &[(cd.clone(), Bytes::from(cfg.to_vec())), (ld.clone(), Bytes::from(l))])
+            .import(
+                "example.com/x:1",
+                &manifest,
+                &[
+                    (cd.clone(), Bytes::from(cfg.to_vec())),
+                    (ld.clone(), Bytes::from(l)),
+                ],
+            )
             .unwrap();
         assert_eq!(store.get("example.com/x:1").unwrap(), Some(img.clone()));
         assert_eq!(store.config(&img).unwrap()["config"]["Cmd"][0], "sh");
         let dirs = store.layer_dirs(&img).unwrap();
         assert_eq!(std::fs::read(dirs[0].join("bin/sh")).unwrap(), b"#!");
         assert!(store.get("example.com/y:1").unwrap().is_none());
-        let m = Mirrors::parse(&["docker.io=http://127.0.0.1:5000".to_string()]).unwrap();
-        assert_eq!(m.0["docker.io"][0].scheme, "http");
+        let mut m = Mirrors::parse(&["*=http://127.0.0.1:5000".to_string()]).unwrap();
+        let r = Reference::parse("registry.k8s.io/pause").unwrap();
+        assert_eq!(m.for_registry(&r).len(), 2, "mirror, then the registry");
+        m.fallback = false;
+        let eps = m.for_registry(&r);
+        assert_eq!((eps.len(), eps[0].host.as_str()), (1, "127.0.0.1:5000"));
     }
 }

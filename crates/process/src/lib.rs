@@ -18,3 +18,11 @@ pub fn init() {
         std::process::abort();
     }));
 }
+
+/// Ends a command-line program that failed: one line on stderr (`error: <what>`), exit
+/// status 1. Binaries print `{err:#}` of an `anyhow` error, which joins its context
+/// chain into that one line.
+pub fn exit_with(message: &str) -> ! {
+    eprintln!("error: {message}");
+    std::process::exit(1)
+}

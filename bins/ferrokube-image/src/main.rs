@@ -1,0 +1,153 @@
+//! `ferrokube-image`: builds an image from a directory (one layer) and pushes it to a
+//! registry, or pulls an image into a node's image store.
+//!
+//! ```text
+//! ferrokube-image build --rootfs DIR --registry http://127.0.0.1:5000 --name library/busybox \
+//!     --tag latest --tag 1.35 --cmd sh
+//! ferrokube-image pull --root /var/lib/kubelet/images --mirror docker.io=http://127.0.0.1:5000 busybox
+//! ```
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use ferrokube_images::registry::{sha256, OCI_MANIFEST};
+use ferrokube_images::{Endpoint, ImageStore, Mirrors, Registry};
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "ferrokube-image", version, about)]
+struct Args {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Builds a one-layer image from a directory and pushes it.
+    Build {
+        /// The image's root filesystem.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// Registry endpoint (http://127.0.0.1:5000).
+        #[arg(long)]
+        registry: String,
+        /// Repository (library/busybox).
+        #[arg(long)]
+        name: String,
+        /// Tags to push (repeatable).
+        #[arg(long = "tag", required = true)]
+        tags: Vec<String>,
+        /// The default command (repeatable, one word each).
+        #[arg(long = "cmd")]
+        cmd: Vec<String>,
+        /// The entrypoint (repeatable, one word each).
+        #[arg(long = "entrypoint")]
+        entrypoint: Vec<String>,
+        /// Environment (KEY=VALUE, repeatable).
+        #[arg(long = "env")]
+        env: Vec<String>,
+        #[arg(long, default_value = "/")]
+        workdir: String,
+    },
+    /// Pulls an image into a node's image store and unpacks its layers.
+    Pull {
+        #[arg(long)]
+        root: PathBuf,
+        /// registry=endpoint[,endpoint] (repeatable).
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
+        /// Never contact registries themselves, only their mirrors.
+        #[arg(long)]
+        no_fallback: bool,
+        image: String,
+    },
+}
+
+/// The directory as a gzipped tar layer (ownership root, modes kept, no host paths).
+fn layer_of(dir: &PathBuf) -> Result<Vec<u8>> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut b = tar::Builder::new(gz);
+    b.follow_symlinks(false);
+    b.mode(tar::HeaderMode::Deterministic);
+    b.append_dir_all(".", dir)
+        .with_context(|| format!("archiving {}", dir.display()))?;
+    Ok(b.into_inner()?.finish()?)
+}
+
+#[tokio::main]
+async fn main() {
+    ferrokube_process::init();
+    if let Err(e) = run().await {
+        ferrokube_process::exit_with(&format!("{e:#}"));
+    }
+}
+
+async fn run() -> Result<()> {
+    match Args::parse().cmd {
+        Cmd::Build {
+            rootfs,
+            registry,
+            name,
+            tags,
+            cmd,
+            entrypoint,
+            env,
+            workdir,
+        } => {
+            let layer = layer_of(&rootfs)?;
+            // The uncompressed digest is the layer's diff ID.
+            let mut raw = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&layer[..]), &mut raw)?;
+            let mut env = env;
+            if !env.iter().any(|e| e.starts_with("PATH=")) {
+                env.insert(
+                    0,
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+                );
+            }
+            let mut config = json!({
+                "architecture": "amd64", "os": "linux",
+                "config": {"Env": env, "WorkingDir": workdir},
+                "rootfs": {"type": "layers", "diff_ids": [sha256(&raw)]},
+            });
+            if !cmd.is_empty() {
+                config["config"]["Cmd"] = json!(cmd);
+            }
+            if !entrypoint.is_empty() {
+                config["config"]["Entrypoint"] = json!(entrypoint);
+            }
+            let config = serde_json::to_vec(&config)?;
+            let mut reg = Registry::new(Endpoint::parse(&registry)?, None);
+            let config_digest = reg.push_blob(&name, Bytes::from(config.clone())).await?;
+            let layer_digest = reg.push_blob(&name, Bytes::from(layer.clone())).await?;
+            let manifest = serde_json::to_vec(&json!({
+                "schemaVersion": 2,
+                "mediaType": OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": layer.len()}],
+            }))?;
+            for tag in &tags {
+                let d = reg
+                    .push_manifest(&name, tag, OCI_MANIFEST, Bytes::from(manifest.clone()))
+                    .await?;
+                println!("{name}:{tag} {d}");
+            }
+        }
+        Cmd::Pull {
+            root,
+            mirrors,
+            no_fallback,
+            image,
+        } => {
+            let mut mirrors = Mirrors::parse(&mirrors)?;
+            mirrors.fallback = !no_fallback;
+            let store = ImageStore::open(&root, mirrors)?;
+            let img = store.pull(&image, None).await?;
+            let dirs = store.layer_dirs(&img)?;
+            println!("{} {} ({} layers)", img.reference, img.digest, dirs.len());
+        }
+    }
+    Ok(())
+}
