@@ -42,6 +42,7 @@ impl ApiServer {
 
     /// Starts the process (again) on the same ports and data.
     pub fn spawn(&mut self) {
+        std::fs::create_dir_all(&self.dir).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)

@@ -1,0 +1,119 @@
+//! `kubelet`: the node agent. Flags follow upstream's where they exist; a
+//! `KubeletConfiguration` file (`--config`) sets the rest.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use ferrokube_client::{Client, Config};
+use ferrokube_kubelet::config::KubeletConfiguration;
+use ferrokube_kubelet::node::{self, NodeConfig};
+
+#[derive(Parser, Debug)]
+#[command(name = "kubelet", version, about)]
+struct Args {
+    /// Kubeconfig with the API server's address and this node's credentials.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// A KubeletConfiguration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Where the kubelet keeps its state (pods, images, plugins).
+    #[arg(long, default_value = "/var/lib/kubelet")]
+    root_dir: PathBuf,
+    /// The node's name (default: the host name).
+    #[arg(long)]
+    hostname_override: Option<String>,
+    /// The node's address (default: the first address the host resolves to).
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Labels to add at registration (k=v,k2=v2).
+    #[arg(long, default_value = "")]
+    node_labels: String,
+    /// Static pod manifests (overrides staticPodPath).
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
+    /// Most pods on this node (overrides maxPods).
+    #[arg(long)]
+    max_pods: Option<u32>,
+    /// cgroupfs or systemd (overrides cgroupDriver).
+    #[arg(long)]
+    cgroup_driver: Option<String>,
+}
+
+fn default_ip() -> IpAddr {
+    // The address a connected UDP socket would use; no packet is sent.
+    std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| {
+            s.connect("10.255.255.255:9")?;
+            s.local_addr()
+        })
+        .map(|a| a.ip())
+        .unwrap_or_else(|_| IpAddr::from([127, 0, 0, 1]))
+}
+
+#[tokio::main]
+async fn main() {
+    ferrokube_process::init();
+    if let Err(e) = run().await {
+        ferrokube_process::exit_with(&format!("{e:#}"));
+    }
+}
+
+async fn run() -> Result<()> {
+    let args = Args::parse();
+    let mut cfg = match &args.config {
+        Some(p) => KubeletConfiguration::load(p)?,
+        None => KubeletConfiguration::default(),
+    };
+    if let Some(p) = &args.pod_manifest_path {
+        cfg.static_pod_path = Some(p.clone());
+    }
+    if let Some(m) = args.max_pods {
+        cfg.max_pods = m;
+    }
+    if let Some(d) = &args.cgroup_driver {
+        anyhow::ensure!(
+            d == "cgroupfs" || d == "systemd",
+            "--cgroup-driver must be cgroupfs or systemd, not {d:?}"
+        );
+        cfg.cgroup_driver = d.clone();
+    }
+    std::fs::create_dir_all(&args.root_dir)
+        .with_context(|| format!("--root-dir {}", args.root_dir.display()))?;
+    let name = match &args.hostname_override {
+        Some(n) => n.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading the host name")?
+            .trim()
+            .to_ascii_lowercase(),
+    };
+    let mut labels = BTreeMap::new();
+    for kv in args.node_labels.split(',').filter(|s| !s.is_empty()) {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--node-labels entry {kv:?} is not k=v"))?;
+        labels.insert(k.to_string(), v.to_string());
+    }
+    let client =
+        Client::new(&Config::from_kubeconfig(&args.kubeconfig)?)?.with_field_manager("kubelet");
+    let node_cfg = NodeConfig {
+        name,
+        ip: args.node_ip.unwrap_or_else(default_ip),
+        root_dir: args.root_dir.clone(),
+        max_pods: cfg.max_pods,
+        labels,
+        lease_duration_seconds: cfg.node_lease_duration_seconds,
+        status_period: cfg.status_period(),
+    };
+    tracing::info!(node = %node_cfg.name, ip = %node_cfg.ip, "kubelet starting");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = node::run(client, node_cfg, || Some("cni plugin not initialized".to_string())) => {}
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+    }
+    Ok(())
+}
