@@ -54,8 +54,20 @@ fn default_ip() -> IpAddr {
         .unwrap_or_else(|_| IpAddr::from([127, 0, 0, 1]))
 }
 
+fn main() {
+    // `kubelet shim ...`: the per-container shim, started by the kubelet itself.
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("shim") {
+        let Some(a) = ferrokube_kubelet::runtime::shim::ShimArgs::from_args(&argv[2..]) else {
+            ferrokube_process::exit_with("usage: kubelet shim RUNC_ROOT ID BUNDLE LOG EXIT_FILE");
+        };
+        std::process::exit(ferrokube_kubelet::runtime::shim::run(&a));
+    }
+    kubelet();
+}
+
 #[tokio::main]
-async fn main() {
+async fn kubelet() {
     ferrokube_process::init();
     if let Err(e) = run().await {
         ferrokube_process::exit_with(&format!("{e:#}"));

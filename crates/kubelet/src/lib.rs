@@ -1,9 +1,11 @@
 //! The kubelet: the agent on every node. Start at [`node`]: it registers the Node,
 //! posts its status and keeps its Lease; [`config`] reads the `KubeletConfiguration`
-//! file. Running pods (images, runc, the pod network) builds on these.
+//! file; [`runtime`] runs containers with runc. Running pods (images, the pod network,
+//! pod workers) builds on these.
 
 pub mod config;
 pub mod node;
+pub mod runtime;
 
 /// What can go wrong in the kubelet.
 #[derive(Debug, thiserror::Error)]

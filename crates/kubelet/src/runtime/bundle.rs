@@ -1,0 +1,154 @@
+//! OCI runtime bundles: the `config.json` runc runs a container from — process,
+//! namespaces (joining the pod's where given), mounts, cgroup resources — as upstream's
+//! container runtimes write it for Kubernetes containers.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+/// What a container's runtime spec is made from.
+#[derive(Debug, Clone, Default)]
+pub struct ContainerSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub hostname: String,
+    pub tty: bool,
+    /// Namespaces to join (paths); a missing one is created for the container.
+    pub net_ns: Option<PathBuf>,
+    pub ipc_ns: Option<PathBuf>,
+    pub uts_ns: Option<PathBuf>,
+    /// cgroup path (cgroupfs driver), e.g. `/kubepods/besteffort/pod<uid>/<id>`.
+    pub cgroups_path: String,
+    pub memory_limit: Option<i64>,
+    pub cpu_shares: Option<u64>,
+    pub cpu_quota: Option<i64>,
+    pub readonly_rootfs: bool,
+    /// Extra bind mounts: (destination, source, read-only).
+    pub binds: Vec<(String, PathBuf, bool)>,
+}
+
+/// Docker's default capability set (what containers get unless they ask otherwise).
+pub const DEFAULT_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// The `config.json` of a container whose root filesystem is `<bundle>/rootfs`.
+pub fn config(spec: &ContainerSpec) -> Value {
+    let ns = |ty: &str, path: &Option<PathBuf>| match path {
+        Some(p) => json!({"type": ty, "path": p}),
+        None => json!({"type": ty}),
+    };
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for (dest, src, ro) in &spec.binds {
+        let mut options = vec!["rbind", "rprivate"];
+        if *ro {
+            options.push("ro");
+        }
+        mounts
+            .push(json!({"destination": dest, "type": "bind", "source": src, "options": options}));
+    }
+    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    if let Some(m) = spec.memory_limit {
+        resources["memory"] = json!({"limit": m});
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(s) = spec.cpu_shares {
+        cpu.insert("shares".into(), json!(s));
+    }
+    if let Some(q) = spec.cpu_quota {
+        cpu.insert("quota".into(), json!(q));
+        cpu.insert("period".into(), json!(100_000));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = json!(cpu);
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": spec.tty,
+            "user": {"uid": spec.uid, "gid": spec.gid},
+            "args": spec.args,
+            "env": spec.env,
+            "cwd": if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() },
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "noNewPrivileges": false,
+        },
+        "root": {"path": "rootfs", "readonly": spec.readonly_rootfs},
+        "hostname": spec.hostname,
+        "mounts": mounts,
+        "linux": {
+            "namespaces": [
+                {"type": "pid"},
+                ns("ipc", &spec.ipc_ns),
+                ns("uts", &spec.uts_ns),
+                {"type": "mount"},
+                ns("network", &spec.net_ns),
+            ],
+            "cgroupsPath": spec.cgroups_path,
+            "resources": resources,
+            "maskedPaths": [
+                "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+            ],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    })
+}
+
+/// Writes `config.json` into a bundle directory.
+pub fn write(bundle: &Path, spec: &ContainerSpec) -> std::io::Result<()> {
+    std::fs::create_dir_all(bundle.join("rootfs"))?;
+    std::fs::write(
+        bundle.join("config.json"),
+        serde_json::to_vec_pretty(&config(spec))?,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_join_pod_namespaces_and_set_limits() {
+        let spec = ContainerSpec {
+            args: vec!["sh".into()],
+            net_ns: Some("/run/netns/pod".into()),
+            memory_limit: Some(64 << 20),
+            cpu_quota: Some(50_000),
+            cgroups_path: "/kubepods/burstable/podx/c".into(),
+            ..Default::default()
+        };
+        let c = config(&spec);
+        let nss = c["linux"]["namespaces"].as_array().unwrap();
+        assert!(nss.contains(&json!({"type": "network", "path": "/run/netns/pod"})));
+        assert!(nss.contains(&json!({"type": "ipc"})));
+        assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(c["process"]["cwd"], "/");
+    }
+}

@@ -1,0 +1,8 @@
+//! Containers on this node: OCI bundles ([`bundle`]), root filesystems stacked from image
+//! layers ([`rootfs`]), `runc` ([`runc`]), and the per-container [`shim`] that owns each
+//! container's output and exit status.
+
+pub mod bundle;
+pub mod rootfs;
+pub mod runc;
+pub mod shim;

@@ -1,0 +1,143 @@
+//! Driving `runc`: create, start, state, kill, delete, each a run of the `runc` binary
+//! with the kubelet's own state root, so several kubelets on one machine (tests) never
+//! see each other's containers.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::Deserialize;
+
+/// `runc state` output (the fields used).
+#[derive(Debug, Clone, Deserialize)]
+pub struct State {
+    pub id: String,
+    pub pid: i32,
+    /// `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+}
+
+/// A runc with its state directory.
+#[derive(Debug, Clone)]
+pub struct Runc {
+    pub binary: PathBuf,
+    pub root: PathBuf,
+}
+
+/// A failed runc run: the command and what it printed.
+#[derive(Debug, thiserror::Error)]
+#[error("runc {command}: {message}")]
+pub struct RuncError {
+    pub command: String,
+    pub message: String,
+}
+
+impl Runc {
+    pub fn new(root: &Path) -> Runc {
+        Runc {
+            binary: PathBuf::from("runc"),
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root).args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Result<String, RuncError> {
+        let out = self
+            .command(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| RuncError {
+                command: args.join(" "),
+                message: e.to_string(),
+            })?;
+        if !out.status.success() {
+            return Err(RuncError {
+                command: args.join(" "),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `runc create`, the container's stdout and stderr going to the given files (pipes);
+    /// runc's own messages go to `<bundle>/runc.log`, whose last error is reported.
+    pub fn create(
+        &self,
+        id: &str,
+        bundle: &Path,
+        pid_file: &Path,
+        stdout: Stdio,
+        stderr: Stdio,
+    ) -> Result<(), RuncError> {
+        let log = bundle.join("runc.log");
+        let mut cmd = Command::new(&self.binary);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json"]);
+        let out = cmd
+            .args(["create", "--bundle"])
+            .arg(bundle)
+            .arg("--pid-file")
+            .arg(pid_file)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .status()
+            .map_err(|e| RuncError {
+                command: format!("create {id}"),
+                message: e.to_string(),
+            })?;
+        if !out.success() {
+            // The last error runc logged, else its exit status.
+            let message = std::fs::read_to_string(&log)
+                .ok()
+                .and_then(|text| {
+                    text.lines()
+                        .rev()
+                        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                        .filter(|v| v["level"] == "error")
+                        .find_map(|v| v["msg"].as_str().map(String::from))
+                })
+                .unwrap_or_else(|| format!("exited with {out}"));
+            return Err(RuncError {
+                command: format!("create {id}"),
+                message,
+            });
+        }
+        Ok(())
+    }
+
+    pub fn start(&self, id: &str) -> Result<(), RuncError> {
+        self.run(&["start", id]).map(|_| ())
+    }
+
+    pub fn state(&self, id: &str) -> Result<State, RuncError> {
+        let out = self.run(&["state", id])?;
+        serde_json::from_str(&out).map_err(|e| RuncError {
+            command: format!("state {id}"),
+            message: e.to_string(),
+        })
+    }
+
+    pub fn kill(&self, id: &str, signal: &str) -> Result<(), RuncError> {
+        self.run(&["kill", id, signal]).map(|_| ())
+    }
+
+    /// `runc delete --force`: the container is gone afterwards, running or not.
+    pub fn delete(&self, id: &str) -> Result<(), RuncError> {
+        match self.run(&["delete", "--force", id]) {
+            Ok(_) => Ok(()),
+            Err(e) if e.message.contains("does not exist") || e.message.contains("not found") => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
