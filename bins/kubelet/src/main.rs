@@ -7,9 +7,15 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use ferrokube_client::{Client, Config};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferrokube_client::{Api, Client, Config, Informer, ListParams};
+use ferrokube_images::{ImageStore, Mirrors};
 use ferrokube_kubelet::config::KubeletConfiguration;
 use ferrokube_kubelet::node::{self, NodeConfig};
+use ferrokube_kubelet::pods::Pods;
+use k8s_openapi::api::core::v1::Pod;
 
 #[derive(Parser, Debug)]
 #[command(name = "kubelet", version, about)]
@@ -41,6 +47,16 @@ struct Args {
     /// cgroupfs or systemd (overrides cgroupDriver).
     #[arg(long)]
     cgroup_driver: Option<String>,
+    /// The cgroup all pod cgroups go under (`<root>/kubepods/...`).
+    #[arg(long, default_value = "/")]
+    cgroup_root: String,
+    /// Registry mirrors, like containerd's hosts configuration: registry=endpoint[,...]
+    /// (`docker.io=http://127.0.0.1:5000`, `*=...` for every registry). Repeatable.
+    #[arg(long = "registry-mirror")]
+    registry_mirrors: Vec<String>,
+    /// Also try the registries themselves after their mirrors.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    registry_fallback: bool,
 }
 
 fn default_ip() -> IpAddr {
@@ -61,7 +77,17 @@ fn main() {
         let Some(a) = ferrokube_kubelet::runtime::shim::ShimArgs::from_args(&argv[2..]) else {
             ferrokube_process::exit_with("usage: kubelet shim RUNC_ROOT ID BUNDLE LOG EXIT_FILE");
         };
-        std::process::exit(ferrokube_kubelet::runtime::shim::run(&a));
+        // Detach: the kubelet's call returns at once, the shim lives on in a session of
+        // its own (and survives kubelet restarts).
+        // SAFETY: nothing else runs in this process yet (no threads), as fork requires.
+        match unsafe { nix::unistd::fork() } {
+            Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
+            Ok(nix::unistd::ForkResult::Child) => {
+                let _ = nix::unistd::setsid();
+                std::process::exit(ferrokube_kubelet::runtime::shim::run(&a));
+            }
+            Err(e) => ferrokube_process::exit_with(&format!("fork: {e}")),
+        }
     }
     kubelet();
 }
@@ -121,8 +147,40 @@ async fn run() -> Result<()> {
         status_period: cfg.status_period(),
     };
     tracing::info!(node = %node_cfg.name, ip = %node_cfg.ip, "kubelet starting");
+    let mut mirrors = Mirrors::parse(&args.registry_mirrors)?;
+    mirrors.fallback = args.registry_fallback;
+    let images = Arc::new(ImageStore::open(&args.root_dir.join("images"), mirrors)?);
+    let mut pods = Pods::new(
+        client.clone(),
+        &node_cfg.name,
+        &node_cfg.ip.to_string(),
+        &args.root_dir,
+        images,
+    );
+    pods.cgroup_root = args.cgroup_root.trim_end_matches('/').to_string();
+    let pods = Arc::new(pods);
+    // The pods bound to this node, cached and watched.
+    let mut informer = Informer::new(
+        Api::<Pod>::all(client.clone()),
+        ListParams {
+            field_selector: Some(format!("spec.nodeName={}", node_cfg.name)),
+            ..Default::default()
+        },
+    );
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let c2 = changed.clone();
+    informer.on_event(move |_| c2.notify_one());
+    let store = informer.store();
+    tokio::spawn(informer.run());
+    let workers = async move {
+        loop {
+            pods.sync_all(&store).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), changed.notified()).await;
+        }
+    };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
+        _ = workers => {}
         _ = node::run(client, node_cfg, || Some("cni plugin not initialized".to_string())) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),

@@ -1,11 +1,13 @@
 //! The kubelet: the agent on every node. Start at [`node`]: it registers the Node,
 //! posts its status and keeps its Lease; [`config`] reads the `KubeletConfiguration`
-//! file; [`runtime`] runs containers with runc. Running pods (images, the pod network,
-//! pod workers) builds on these.
+//! file; [`pods`] runs the pods bound to the node: [`sandbox`] holds each pod's
+//! namespaces and [`runtime`] runs containers with runc.
 
 pub mod config;
 pub mod node;
+pub mod pods;
 pub mod runtime;
+pub mod sandbox;
 
 /// What can go wrong in the kubelet.
 #[derive(Debug, thiserror::Error)]
@@ -14,4 +16,6 @@ pub enum Error {
     Config(String),
     #[error(transparent)]
     Api(#[from] ferrokube_client::Error),
+    #[error("runtime: {0}")]
+    Runtime(String),
 }

@@ -1,0 +1,738 @@
+//! Pod workers: the kubelet's reconcile loop for the pods bound to its node. Each sync
+//! reads the pod from the informer cache and the containers' state from disk (shim exit
+//! records and runc), starts or restarts containers as the restart policy says (with
+//! upstream's back-off), terminates pods being deleted within their grace period, cleans
+//! up pods that are gone, and posts the pod status. State lives under the kubelet's
+//! root, so a restarted kubelet picks running containers back up.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ferrokube_client::{Api, Client, Patch, Store};
+use ferrokube_images::{Image, ImageStore};
+use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Preconditions};
+use serde_json::{json, Value};
+
+use crate::runtime::bundle::{self, ContainerSpec};
+use crate::runtime::rootfs;
+use crate::runtime::runc::Runc;
+use crate::runtime::shim::{self, Exit, ShimArgs};
+use crate::sandbox;
+
+/// Back-off of restarts: 10 s doubling up to 5 minutes, as upstream.
+fn backoff(restarts: u32) -> Duration {
+    Duration::from_secs(
+        10u64
+            .saturating_mul(1 << restarts.clamp(1, 6).saturating_sub(1))
+            .min(300),
+    )
+}
+
+/// Everything the pod workers need.
+pub struct Pods {
+    pub client: Client,
+    pub node: String,
+    pub node_ip: String,
+    pub root: PathBuf,
+    pub images: Arc<ImageStore>,
+    pub runc: Runc,
+    /// The kubelet binary, run as `kubelet shim ...`.
+    pub shim_exe: PathBuf,
+    /// Where pod cgroups go (`--cgroup-root`): `<root>/kubepods/<qos>/pod<uid>`.
+    pub cgroup_root: String,
+    /// Per container: when it may restart, and why it waits.
+    waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
+}
+
+/// What is known about one container's latest attempt.
+#[derive(Debug, Clone)]
+enum Attempt {
+    None,
+    Running { id: String, started: String },
+    Exited { id: String, exit: Exit },
+}
+
+impl Pods {
+    pub fn new(
+        client: Client,
+        node: &str,
+        node_ip: &str,
+        root: &Path,
+        images: Arc<ImageStore>,
+    ) -> Pods {
+        Pods {
+            client,
+            node: node.into(),
+            node_ip: node_ip.into(),
+            root: root.to_path_buf(),
+            images,
+            runc: Runc::new(&root.join("runc")),
+            shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kubelet")),
+            cgroup_root: String::new(),
+            waiting: Default::default(),
+        }
+    }
+
+    fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.root.join("pods").join(uid)
+    }
+
+    fn container_dir(&self, uid: &str, name: &str) -> PathBuf {
+        self.pod_dir(uid).join("containers").join(name)
+    }
+
+    /// Attempts of a container, oldest first (directory names are attempt numbers).
+    fn attempts(&self, uid: &str, name: &str) -> Vec<u32> {
+        let mut a: Vec<u32> = std::fs::read_dir(self.container_dir(uid, name))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect();
+        a.sort_unstable();
+        a
+    }
+
+    fn container_id(uid: &str, name: &str, attempt: u32) -> String {
+        format!("{}-{name}-{attempt}", &uid[..uid.len().min(8)])
+    }
+
+    fn attempt_state(&self, uid: &str, name: &str, attempt: u32) -> Attempt {
+        let dir = self.container_dir(uid, name).join(attempt.to_string());
+        let id = Self::container_id(uid, name, attempt);
+        if let Some(exit) = shim::read_exit(&dir.join("exit.json")) {
+            return Attempt::Exited { id, exit };
+        }
+        let started = std::fs::read_to_string(dir.join("started")).unwrap_or_default();
+        Attempt::Running { id, started }
+    }
+
+    fn latest(&self, uid: &str, name: &str) -> (u32, Attempt) {
+        match self.attempts(uid, name).last() {
+            Some(&n) => (n, self.attempt_state(uid, name, n)),
+            None => (0, Attempt::None),
+        }
+    }
+
+    /// The image of a container, pulled as its policy says.
+    async fn image(&self, c: &Container) -> Result<Image, (String, String)> {
+        let name = c.image.clone().unwrap_or_default();
+        let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
+        let present = self
+            .images
+            .get(&name)
+            .map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
+        match (policy, present) {
+            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => Ok(img),
+            ("Never", None) => Err((
+                "ErrImageNeverPull".into(),
+                format!("Container image \"{name}\" is not present with pull policy of Never"),
+            )),
+            _ => self.images.pull(&name, None).await.map_err(|e| {
+                (
+                    "ErrImagePull".to_string(),
+                    format!("failed to pull image \"{name}\": {e}"),
+                )
+            }),
+        }
+    }
+
+    /// Starts a container's next attempt.
+    async fn start(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+        netns: &Path,
+    ) -> Result<(), (String, String)> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let img = self.image(c).await?;
+        let cfg = self
+            .images
+            .config(&img)
+            .map_err(|e| ("CreateContainerConfigError".to_string(), e.to_string()))?;
+        let layers = self
+            .images
+            .layer_dirs(&img)
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        let strs = |v: &Value| -> Vec<String> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        };
+        let entry = strs(&cfg["config"]["Entrypoint"]);
+        let cmd = strs(&cfg["config"]["Cmd"]);
+        let args = match (&c.command, &c.args) {
+            (Some(command), args) => command
+                .iter()
+                .chain(args.iter().flatten())
+                .cloned()
+                .collect(),
+            (None, Some(args)) => entry.iter().chain(args.iter()).cloned().collect(),
+            (None, None) => entry.iter().chain(cmd.iter()).cloned().collect::<Vec<_>>(),
+        };
+        if args.is_empty() {
+            return Err(("CreateContainerError".into(), "no command specified".into()));
+        }
+        let mut env = strs(&cfg["config"]["Env"]);
+        for e in c.env.iter().flatten() {
+            if let Some(v) = &e.value {
+                env.retain(|x| !x.starts_with(&format!("{}=", e.name)));
+                env.push(format!("{}={v}", e.name));
+            }
+        }
+        let cwd = c
+            .working_dir
+            .clone()
+            .or_else(|| cfg["config"]["WorkingDir"].as_str().map(String::from))
+            .unwrap_or_else(|| "/".into());
+        let id = Self::container_id(&uid, &c.name, attempt);
+        let dir = self.container_dir(&uid, &c.name).join(attempt.to_string());
+        let bundle_dir = dir.join("bundle");
+        let qos = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.qos_class.clone())
+            .unwrap_or_else(|| "BestEffort".into());
+        let memory_limit = c
+            .resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .and_then(|q| ferrokube_api::quantity::Quantity::parse(&q.0).ok())
+            .map(|q| q.value() as i64);
+        let spec = ContainerSpec {
+            args,
+            env,
+            cwd,
+            hostname: pod.metadata.name.clone().unwrap_or_default(),
+            tty: c.tty.unwrap_or(false),
+            net_ns: Some(netns.to_path_buf()),
+            cgroups_path: format!(
+                "{}/kubepods/{}/pod{uid}/{id}",
+                self.cgroup_root,
+                qos.to_ascii_lowercase()
+            ),
+            memory_limit,
+            ..Default::default()
+        };
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        bundle::write(&bundle_dir, &spec)
+            .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
+        rootfs::mount_overlay(
+            &layers,
+            &dir.join("upper"),
+            &dir.join("work"),
+            &bundle_dir.join("rootfs"),
+        )
+        .map_err(|e| {
+            (
+                "CreateContainerError".to_string(),
+                format!("root filesystem: {e}"),
+            )
+        })?;
+        std::fs::write(
+            dir.join("image"),
+            format!("{}\n{}", img.reference, img.digest),
+        )
+        .ok();
+        std::fs::write(dir.join("started"), ferrokube_time_now()).ok();
+        let log_dir = self.log_dir(pod, &c.name);
+        std::fs::create_dir_all(&log_dir).ok();
+        let a = ShimArgs {
+            runc_root: self.runc.root.clone(),
+            id,
+            bundle: bundle_dir,
+            log: log_dir.join(format!("{attempt}.log")),
+            exit_file: dir.join("exit.json"),
+        };
+        let status = std::process::Command::new(&self.shim_exe)
+            .arg("shim")
+            .args(a.to_args())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(|e| ("RunContainerError".to_string(), e.to_string()))?;
+        if !status.success() {
+            return Err(("RunContainerError".into(), "the shim did not start".into()));
+        }
+        Ok(())
+    }
+
+    /// Where a container's logs go (upstream: `/var/log/pods/<ns>_<name>_<uid>/<container>`).
+    pub fn log_dir(&self, pod: &Pod, container: &str) -> PathBuf {
+        let m = &pod.metadata;
+        self.root
+            .join("logs")
+            .join(format!(
+                "{}_{}_{}",
+                m.namespace.as_deref().unwrap_or_default(),
+                m.name.as_deref().unwrap_or_default(),
+                m.uid.as_deref().unwrap_or_default()
+            ))
+            .join(container)
+    }
+
+    /// Removes a finished attempt's container and mount.
+    fn remove_attempt(&self, uid: &str, name: &str, attempt: u32) {
+        let _ = self.runc.delete(&Self::container_id(uid, name, attempt));
+        let dir = self.container_dir(uid, name).join(attempt.to_string());
+        let _ = rootfs::unmount(&dir.join("bundle/rootfs"));
+    }
+
+    /// Everything of a pod gone from this node: containers, mounts, cgroups, netns, files.
+    pub fn cleanup(&self, uid: &str) {
+        let containers = self.pod_dir(uid).join("containers");
+        for c in std::fs::read_dir(&containers)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let name = c.file_name().to_string_lossy().into_owned();
+            for a in self.attempts(uid, &name) {
+                self.remove_attempt(uid, &name, a);
+            }
+        }
+        let _ = sandbox::remove_netns(&self.root, uid);
+        let base = self.cgroup_root.trim_start_matches('/');
+        for ctl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            for qos in ["besteffort", "burstable", "guaranteed"] {
+                let _ = std::fs::remove_dir(
+                    ctl.path()
+                        .join(base)
+                        .join("kubepods")
+                        .join(qos)
+                        .join(format!("pod{uid}")),
+                );
+            }
+        }
+        let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+    }
+
+    /// One pass over every pod of this node.
+    pub async fn sync_all(&self, store: &Store<Pod>) {
+        let pods = store.list();
+        let mut live = std::collections::HashSet::new();
+        for pod in &pods {
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(self.node.as_str()) {
+                continue;
+            }
+            let uid = pod.metadata.uid.clone().unwrap_or_default();
+            live.insert(uid.clone());
+            if let Err(e) = self.sync(pod).await {
+                tracing::warn!(pod = ?pod.metadata.name, "sync: {e}");
+            }
+        }
+        // Pods deleted from the API while their containers ran here.
+        if store.has_synced() {
+            for d in std::fs::read_dir(self.root.join("pods"))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let uid = d.file_name().to_string_lossy().into_owned();
+                if !live.contains(&uid) {
+                    tracing::info!(%uid, "cleaning up a pod that is gone");
+                    self.cleanup(&uid);
+                }
+            }
+        }
+    }
+
+    async fn sync(&self, pod: &Pod) -> Result<(), crate::Error> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if pod.metadata.deletion_timestamp.is_some() {
+            return self.terminate(pod, &api).await;
+        }
+        let netns = sandbox::create_netns(&self.root, &uid)
+            .map_err(|e| crate::Error::Runtime(format!("pod network namespace: {e}")))?;
+        let policy = spec
+            .restart_policy
+            .clone()
+            .unwrap_or_else(|| "Always".into());
+        let mut statuses = Vec::new();
+        for c in &spec.containers {
+            let (n, state) = self.latest(&uid, &c.name);
+            let key = format!("{uid}/{}", c.name);
+            let restart = match &state {
+                Attempt::None => true,
+                Attempt::Running { .. } => false,
+                Attempt::Exited { exit, .. } => match policy.as_str() {
+                    "Always" => true,
+                    "OnFailure" => exit.exit_code != 0,
+                    _ => false,
+                },
+            };
+            if restart {
+                let next = if matches!(state, Attempt::None) {
+                    0
+                } else {
+                    n + 1
+                };
+                let wait = self.waiting.lock().expect("lock").get(&key).cloned();
+                let due = wait.as_ref().is_none_or(|(at, _)| Instant::now() >= *at);
+                if due {
+                    if next > 0 {
+                        self.remove_attempt(&uid, &c.name, n);
+                    }
+                    match self.start(pod, c, next, &netns).await {
+                        Ok(()) => {
+                            // The next restart, if any, waits out the back-off.
+                            self.waiting.lock().expect("lock").insert(
+                                key.clone(),
+                                (
+                                    Instant::now() + backoff(next + 1),
+                                    "CrashLoopBackOff".into(),
+                                ),
+                            );
+                        }
+                        Err((reason, message)) => {
+                            tracing::warn!(pod = %name, container = %c.name, "{reason}: {message}");
+                            let back = if reason == "ErrImagePull" {
+                                "ImagePullBackOff"
+                            } else {
+                                reason.as_str()
+                            };
+                            self.waiting.lock().expect("lock").insert(
+                                key.clone(),
+                                (Instant::now() + backoff(next + 1), back.to_string()),
+                            );
+                            statuses.push(self.waiting_status(c, n, &reason, &message));
+                            continue;
+                        }
+                    }
+                }
+            }
+            statuses.push(self.container_status(&uid, c, &policy));
+        }
+        self.post_status(pod, &api, &policy, statuses).await
+    }
+
+    fn waiting_status(&self, c: &Container, restarts: u32, reason: &str, message: &str) -> Value {
+        json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "started": false,
+               "restartCount": restarts, "state": {"waiting": {"reason": reason, "message": message}}})
+    }
+
+    fn terminated(id: &str, exit: &Exit, started: &str) -> Value {
+        let reason = if exit.error.is_some() {
+            "StartError"
+        } else if exit.exit_code == 0 {
+            "Completed"
+        } else {
+            "Error"
+        };
+        let mut t = json!({"exitCode": exit.exit_code, "reason": reason, "startedAt": exit.started_at.as_deref().map(trim_time).unwrap_or_else(|| trim_time(started)),
+                           "finishedAt": trim_time(&exit.finished_at), "containerID": format!("runc://{id}")});
+        if let Some(e) = &exit.error {
+            t["message"] = json!(e);
+        }
+        if let Some(s) = exit.signal {
+            t["signal"] = json!(s);
+        }
+        json!({"terminated": t})
+    }
+
+    fn container_status(&self, uid: &str, c: &Container, policy: &str) -> Value {
+        let attempts = self.attempts(uid, &c.name);
+        let n = attempts.last().copied().unwrap_or(0);
+        let dir = self.container_dir(uid, &c.name).join(n.to_string());
+        let image = std::fs::read_to_string(dir.join("image")).unwrap_or_default();
+        let mut lines = image.lines();
+        let (image_ref, digest) = (
+            lines.next().unwrap_or_default().to_string(),
+            lines.next().unwrap_or_default().to_string(),
+        );
+        let repo = image_ref
+            .rsplit_once(':')
+            .map_or(image_ref.clone(), |(r, _)| r.to_string());
+        let key = format!("{uid}/{}", c.name);
+        let (state, ready, started, id) = match self.attempt_state(uid, &c.name, n) {
+            Attempt::Running { id, started } => (
+                json!({"running": {"startedAt": trim_time(&started)}}),
+                true,
+                true,
+                id,
+            ),
+            Attempt::Exited { id, exit } => {
+                let started = std::fs::read_to_string(dir.join("started")).unwrap_or_default();
+                let restarting = self
+                    .waiting
+                    .lock()
+                    .expect("lock")
+                    .get(&key)
+                    .is_some_and(|(at, _)| Instant::now() < *at);
+                let term = Self::terminated(&id, &exit, &started);
+                let restarts = policy == "Always" || (policy == "OnFailure" && exit.exit_code != 0);
+                if restarting && restarts {
+                    let msg = format!(
+                        "back-off {} restarting failed container={} pod={}",
+                        humantime(backoff(n + 1)),
+                        c.name,
+                        uid
+                    );
+                    (
+                        json!({"waiting": {"reason": "CrashLoopBackOff", "message": msg}}),
+                        false,
+                        false,
+                        id,
+                    )
+                } else {
+                    (term, false, false, id)
+                }
+            }
+            Attempt::None => (
+                json!({"waiting": {"reason": "ContainerCreating"}}),
+                false,
+                false,
+                String::new(),
+            ),
+        };
+        let mut st = json!({
+            "name": c.name,
+            "image": c.image,
+            "imageID": if digest.is_empty() { String::new() } else { format!("{repo}@{digest}") },
+            "containerID": if id.is_empty() { Value::Null } else { json!(format!("runc://{id}")) },
+            "ready": ready,
+            "started": started,
+            "restartCount": n,
+            "state": state,
+        });
+        // The previous attempt, when there was one.
+        if n > 0 {
+            if let Attempt::Exited { id, exit } = self.attempt_state(uid, &c.name, n - 1) {
+                let prev_dir = self.container_dir(uid, &c.name).join((n - 1).to_string());
+                let started = std::fs::read_to_string(prev_dir.join("started")).unwrap_or_default();
+                st["lastState"] = Self::terminated(&id, &exit, &started);
+            }
+        }
+        if st["state"].get("waiting").is_some() {
+            if let Attempt::Exited { id, exit } = self.attempt_state(uid, &c.name, n) {
+                let started = std::fs::read_to_string(dir.join("started")).unwrap_or_default();
+                st["lastState"] = Self::terminated(&id, &exit, &started);
+            }
+        }
+        if st["containerID"].is_null() {
+            st.as_object_mut().expect("object").remove("containerID");
+        }
+        st
+    }
+
+    async fn post_status(
+        &self,
+        pod: &Pod,
+        api: &Api<Pod>,
+        policy: &str,
+        statuses: Vec<Value>,
+    ) -> Result<(), crate::Error> {
+        let running = statuses
+            .iter()
+            .filter(|s| s["state"].get("running").is_some())
+            .count();
+        let terminated: Vec<&Value> = statuses
+            .iter()
+            .filter_map(|s| s["state"].get("terminated"))
+            .collect();
+        let all = statuses.len();
+        let phase = if terminated.len() == all && all > 0 && policy != "Always" {
+            if terminated.iter().all(|t| t["exitCode"] == 0) {
+                "Succeeded"
+            } else if policy == "Never" {
+                "Failed"
+            } else {
+                // OnFailure: the failed ones restart.
+                "Running"
+            }
+        } else if running > 0
+            || statuses
+                .iter()
+                .any(|s| s["restartCount"].as_u64().unwrap_or(0) > 0)
+        {
+            "Running"
+        } else {
+            "Pending"
+        };
+        let all_ready = all > 0 && statuses.iter().all(|s| s["ready"] == true);
+        let now = ferrokube_time_now();
+        let prev = pod.status.clone().unwrap_or_default();
+        let prev_conditions: BTreeMap<String, Value> = prev
+            .conditions
+            .iter()
+            .flatten()
+            .map(|c| (c.type_.clone(), serde_json::to_value(c).unwrap_or_default()))
+            .collect();
+        let cond = |ty: &str, ok: bool| {
+            let status = if ok { "True" } else { "False" };
+            let since = prev_conditions
+                .get(ty)
+                .filter(|c| c["status"] == status)
+                .and_then(|c| c.get("lastTransitionTime").cloned())
+                .unwrap_or_else(|| json!(now));
+            let mut c = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if !ok && (ty == "Ready" || ty == "ContainersReady") {
+                let names: Vec<&str> = statuses
+                    .iter()
+                    .filter(|s| s["ready"] != true)
+                    .filter_map(|s| s["name"].as_str())
+                    .collect();
+                c["reason"] = json!(if phase == "Succeeded" || phase == "Failed" {
+                    "PodCompleted"
+                } else {
+                    "ContainersNotReady"
+                });
+                if c["reason"] == "ContainersNotReady" {
+                    c["message"] = json!(format!(
+                        "containers with unready status: [{}]",
+                        names.join(" ")
+                    ));
+                }
+            }
+            c
+        };
+        let status = json!({
+            "phase": phase,
+            "hostIP": self.node_ip,
+            "hostIPs": [{"ip": self.node_ip}],
+            "startTime": prev.start_time.as_ref().map(|t| json!(t)).unwrap_or_else(|| json!(now)),
+            "conditions": [
+                cond("PodReadyToStartContainers", true),
+                cond("Initialized", true),
+                cond("Ready", all_ready),
+                cond("ContainersReady", all_ready),
+                cond("PodScheduled", true),
+            ],
+            "containerStatuses": statuses,
+        });
+        // Only write when something other than timestamps changed.
+        let old = serde_json::to_value(&prev).unwrap_or_default();
+        let same = old["phase"] == status["phase"]
+            && strip_times(&old["containerStatuses"]) == strip_times(&status["containerStatuses"])
+            && strip_times(&old["conditions"]) == strip_times(&status["conditions"]);
+        if same {
+            return Ok(());
+        }
+        api.patch_status(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// A pod being deleted: stop its containers (TERM, then KILL after the grace
+    /// period), clean up, and remove the pod from the API.
+    async fn terminate(&self, pod: &Pod, api: &Api<Pod>) -> Result<(), crate::Error> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let grace = pod
+            .metadata
+            .deletion_grace_period_seconds
+            .unwrap_or(30)
+            .max(0) as u64;
+        let deadline = pod
+            .metadata
+            .deletion_timestamp
+            .as_ref()
+            .map(|t| t.0)
+            .unwrap_or_else(jiff::Timestamp::now);
+        let overdue = jiff::Timestamp::now() >= deadline || grace == 0;
+        let mut running = false;
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            if let (_, Attempt::Running { id, .. }) = self.latest(&uid, &c.name) {
+                running = true;
+                let _ = self.runc.kill(&id, if overdue { "KILL" } else { "TERM" });
+            }
+        }
+        if running {
+            return Ok(());
+        }
+        self.cleanup(&uid);
+        let opts = DeleteOptions {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: Some(uid),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        match api
+            .delete(
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                Some(&opts),
+            )
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+fn strip_times(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(
+                        k.as_str(),
+                        "lastTransitionTime" | "lastProbeTime" | "lastHeartbeatTime" | "message"
+                    )
+                })
+                .map(|(k, v)| (k.clone(), strip_times(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(strip_times).collect()),
+        other => other.clone(),
+    }
+}
+
+fn ferrokube_time_now() -> String {
+    jiff::Timestamp::now()
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
+/// RFC 3339 with whole seconds, as pod statuses carry times.
+fn trim_time(t: &str) -> String {
+    match t.parse::<jiff::Timestamp>() {
+        Ok(ts) => ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        Err(_) => t.trim().to_string(),
+    }
+}
+
+fn humantime(d: Duration) -> String {
+    let s = d.as_secs();
+    if s >= 60 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn back_off_doubles_to_five_minutes() {
+        assert_eq!(backoff(1), Duration::from_secs(10));
+        assert_eq!(backoff(2), Duration::from_secs(20));
+        assert_eq!(backoff(4), Duration::from_secs(80));
+        assert_eq!(backoff(5), Duration::from_secs(160));
+        assert_eq!(backoff(9), Duration::from_secs(300));
+    }
+}

@@ -1,0 +1,328 @@
+//! Pods run by the kubelet with real runc (root): images from a local registry through
+//! a mirror (no outside registry), exit codes and phases, CRI logs, restart back-off,
+//! graceful deletion, and every container, mount, netns and cgroup removed afterwards.
+//! Pods are bound with `spec.nodeName` (no scheduler yet); each runs in a network
+//! namespace of its own with loopback only (the pod network comes next).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::apiserver::ApiServer;
+use integration_tests::binary;
+use integration_tests::registry::LocalRegistry;
+use serde_json::Value;
+
+/// The kubelet process, and everything it may have left behind, removed on drop.
+struct Node {
+    child: Child,
+    root: PathBuf,
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let runc_root = self.root.join("runc");
+        if let Ok(out) = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force", id])
+                    .status();
+            }
+        }
+        let root = self.root.display().to_string();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix_umount(p);
+        }
+        // The node's cgroup tree, deepest first.
+        for ctl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            remove_cgroups(&ctl.path().join(cgroup_root().trim_start_matches('/')));
+        }
+    }
+}
+
+/// The cgroup this test's kubelet puts pods under.
+fn cgroup_root() -> String {
+    format!("/ferrokube-test-{}", std::process::id())
+}
+
+fn remove_cgroups(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroups(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn nix_umount(p: &str) -> std::io::Result<()> {
+    let status = Command::new("umount").args(["-l", p]).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("umount failed"))
+    }
+}
+
+fn start_node(api: &ApiServer, reg: &LocalRegistry, root: &Path) -> Node {
+    std::fs::create_dir_all(root).unwrap();
+    let cfg = root.join("config.yaml");
+    std::fs::write(&cfg, "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\n").unwrap();
+    let log = std::fs::File::create(root.join("kubelet.log")).unwrap();
+    let child = Command::new(binary("kubelet"))
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--root-dir")
+        .arg(root)
+        .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
+        .args([
+            "--registry-mirror",
+            &format!("*={}", reg.endpoint()),
+            "--registry-fallback=false",
+        ])
+        .args(["--cgroup-root", &cgroup_root()])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    Node {
+        child,
+        root: root.to_path_buf(),
+    }
+}
+
+fn pod(api: &ApiServer, name: &str) -> Value {
+    serde_json::from_str(
+        &api.kubectl(&["get", "pod", name, "-o", "json"])
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap()
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(node.root.join("kubelet.log")).unwrap_or_default();
+            panic!(
+                "timed out waiting for {what}; kubelet log:\n{}",
+                &log[log.len().saturating_sub(3000)..]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn run(api: &ApiServer, name: &str, restart: &str, args: &[&str]) {
+    let restart = format!("--restart={restart}");
+    let mut a = vec!["run", name, "--image=busybox", &restart];
+    a.push(r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1"}}"#);
+    a.push("--");
+    a.extend_from_slice(args);
+    api.ok(&a);
+}
+
+#[test]
+fn pods_run_exit_restart_and_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(&dir.path().join("api"));
+    let reg = LocalRegistry::start(&dir.path().join("registry"));
+    reg.push_busybox(&["latest"]);
+    let node = start_node(&api, &reg, &dir.path().join("kubelet"));
+
+    // A pod that prints and exits: Succeeded, its output in the CRI log.
+    run(&api, "hello", "Never", &["sh", "-c", "echo hello world"]);
+    wait_for(
+        "hello to succeed",
+        60,
+        || pod(&api, "hello")["status"]["phase"] == "Succeeded",
+        &node,
+    );
+    let p = pod(&api, "hello");
+    let cs = &p["status"]["containerStatuses"][0];
+    assert_eq!(cs["state"]["terminated"]["reason"], "Completed");
+    assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
+    assert!(
+        cs["imageID"]
+            .as_str()
+            .unwrap()
+            .starts_with("docker.io/library/busybox@sha256:"),
+        "{cs}"
+    );
+    assert!(cs["containerID"].as_str().unwrap().starts_with("runc://"));
+    assert_eq!(p["status"]["hostIP"], "10.244.7.2");
+    let uid = p["metadata"]["uid"].as_str().unwrap();
+    let log = std::fs::read_to_string(
+        node.root
+            .join(format!("logs/default_hello_{uid}/hello/0.log")),
+    )
+    .unwrap();
+    assert!(log.trim_end().ends_with("stdout F hello world"), "{log}");
+    let table = api.ok(&["get", "pod", "hello", "--no-headers"]);
+    assert!(
+        table.contains("0/1") && table.contains("Completed"),
+        "{table}"
+    );
+
+    // A failing pod that is never restarted: Failed, with the exit code.
+    run(&api, "fails", "Never", &["sh", "-c", "exit 3"]);
+    wait_for(
+        "fails to fail",
+        30,
+        || pod(&api, "fails")["status"]["phase"] == "Failed",
+        &node,
+    );
+    let t = &pod(&api, "fails")["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (t["reason"].as_str(), t["exitCode"].as_i64()),
+        (Some("Error"), Some(3))
+    );
+
+    // A failing pod that is always restarted: CrashLoopBackOff with the last exit.
+    run(&api, "crash", "Always", &["sh", "-c", "exit 1"]);
+    wait_for(
+        "crash to back off",
+        30,
+        || {
+            pod(&api, "crash")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CrashLoopBackOff"
+        },
+        &node,
+    );
+    let cs = &pod(&api, "crash")["status"]["containerStatuses"][0];
+    assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1);
+    assert!(api
+        .ok(&["get", "pod", "crash", "--no-headers"])
+        .contains("CrashLoopBackOff"));
+
+    // An image that does not exist.
+    api.ok(&[
+        "run",
+        "noimage",
+        "--image=nosuch/image:1",
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1"}}"#,
+    ]);
+    wait_for(
+        "the pull to fail",
+        30,
+        || {
+            let r = pod(&api, "noimage")["status"]["containerStatuses"][0]["state"]["waiting"]
+                ["reason"]
+                .clone();
+            r == "ErrImagePull" || r == "ImagePullBackOff"
+        },
+        &node,
+    );
+
+    // A long-running pod: Running and ready; deleted gracefully (busybox as PID 1
+    // ignores SIGTERM, so the grace period ends in SIGKILL).
+    run(&api, "sleeper", "Always", &["sleep", "3600"]);
+    wait_for(
+        "sleeper to run",
+        30,
+        || pod(&api, "sleeper")["status"]["phase"] == "Running",
+        &node,
+    );
+    let p = pod(&api, "sleeper");
+    assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
+    let ready = p["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert_eq!(ready["status"], "True");
+    assert!(api
+        .ok(&["get", "pod", "sleeper", "--no-headers"])
+        .contains("1/1"));
+    let sleeper_uid = p["metadata"]["uid"].as_str().unwrap().to_string();
+    api.ok(&[
+        "delete",
+        "pod",
+        "sleeper",
+        "--grace-period=2",
+        "--wait=false",
+    ]);
+    wait_for(
+        "sleeper to be gone",
+        30,
+        || api.kubectl(&["get", "pod", "sleeper"]).is_err(),
+        &node,
+    );
+    assert!(
+        !node.root.join("pods").join(&sleeper_uid).exists(),
+        "pod state removed"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&sleeper_uid), "no mount of the pod left");
+
+    // Deleting the rest cleans the node up completely.
+    api.ok(&[
+        "delete",
+        "pods",
+        "--all",
+        "--grace-period=1",
+        "--wait=false",
+    ]);
+    wait_for(
+        "every pod to go",
+        30,
+        || api.ok(&["get", "pods", "-o", "name"]).trim().is_empty(),
+        &node,
+    );
+    wait_for(
+        "the node to be clean",
+        15,
+        || {
+            std::fs::read_dir(node.root.join("pods"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        },
+        &node,
+    );
+    let out = Command::new("runc")
+        .arg("--root")
+        .arg(node.root.join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "",
+        "no container left"
+    );
+    let memory = Path::new("/sys/fs/cgroup/memory")
+        .join(cgroup_root().trim_start_matches('/'))
+        .join("kubepods/besteffort");
+    let left: Vec<String> = std::fs::read_dir(&memory)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("pod"))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(left.is_empty(), "pod cgroups left: {left:?}");
+}
