@@ -13,7 +13,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   python3-venv:       a virtualenv for the official Python kubernetes client
 #   docker-registry:    the local registry test images are served from
 #   busybox-static:     the busybox test image's content
-FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv docker-registry busybox-static)
+#   runc:               the container runtime the kubelet drives
+#   iproute2:           `ip`, to bring up loopback in pod network namespaces
+FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv docker-registry busybox-static runc iproute2)
 
 # The official Python client, pinned to the Kubernetes version we serve (1.32).
 FERROKUBE_PYTHON_CLIENT="kubernetes==32.0.1"
