@@ -179,6 +179,32 @@ fn pods_run_exit_restart_and_go() {
     )
     .unwrap();
     assert!(log.trim_end().ends_with("stdout F hello world"), "{log}");
+    let reasons = |name: &str| -> Vec<String> {
+        let v: Value = serde_json::from_str(&api.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.name={name}"),
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["reason"].as_str().unwrap_or_default().to_string())
+            .collect()
+    };
+    let r = reasons("hello");
+    for want in ["Pulling", "Pulled", "Created", "Started"] {
+        assert!(r.iter().any(|x| x == want), "{want} missing from {r:?}");
+    }
+    let describe = api.ok(&["describe", "pod", "hello"]);
+    assert!(
+        describe.contains("Started container hello") && describe.contains("kubelet"),
+        "{describe}"
+    );
     let table = api.ok(&["get", "pod", "hello", "--no-headers"]);
     assert!(
         table.contains("0/1") && table.contains("Completed"),

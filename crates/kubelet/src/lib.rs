@@ -4,6 +4,7 @@
 //! namespaces and [`runtime`] runs containers with runc.
 
 pub mod config;
+pub mod events;
 pub mod node;
 pub mod pods;
 pub mod runtime;

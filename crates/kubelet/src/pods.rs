@@ -16,6 +16,7 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Preconditions};
 use serde_json::{json, Value};
 
+use crate::events::{Kind, Recorder};
 use crate::runtime::bundle::{self, ContainerSpec};
 use crate::runtime::rootfs;
 use crate::runtime::runc::Runc;
@@ -45,6 +46,7 @@ pub struct Pods {
     pub cgroup_root: String,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
+    events: Recorder,
 }
 
 /// What is known about one container's latest attempt.
@@ -64,6 +66,7 @@ impl Pods {
         images: Arc<ImageStore>,
     ) -> Pods {
         Pods {
+            events: Recorder::new(client.clone(), node),
             client,
             node: node.into(),
             node_ip: node_ip.into(),
@@ -117,26 +120,59 @@ impl Pods {
         }
     }
 
-    /// The image of a container, pulled as its policy says.
-    async fn image(&self, c: &Container) -> Result<Image, (String, String)> {
+    /// The image of a container, pulled as its policy says (with upstream's events).
+    async fn image(&self, pod: &Pod, c: &Container) -> Result<Image, (String, String)> {
         let name = c.image.clone().unwrap_or_default();
         let policy = c.image_pull_policy.as_deref().unwrap_or("IfNotPresent");
         let present = self
             .images
             .get(&name)
             .map_err(|e| ("InvalidImageName".to_string(), e.to_string()))?;
+        let ev = |kind, reason: &'static str, msg: String| {
+            let c = c.name.clone();
+            async move { self.events.pod(pod, Some(&c), kind, reason, &msg).await }
+        };
         match (policy, present) {
-            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => Ok(img),
-            ("Never", None) => Err((
-                "ErrImageNeverPull".into(),
-                format!("Container image \"{name}\" is not present with pull policy of Never"),
-            )),
-            _ => self.images.pull(&name, None).await.map_err(|e| {
-                (
-                    "ErrImagePull".to_string(),
-                    format!("failed to pull image \"{name}\": {e}"),
+            ("Never", Some(img)) | ("IfNotPresent", Some(img)) => {
+                ev(
+                    Kind::Normal,
+                    "Pulled",
+                    format!("Container image \"{name}\" already present on machine"),
                 )
-            }),
+                .await;
+                Ok(img)
+            }
+            ("Never", None) => {
+                let msg =
+                    format!("Container image \"{name}\" is not present with pull policy of Never");
+                ev(Kind::Warning, "ErrImageNeverPull", msg.clone()).await;
+                Err(("ErrImageNeverPull".into(), msg))
+            }
+            _ => {
+                ev(Kind::Normal, "Pulling", format!("Pulling image \"{name}\"")).await;
+                let t = Instant::now();
+                match self.images.pull(&name, None).await {
+                    Ok(img) => {
+                        let took = format!("{:.3}s", t.elapsed().as_secs_f64());
+                        ev(
+                            Kind::Normal,
+                            "Pulled",
+                            format!("Successfully pulled image \"{name}\" in {took} ({took} including waiting)"),
+                        )
+                        .await;
+                        Ok(img)
+                    }
+                    Err(e) => {
+                        let msg = format!("Failed to pull image \"{name}\": {e}");
+                        ev(Kind::Warning, "Failed", msg.clone()).await;
+                        ev(Kind::Warning, "Failed", "Error: ErrImagePull".into()).await;
+                        Err((
+                            "ErrImagePull".to_string(),
+                            format!("failed to pull image \"{name}\": {e}"),
+                        ))
+                    }
+                }
+            }
         }
     }
 
@@ -149,7 +185,7 @@ impl Pods {
         netns: &Path,
     ) -> Result<(), (String, String)> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let img = self.image(c).await?;
+        let img = self.image(pod, c).await?;
         let cfg = self
             .images
             .config(&img)
@@ -263,6 +299,24 @@ impl Pods {
         if !status.success() {
             return Err(("RunContainerError".into(), "the shim did not start".into()));
         }
+        self.events
+            .pod(
+                pod,
+                Some(&c.name),
+                Kind::Normal,
+                "Created",
+                &format!("Created container {}", c.name),
+            )
+            .await;
+        self.events
+            .pod(
+                pod,
+                Some(&c.name),
+                Kind::Normal,
+                "Started",
+                &format!("Started container {}", c.name),
+            )
+            .await;
         Ok(())
     }
 
@@ -386,6 +440,15 @@ impl Pods {
                 };
                 let wait = self.waiting.lock().expect("lock").get(&key).cloned();
                 let due = wait.as_ref().is_none_or(|(at, _)| Instant::now() >= *at);
+                if !due && next > 0 {
+                    let msg = format!(
+                        "Back-off restarting failed container {} in pod {name}_{ns}({uid})",
+                        c.name
+                    );
+                    self.events
+                        .pod(pod, Some(&c.name), Kind::Warning, "BackOff", &msg)
+                        .await;
+                }
                 if due {
                     if next > 0 {
                         self.remove_attempt(&uid, &c.name, n);
@@ -653,6 +716,17 @@ impl Pods {
         for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
             if let (_, Attempt::Running { id, .. }) = self.latest(&uid, &c.name) {
                 running = true;
+                if !overdue {
+                    self.events
+                        .pod(
+                            pod,
+                            Some(&c.name),
+                            Kind::Normal,
+                            "Killing",
+                            &format!("Stopping container {}", c.name),
+                        )
+                        .await;
+                }
                 let _ = self.runc.kill(&id, if overdue { "KILL" } else { "TERM" });
             }
         }

@@ -1,0 +1,114 @@
+//! Events about pods, as upstream's kubelet records them (`Pulling`, `Pulled`, `Created`,
+//! `Started`, `Killing`, `BackOff`, `Failed`): core `v1` Events named
+//! `<pod>.<hex nanoseconds>`, a repeat of the same event within ten minutes counted on
+//! the first one instead of written again.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ferrokube_client::{Api, Client, Patch};
+use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
+use serde_json::json;
+
+/// `Normal` or `Warning`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Normal,
+    Warning,
+}
+
+/// Records events for one node's kubelet.
+pub struct Recorder {
+    client: Client,
+    host: String,
+    /// (pod uid, reason, message) → (event name, namespace, count, first seen).
+    seen: Mutex<HashMap<(String, String, String), (String, String, i32, Instant)>>,
+}
+
+const REPEAT_WINDOW: Duration = Duration::from_secs(600);
+
+impl Recorder {
+    pub fn new(client: Client, host: &str) -> Recorder {
+        Recorder {
+            client,
+            host: host.into(),
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Records an event about a pod (a container of it when `container` is given).
+    pub async fn pod(
+        &self,
+        pod: &Pod,
+        container: Option<&str>,
+        kind: Kind,
+        reason: &str,
+        message: &str,
+    ) {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let now = Time(jiff::Timestamp::now());
+        let key = (uid.clone(), reason.to_string(), message.to_string());
+        let repeat = {
+            let mut seen = self.seen.lock().expect("events lock");
+            seen.retain(|_, v| v.3.elapsed() < REPEAT_WINDOW);
+            seen.get_mut(&key).map(|v| {
+                v.2 += 1;
+                (v.0.clone(), v.2)
+            })
+        };
+        if let Some((name, count)) = repeat {
+            let patch = json!({"count": count, "lastTimestamp": now});
+            if api.patch(&name, &Patch::Merge(patch)).await.is_ok() {
+                return;
+            }
+        }
+        let pod_name = pod.metadata.name.clone().unwrap_or_default();
+        let nanos = jiff::Timestamp::now().as_nanosecond();
+        let name = format!("{pod_name}.{nanos:x}");
+        let event = Event {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                namespace: Some(ns.clone()),
+                ..Default::default()
+            },
+            involved_object: ObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod_name),
+                namespace: Some(ns.clone()),
+                uid: Some(uid),
+                resource_version: pod.metadata.resource_version.clone(),
+                field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+            },
+            reason: Some(reason.into()),
+            message: Some(message.into()),
+            source: Some(EventSource {
+                component: Some("kubelet".into()),
+                host: Some(self.host.clone()),
+            }),
+            first_timestamp: Some(now.clone()),
+            last_timestamp: Some(now),
+            count: Some(1),
+            type_: Some(match kind {
+                Kind::Normal => "Normal".into(),
+                Kind::Warning => "Warning".into(),
+            }),
+            reporting_component: Some("kubelet".into()),
+            reporting_instance: Some(self.host.clone()),
+            ..Default::default()
+        };
+        match api.create(&event).await {
+            Ok(_) => {
+                self.seen
+                    .lock()
+                    .expect("events lock")
+                    .insert(key, (name, ns, 1, Instant::now()));
+            }
+            Err(e) => tracing::debug!("recording event {reason}: {e}"),
+        }
+    }
+}
