@@ -19,12 +19,19 @@ pub enum Kind {
     Warning,
 }
 
+/// An event written recently: its name, count and when it was first written.
+struct Seen {
+    name: String,
+    count: i32,
+    first: Instant,
+}
+
 /// Records events for one node's kubelet.
 pub struct Recorder {
     client: Client,
     host: String,
-    /// (pod uid, reason, message) → (event name, namespace, count, first seen).
-    seen: Mutex<HashMap<(String, String, String), (String, String, i32, Instant)>>,
+    /// By (pod uid, reason, message).
+    seen: Mutex<HashMap<(String, String, String), Seen>>,
 }
 
 const REPEAT_WINDOW: Duration = Duration::from_secs(600);
@@ -54,10 +61,10 @@ impl Recorder {
         let key = (uid.clone(), reason.to_string(), message.to_string());
         let repeat = {
             let mut seen = self.seen.lock().expect("events lock");
-            seen.retain(|_, v| v.3.elapsed() < REPEAT_WINDOW);
+            seen.retain(|_, v| v.first.elapsed() < REPEAT_WINDOW);
             seen.get_mut(&key).map(|v| {
-                v.2 += 1;
-                (v.0.clone(), v.2)
+                v.count += 1;
+                (v.name.clone(), v.count)
             })
         };
         if let Some((name, count)) = repeat {
@@ -103,10 +110,14 @@ impl Recorder {
         };
         match api.create(&event).await {
             Ok(_) => {
-                self.seen
-                    .lock()
-                    .expect("events lock")
-                    .insert(key, (name, ns, 1, Instant::now()));
+                self.seen.lock().expect("events lock").insert(
+                    key,
+                    Seen {
+                        name,
+                        count: 1,
+                        first: Instant::now(),
+                    },
+                );
             }
             Err(e) => tracing::debug!("recording event {reason}: {e}"),
         }
