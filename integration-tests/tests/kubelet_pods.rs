@@ -352,3 +352,92 @@ fn pods_run_exit_restart_and_go() {
         .collect();
     assert!(left.is_empty(), "pod cgroups left: {left:?}");
 }
+
+#[test]
+fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(&dir.path().join("api"));
+    let reg = LocalRegistry::start(&dir.path().join("registry"));
+    reg.push_busybox(&["latest"]);
+    let root = dir.path().join("kubelet");
+    let mut node = start_node(&api, &reg, &root);
+    run(&api, "keeper", "Always", &["sleep", "3600"]);
+    run(&api, "goner", "Always", &["sleep", "3600"]);
+    wait_for(
+        "both to run",
+        60,
+        || {
+            pod(&api, "keeper")["status"]["phase"] == "Running"
+                && pod(&api, "goner")["status"]["phase"] == "Running"
+        },
+        &node,
+    );
+    let before = pod(&api, "keeper")["status"]["containerStatuses"][0]["containerID"].clone();
+    let goner_uid = pod(&api, "goner")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // kill -9 the kubelet: its containers keep running.
+    let _ = node.child.kill();
+    let _ = node.child.wait();
+    let id = before
+        .as_str()
+        .unwrap()
+        .trim_start_matches("runc://")
+        .to_string();
+    let state = Command::new("runc")
+        .arg("--root")
+        .arg(root.join("runc"))
+        .args(["state", &id])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&state.stdout).contains("\"running\""),
+        "the container outlived its kubelet"
+    );
+    // A pod deleted while the kubelet is away (forced: nobody is there to finish it).
+    api.ok(&["delete", "pod", "goner", "--grace-period=0", "--force"]);
+    // Back again: the same container, no restart, and the deleted pod's traces gone.
+    node.child = Command::new(binary("kubelet"))
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .arg("--config")
+        .arg(root.join("config.yaml"))
+        .arg("--root-dir")
+        .arg(&root)
+        .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
+        .args([
+            "--registry-mirror",
+            &format!("*={}", reg.endpoint()),
+            "--registry-fallback=false",
+        ])
+        .args(["--cgroup-root", &cgroup_root()])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(root.join("kubelet2.log")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(
+        "the gone pod's cleanup",
+        30,
+        || !root.join("pods").join(&goner_uid).exists(),
+        &node,
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let p = pod(&api, "keeper");
+    assert_eq!(p["status"]["containerStatuses"][0]["containerID"], before);
+    assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
+    assert_eq!(p["status"]["phase"], "Running");
+    api.ok(&[
+        "delete",
+        "pod",
+        "keeper",
+        "--grace-period=1",
+        "--wait=false",
+    ]);
+    wait_for(
+        "keeper to go",
+        30,
+        || api.kubectl(&["get", "pod", "keeper"]).is_err(),
+        &node,
+    );
+}
