@@ -84,9 +84,16 @@ fn nix_umount(p: &str) -> std::io::Result<()> {
 }
 
 fn start_node(api: &ApiServer, reg: &LocalRegistry, root: &Path) -> Node {
-    std::fs::create_dir_all(root).unwrap();
+    std::fs::create_dir_all(root.join("manifests")).unwrap();
     let cfg = root.join("config.yaml");
-    std::fs::write(&cfg, "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nstaticPodPath: {}\n",
+            root.join("manifests").display()
+        ),
+    )
+    .unwrap();
     let log = std::fs::File::create(root.join("kubelet.log")).unwrap();
     let child = Command::new(binary("kubelet"))
         .arg("--kubeconfig")
@@ -438,6 +445,96 @@ fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
         "keeper to go",
         30,
         || api.kubectl(&["get", "pod", "keeper"]).is_err(),
+        &node,
+    );
+}
+
+#[test]
+fn static_pods_and_their_mirrors() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(&dir.path().join("api"));
+    let reg = LocalRegistry::start(&dir.path().join("registry"));
+    reg.push_busybox(&["latest"]);
+    let root = dir.path().join("kubelet");
+    let node = start_node(&api, &reg, &root);
+    let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: kube-system\nspec:\n  containers:\n  - name: web\n    image: busybox\n    command: [sleep, '3600']\n";
+    std::fs::write(root.join("manifests/web.yaml"), manifest).unwrap();
+    let get = || -> Option<Value> {
+        api.kubectl(&[
+            "get",
+            "pod",
+            "web-node-1",
+            "-n",
+            "kube-system",
+            "-o",
+            "json",
+        ])
+        .ok()
+        .and_then(|s| serde_json::from_str(&s).ok())
+    };
+    wait_for(
+        "the mirror pod to run",
+        60,
+        || get().is_some_and(|p| p["status"]["phase"] == "Running"),
+        &node,
+    );
+    let p = get().unwrap();
+    assert!(p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string());
+    assert_eq!(
+        p["metadata"]["annotations"]["kubernetes.io/config.source"],
+        "file"
+    );
+    let first = p["status"]["containerStatuses"][0]["containerID"].clone();
+    // Deleting the mirror does not stop the pod: the mirror comes back.
+    api.ok(&[
+        "delete",
+        "pod",
+        "web-node-1",
+        "-n",
+        "kube-system",
+        "--wait=false",
+    ]);
+    let old_uid = p["metadata"]["uid"].clone();
+    wait_for(
+        "a new mirror",
+        30,
+        || {
+            get().is_some_and(|p| {
+                p["metadata"]["uid"] != old_uid
+                    && p["status"]["containerStatuses"][0]["containerID"] == first
+            })
+        },
+        &node,
+    );
+    // An edited manifest is a new pod: the old container goes, a new one runs.
+    std::fs::write(
+        root.join("manifests/web.yaml"),
+        manifest.replace("'3600'", "'3601'"),
+    )
+    .unwrap();
+    wait_for(
+        "the edited pod",
+        60,
+        || {
+            get().is_some_and(|p| {
+                p["status"]["phase"] == "Running"
+                    && p["status"]["containerStatuses"][0]["containerID"].is_string()
+                    && p["status"]["containerStatuses"][0]["containerID"] != first
+            })
+        },
+        &node,
+    );
+    // Removing the manifest stops the pod and removes the mirror.
+    std::fs::remove_file(root.join("manifests/web.yaml")).unwrap();
+    wait_for("the mirror to go", 30, || get().is_none(), &node);
+    wait_for(
+        "the node to be clean",
+        30,
+        || {
+            std::fs::read_dir(root.join("pods"))
+                .map(|d| d.count() == 0)
+                .unwrap_or(true)
+        },
         &node,
     );
 }

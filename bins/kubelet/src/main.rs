@@ -158,6 +158,7 @@ async fn run() -> Result<()> {
         images,
     );
     pods.cgroup_root = args.cgroup_root.trim_end_matches('/').to_string();
+    pods.static_pod_path = cfg.static_pod_path.clone();
     let pods = Arc::new(pods);
     // The pods bound to this node, cached and watched.
     let mut informer = Informer::new(

@@ -9,6 +9,7 @@ pub mod node;
 pub mod pods;
 pub mod runtime;
 pub mod sandbox;
+pub mod static_pods;
 
 /// What can go wrong in the kubelet.
 #[derive(Debug, thiserror::Error)]

@@ -21,7 +21,7 @@ use crate::runtime::bundle::{self, ContainerSpec};
 use crate::runtime::rootfs;
 use crate::runtime::runc::Runc;
 use crate::runtime::shim::{self, Exit, ShimArgs};
-use crate::sandbox;
+use crate::{sandbox, static_pods};
 
 /// Back-off of restarts: 10 s doubling up to 5 minutes, as upstream.
 fn backoff(restarts: u32) -> Duration {
@@ -44,6 +44,8 @@ pub struct Pods {
     pub shim_exe: PathBuf,
     /// Where pod cgroups go (`--cgroup-root`): `<root>/kubepods/<qos>/pod<uid>`.
     pub cgroup_root: String,
+    /// The static pod manifests (`staticPodPath`).
+    pub static_pod_path: Option<PathBuf>,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
     events: Recorder,
@@ -75,6 +77,7 @@ impl Pods {
             runc: Runc::new(&root.join("runc")),
             shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kubelet")),
             cgroup_root: String::new(),
+            static_pod_path: None,
             waiting: Default::default(),
         }
     }
@@ -378,8 +381,52 @@ impl Pods {
     pub async fn sync_all(&self, store: &Store<Pod>) {
         let pods = store.list();
         let mut live = std::collections::HashSet::new();
+        // Static pods first: they run whatever the API says; their mirrors show them.
+        let statics = self
+            .static_pod_path
+            .as_deref()
+            .map(|d| static_pods::read(d, &self.node))
+            .unwrap_or_default();
+        let hashes: std::collections::HashSet<&str> =
+            statics.iter().filter_map(static_pods::hash_of).collect();
+        for mirror in pods.iter().filter(|p| static_pods::is_mirror(p)) {
+            let hash = mirror
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(static_pods::CONFIG_MIRROR))
+                .map(String::as_str)
+                .unwrap_or_default();
+            if !hashes.contains(hash) && store.has_synced() {
+                self.delete_mirror(mirror).await;
+            }
+        }
+        for sp in &statics {
+            let uid = sp.metadata.uid.clone().unwrap_or_default();
+            live.insert(uid);
+            let key = format!(
+                "{}/{}",
+                sp.metadata.namespace.as_deref().unwrap_or_default(),
+                sp.metadata.name.as_deref().unwrap_or_default()
+            );
+            let mirror = store.get(&key);
+            let mut running = sp.clone();
+            if let Some(m) = &mirror {
+                if static_pods::is_mirror(m) {
+                    running.status = m.status.clone();
+                }
+            }
+            if store.has_synced() {
+                self.ensure_mirror(sp, mirror.as_deref()).await;
+            }
+            if let Err(e) = self.sync(&running).await {
+                tracing::warn!(pod = ?sp.metadata.name, "static pod sync: {e}");
+            }
+        }
         for pod in &pods {
-            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(self.node.as_str()) {
+            if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(self.node.as_str())
+                || static_pods::is_mirror(pod)
+            {
                 continue;
             }
             let uid = pod.metadata.uid.clone().unwrap_or_default();
@@ -388,7 +435,7 @@ impl Pods {
                 tracing::warn!(pod = ?pod.metadata.name, "sync: {e}");
             }
         }
-        // Pods deleted from the API while their containers ran here.
+        // Pods deleted from the API (or manifests removed) while their containers ran.
         if store.has_synced() {
             for d in std::fs::read_dir(self.root.join("pods"))
                 .into_iter()
@@ -400,6 +447,60 @@ impl Pods {
                     tracing::info!(%uid, "cleaning up a pod that is gone");
                     self.cleanup(&uid);
                 }
+            }
+        }
+    }
+
+    /// Makes the API show a static pod: creates its mirror, replaces a stale or deleted
+    /// one.
+    async fn ensure_mirror(&self, sp: &Pod, current: Option<&Pod>) {
+        let ns = sp.metadata.namespace.clone().unwrap_or_default();
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), &ns);
+        if let Some(m) = current {
+            if !static_pods::is_mirror(m) {
+                tracing::warn!(pod = ?sp.metadata.name, "a pod that is not our mirror has the static pod's name");
+                return;
+            }
+            let hash = m
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(static_pods::CONFIG_MIRROR));
+            let fresh = hash.map(String::as_str) == static_pods::hash_of(sp)
+                && m.metadata.deletion_timestamp.is_none();
+            if fresh {
+                return;
+            }
+            self.delete_mirror(m).await;
+            return;
+        }
+        if let Err(e) = api.create(&static_pods::mirror_of(sp)).await {
+            if !e.is_conflict() {
+                tracing::warn!(pod = ?sp.metadata.name, "creating the mirror pod: {e}");
+            }
+        }
+    }
+
+    /// Deletes a mirror pod at once (its static pod is not affected).
+    async fn delete_mirror(&self, m: &Pod) {
+        let api: Api<Pod> = Api::namespaced(
+            self.client.clone(),
+            m.metadata.namespace.as_deref().unwrap_or_default(),
+        );
+        let opts = DeleteOptions {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: m.metadata.uid.clone(),
+                resource_version: None,
+            }),
+            ..Default::default()
+        };
+        if let Err(e) = api
+            .delete(m.metadata.name.as_deref().unwrap_or_default(), Some(&opts))
+            .await
+        {
+            if !e.is_not_found() && !e.is_conflict() {
+                tracing::warn!(pod = ?m.metadata.name, "deleting the mirror pod: {e}");
             }
         }
     }
