@@ -14,8 +14,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   docker-registry:    the local registry test images are served from
 #   busybox-static:     the busybox test image's content
 #   runc:               the container runtime the kubelet drives
-#   iproute2:           `ip`, to bring up loopback in pod network namespaces
-FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv docker-registry busybox-static runc iproute2)
+#   iproute2:           `ip`, for pod and test network namespaces
+#   containernetworking-plugins: the CNI plugins of the pod network (bridge, host-local, portmap)
+#   iptables:           what the portmap plugin programs (inside the node's namespace)
+FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv docker-registry busybox-static runc iproute2 containernetworking-plugins iptables)
 
 # The official Python client, pinned to the Kubernetes version we serve (1.32).
 FERROKUBE_PYTHON_CLIENT="kubernetes==32.0.1"

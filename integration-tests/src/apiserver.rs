@@ -17,6 +17,8 @@ pub struct ApiServer {
     pub peer_port: u16,
     /// More flags (store group membership).
     pub extra: Vec<String>,
+    /// The network namespace it (and kubectl) run in, if not the test's own.
+    pub netns: Option<String>,
 }
 
 impl ApiServer {
@@ -37,6 +39,21 @@ impl ApiServer {
             port,
             peer_port,
             extra,
+            netns: None,
+        }
+    }
+
+    /// Runs `program` where this server runs (inside its network namespace, if any).
+    fn here(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
         }
     }
 
@@ -48,7 +65,8 @@ impl ApiServer {
             .append(true)
             .open(self.dir.join("apiserver.log"))
             .unwrap();
-        let child = Command::new(binary("kube-apiserver"))
+        let child = self
+            .here(binary("kube-apiserver"))
             .args(["--bind-address", &self.ip, "--advertise-address", &self.ip])
             .args(["--secure-port", &self.port.to_string()])
             .arg("--data-dir")
@@ -84,7 +102,7 @@ impl ApiServer {
 
     /// A kubectl command with the admin kubeconfig and a request timeout.
     pub fn kubectl_command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new("kubectl");
+        let mut c = self.here("kubectl");
         c.arg("--kubeconfig")
             .arg(self.kubeconfig())
             .arg("--request-timeout=10s")

@@ -14,6 +14,7 @@ use ferrokube_proto::etcdserverpb::StatusRequest;
 use tonic::transport::Channel;
 
 pub mod apiserver;
+pub mod netns;
 pub mod registry;
 
 /// Path of a binary built from this workspace (next to the test executable's directory).

@@ -12,11 +12,17 @@ pub struct LocalRegistry {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    netns: Option<String>,
 }
 
 impl LocalRegistry {
     /// Starts one with its storage under `dir` and waits until it answers.
     pub fn start(dir: &Path) -> LocalRegistry {
+        Self::start_in(dir, None)
+    }
+
+    /// The same, inside a network namespace.
+    pub fn start_in(dir: &Path, netns: Option<&str>) -> LocalRegistry {
         let port = free_port();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let cfg = dir.join("config.yml");
@@ -28,7 +34,16 @@ impl LocalRegistry {
             ),
         )
         .unwrap();
-        let child = Command::new("docker-registry")
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .args(["--", "docker-registry"]);
+                c
+            }
+            None => Command::new("docker-registry"),
+        };
+        let child = cmd
             .arg("serve")
             .arg(&cfg)
             .stdout(Stdio::null())
@@ -39,13 +54,40 @@ impl LocalRegistry {
             child,
             port,
             dir: dir.to_path_buf(),
+            netns: netns.map(String::from),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while !reg.answers() {
             assert!(Instant::now() < deadline, "docker-registry did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
         reg
+    }
+
+    /// Runs `program` where the registry runs.
+    fn here(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(program);
+                c
+            }
+            None => Command::new(program),
+        }
+    }
+
+    fn answers(&self) -> bool {
+        match &self.netns {
+            None => std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok(),
+            Some(_) => self
+                .here("bash")
+                .args(["-c", &format!("exec 3<>/dev/tcp/127.0.0.1/{}", self.port)])
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success()),
+        }
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -62,7 +104,7 @@ impl LocalRegistry {
         for link in ["sh", "echo", "sleep", "cat", "ls"] {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(link));
         }
-        let mut cmd = Command::new(binary("ferrokube-image"));
+        let mut cmd = self.here(binary("ferrokube-image"));
         cmd.args(["build", "--rootfs"]).arg(&rootfs).args([
             "--registry",
             &self.endpoint(),

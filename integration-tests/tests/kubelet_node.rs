@@ -36,6 +36,8 @@ fn kubelet(api: &ApiServer, root: &std::path::Path, extra: &[&str]) -> Kubelet {
             .arg("--root-dir")
             .arg(root)
             .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
+            .arg("--cni-conf-dir")
+            .arg(root.join("net.d"))
             .args(extra)
             .stdout(Stdio::null())
             .stderr(log)

@@ -9,14 +9,42 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use integration_tests::apiserver::ApiServer;
-use integration_tests::binary;
+use integration_tests::netns::NetNs;
 use integration_tests::registry::LocalRegistry;
+use integration_tests::{binary, free_port};
 use serde_json::Value;
 
 /// The kubelet process, and everything it may have left behind, removed on drop.
 struct Node {
     child: Child,
     root: PathBuf,
+}
+
+/// A node's world: a network namespace with the API server, the registry (with busybox)
+/// and, once started, the kubelet — all on the namespace's loopback.
+struct World {
+    api: ApiServer,
+    reg: LocalRegistry,
+    ns: NetNs,
+    dir: tempfile::TempDir,
+}
+
+fn world() -> World {
+    let ns = NetNs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = ApiServer::new(
+        &dir.path().join("api"),
+        "127.0.0.1",
+        free_port(),
+        free_port(),
+        vec![],
+    );
+    api.netns = Some(ns.name.clone());
+    api.spawn();
+    api.wait_ready();
+    let reg = LocalRegistry::start_in(&dir.path().join("registry"), Some(&ns.name));
+    reg.push_busybox(&["latest"]);
+    World { api, reg, ns, dir }
 }
 
 impl Drop for Node {
@@ -83,7 +111,8 @@ fn nix_umount(p: &str) -> std::io::Result<()> {
     }
 }
 
-fn start_node(api: &ApiServer, reg: &LocalRegistry, root: &Path) -> Node {
+fn start_node(w: &World, root: &Path) -> Node {
+    let (api, reg) = (&w.api, &w.reg);
     std::fs::create_dir_all(root.join("manifests")).unwrap();
     let cfg = root.join("config.yaml");
     std::fs::write(
@@ -94,29 +123,51 @@ fn start_node(api: &ApiServer, reg: &LocalRegistry, root: &Path) -> Node {
         ),
     )
     .unwrap();
-    let log = std::fs::File::create(root.join("kubelet.log")).unwrap();
-    let child = Command::new(binary("kubelet"))
-        .arg("--kubeconfig")
-        .arg(api.kubeconfig())
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--root-dir")
-        .arg(root)
-        .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
-        .args([
-            "--registry-mirror",
-            &format!("*={}", reg.endpoint()),
-            "--registry-fallback=false",
-        ])
-        .args(["--cgroup-root", &cgroup_root()])
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("kubelet.log"))
         .unwrap();
-    Node {
+    let child =
+        w.ns.command(binary("kubelet"))
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig())
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--root-dir")
+            .arg(root)
+            .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
+            .args([
+                "--registry-mirror",
+                &format!("*={}", reg.endpoint()),
+                "--registry-fallback=false",
+            ])
+            .args(["--cgroup-root", &cgroup_root()])
+            .arg("--cni-conf-dir")
+            .arg(root.join("net.d"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+    let node = Node {
         child,
         root: root.to_path_buf(),
-    }
+    };
+    // The pod network's range, as the node IPAM controller would assign it.
+    wait_for(
+        "the node to register",
+        30,
+        || api.kubectl(&["get", "node", "node-1"]).is_ok(),
+        &node,
+    );
+    api.ok(&[
+        "patch",
+        "node",
+        "node-1",
+        "-p",
+        r#"{"spec":{"podCIDR":"10.244.1.0/24","podCIDRs":["10.244.1.0/24"]}}"#,
+    ]);
+    node
 }
 
 fn pod(api: &ApiServer, name: &str) -> Value {
@@ -152,21 +203,29 @@ fn run(api: &ApiServer, name: &str, restart: &str, args: &[&str]) {
 
 #[test]
 fn pods_run_exit_restart_and_go() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(&dir.path().join("api"));
-    let reg = LocalRegistry::start(&dir.path().join("registry"));
-    reg.push_busybox(&["latest"]);
-    let node = start_node(&api, &reg, &dir.path().join("kubelet"));
+    let w = world();
+    let api = &w.api;
+    let node = start_node(&w, &w.dir.path().join("kubelet"));
+    // With a podCIDR and the plugins, the pod network is up and the node Ready.
+    wait_for(
+        "the node to be Ready",
+        30,
+        || {
+            api.kubectl(&["get", "node", "node-1", "--no-headers"])
+                .is_ok_and(|out| out.split_whitespace().nth(1) == Some("Ready"))
+        },
+        &node,
+    );
 
     // A pod that prints and exits: Succeeded, its output in the CRI log.
-    run(&api, "hello", "Never", &["sh", "-c", "echo hello world"]);
+    run(api, "hello", "Never", &["sh", "-c", "echo hello world"]);
     wait_for(
         "hello to succeed",
         60,
-        || pod(&api, "hello")["status"]["phase"] == "Succeeded",
+        || pod(api, "hello")["status"]["phase"] == "Succeeded",
         &node,
     );
-    let p = pod(&api, "hello");
+    let p = pod(api, "hello");
     let cs = &p["status"]["containerStatuses"][0];
     assert_eq!(cs["state"]["terminated"]["reason"], "Completed");
     assert_eq!(cs["state"]["terminated"]["exitCode"], 0);
@@ -219,31 +278,31 @@ fn pods_run_exit_restart_and_go() {
     );
 
     // A failing pod that is never restarted: Failed, with the exit code.
-    run(&api, "fails", "Never", &["sh", "-c", "exit 3"]);
+    run(api, "fails", "Never", &["sh", "-c", "exit 3"]);
     wait_for(
         "fails to fail",
         30,
-        || pod(&api, "fails")["status"]["phase"] == "Failed",
+        || pod(api, "fails")["status"]["phase"] == "Failed",
         &node,
     );
-    let t = &pod(&api, "fails")["status"]["containerStatuses"][0]["state"]["terminated"];
+    let t = &pod(api, "fails")["status"]["containerStatuses"][0]["state"]["terminated"];
     assert_eq!(
         (t["reason"].as_str(), t["exitCode"].as_i64()),
         (Some("Error"), Some(3))
     );
 
     // A failing pod that is always restarted: CrashLoopBackOff with the last exit.
-    run(&api, "crash", "Always", &["sh", "-c", "exit 1"]);
+    run(api, "crash", "Always", &["sh", "-c", "exit 1"]);
     wait_for(
         "crash to back off",
         30,
         || {
-            pod(&api, "crash")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+            pod(api, "crash")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
                 == "CrashLoopBackOff"
         },
         &node,
     );
-    let cs = &pod(&api, "crash")["status"]["containerStatuses"][0];
+    let cs = &pod(api, "crash")["status"]["containerStatuses"][0];
     assert_eq!(cs["lastState"]["terminated"]["exitCode"], 1);
     assert!(api
         .ok(&["get", "pod", "crash", "--no-headers"])
@@ -261,7 +320,7 @@ fn pods_run_exit_restart_and_go() {
         "the pull to fail",
         30,
         || {
-            let r = pod(&api, "noimage")["status"]["containerStatuses"][0]["state"]["waiting"]
+            let r = pod(api, "noimage")["status"]["containerStatuses"][0]["state"]["waiting"]
                 ["reason"]
                 .clone();
             r == "ErrImagePull" || r == "ImagePullBackOff"
@@ -271,14 +330,14 @@ fn pods_run_exit_restart_and_go() {
 
     // A long-running pod: Running and ready; deleted gracefully (busybox as PID 1
     // ignores SIGTERM, so the grace period ends in SIGKILL).
-    run(&api, "sleeper", "Always", &["sleep", "3600"]);
+    run(api, "sleeper", "Always", &["sleep", "3600"]);
     wait_for(
         "sleeper to run",
         30,
-        || pod(&api, "sleeper")["status"]["phase"] == "Running",
+        || pod(api, "sleeper")["status"]["phase"] == "Running",
         &node,
     );
-    let p = pod(&api, "sleeper");
+    let p = pod(api, "sleeper");
     assert_eq!(p["status"]["containerStatuses"][0]["ready"], true);
     let ready = p["status"]["conditions"]
         .as_array()
@@ -311,6 +370,50 @@ fn pods_run_exit_restart_and_go() {
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&sleeper_uid), "no mount of the pod left");
+
+    // Pods reach each other over the pod network.
+    run(api, "web", "Always", &["sh", "-c", "busybox mkdir -p /www && echo hi-from-web > /www/index.html && exec busybox httpd -f -p 8080 -h /www"]);
+    wait_for(
+        "web to run",
+        30,
+        || pod(api, "web")["status"]["phase"] == "Running",
+        &node,
+    );
+    let ip = pod(api, "web")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(ip.starts_with("10.244.1."), "pod IP {ip} from the podCIDR");
+    assert!(api
+        .ok(&["get", "pod", "web", "-o", "wide", "--no-headers"])
+        .contains(&ip));
+    run(
+        api,
+        "client",
+        "Never",
+        &["sh", "-c", &format!("busybox wget -qO- http://{ip}:8080/")],
+    );
+    wait_for(
+        "the client to finish",
+        30,
+        || {
+            let ph = pod(api, "client")["status"]["phase"].clone();
+            ph == "Succeeded" || ph == "Failed"
+        },
+        &node,
+    );
+    let client_ip = pod(api, "client")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(client_ip, ip);
+    let logs = std::fs::read_to_string(node.root.join(format!(
+        "logs/default_client_{}/client/0.log",
+        pod(api, "client")["metadata"]["uid"].as_str().unwrap()
+    )))
+    .unwrap_or_default();
+    assert!(logs.contains("stdout F hi-from-web"), "{logs}");
+    assert_eq!(pod(api, "client")["status"]["phase"], "Succeeded");
 
     // Deleting the rest cleans the node up completely.
     api.ok(&[
@@ -358,29 +461,39 @@ fn pods_run_exit_restart_and_go() {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
     assert!(left.is_empty(), "pod cgroups left: {left:?}");
+    // Every address went back to the allocator.
+    let allocated: Vec<String> = std::fs::read_dir(node.root.join("cni/networks/ferrokube"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("10."))
+        .collect();
+    assert!(
+        allocated.is_empty(),
+        "addresses still allocated: {allocated:?}"
+    );
 }
 
 #[test]
 fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(&dir.path().join("api"));
-    let reg = LocalRegistry::start(&dir.path().join("registry"));
-    reg.push_busybox(&["latest"]);
-    let root = dir.path().join("kubelet");
-    let mut node = start_node(&api, &reg, &root);
-    run(&api, "keeper", "Always", &["sleep", "3600"]);
-    run(&api, "goner", "Always", &["sleep", "3600"]);
+    let w = world();
+    let (api, reg) = (&w.api, &w.reg);
+    let root = w.dir.path().join("kubelet");
+    let mut node = start_node(&w, &root);
+    run(api, "keeper", "Always", &["sleep", "3600"]);
+    run(api, "goner", "Always", &["sleep", "3600"]);
     wait_for(
         "both to run",
         60,
         || {
-            pod(&api, "keeper")["status"]["phase"] == "Running"
-                && pod(&api, "goner")["status"]["phase"] == "Running"
+            pod(api, "keeper")["status"]["phase"] == "Running"
+                && pod(api, "goner")["status"]["phase"] == "Running"
         },
         &node,
     );
-    let before = pod(&api, "keeper")["status"]["containerStatuses"][0]["containerID"].clone();
-    let goner_uid = pod(&api, "goner")["metadata"]["uid"]
+    let before = pod(api, "keeper")["status"]["containerStatuses"][0]["containerID"].clone();
+    let goner_uid = pod(api, "goner")["metadata"]["uid"]
         .as_str()
         .unwrap()
         .to_string();
@@ -405,24 +518,27 @@ fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
     // A pod deleted while the kubelet is away (forced: nobody is there to finish it).
     api.ok(&["delete", "pod", "goner", "--grace-period=0", "--force"]);
     // Back again: the same container, no restart, and the deleted pod's traces gone.
-    node.child = Command::new(binary("kubelet"))
-        .arg("--kubeconfig")
-        .arg(api.kubeconfig())
-        .arg("--config")
-        .arg(root.join("config.yaml"))
-        .arg("--root-dir")
-        .arg(&root)
-        .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
-        .args([
-            "--registry-mirror",
-            &format!("*={}", reg.endpoint()),
-            "--registry-fallback=false",
-        ])
-        .args(["--cgroup-root", &cgroup_root()])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(root.join("kubelet2.log")).unwrap())
-        .spawn()
-        .unwrap();
+    node.child =
+        w.ns.command(binary("kubelet"))
+            .arg("--kubeconfig")
+            .arg(api.kubeconfig())
+            .arg("--config")
+            .arg(root.join("config.yaml"))
+            .arg("--root-dir")
+            .arg(&root)
+            .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
+            .args([
+                "--registry-mirror",
+                &format!("*={}", reg.endpoint()),
+                "--registry-fallback=false",
+            ])
+            .args(["--cgroup-root", &cgroup_root()])
+            .arg("--cni-conf-dir")
+            .arg(root.join("net.d"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(root.join("kubelet2.log")).unwrap())
+            .spawn()
+            .unwrap();
     wait_for(
         "the gone pod's cleanup",
         30,
@@ -430,7 +546,7 @@ fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
         &node,
     );
     std::thread::sleep(Duration::from_secs(2));
-    let p = pod(&api, "keeper");
+    let p = pod(api, "keeper");
     assert_eq!(p["status"]["containerStatuses"][0]["containerID"], before);
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(p["status"]["phase"], "Running");
@@ -451,12 +567,10 @@ fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
 
 #[test]
 fn static_pods_and_their_mirrors() {
-    let dir = tempfile::tempdir().unwrap();
-    let api = ApiServer::start(&dir.path().join("api"));
-    let reg = LocalRegistry::start(&dir.path().join("registry"));
-    reg.push_busybox(&["latest"]);
-    let root = dir.path().join("kubelet");
-    let node = start_node(&api, &reg, &root);
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    let node = start_node(&w, &root);
     let manifest = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: web\n  namespace: kube-system\nspec:\n  containers:\n  - name: web\n    image: busybox\n    command: [sleep, '3600']\n";
     std::fs::write(root.join("manifests/web.yaml"), manifest).unwrap();
     let get = || -> Option<Value> {

@@ -13,6 +13,7 @@ use std::time::Duration;
 use ferrokube_client::{Api, Client, Config, Informer, ListParams};
 use ferrokube_images::{ImageStore, Mirrors};
 use ferrokube_kubelet::config::KubeletConfiguration;
+use ferrokube_kubelet::network::Cni;
 use ferrokube_kubelet::node::{self, NodeConfig};
 use ferrokube_kubelet::pods::Pods;
 use k8s_openapi::api::core::v1::Pod;
@@ -47,6 +48,12 @@ struct Args {
     /// cgroupfs or systemd (overrides cgroupDriver).
     #[arg(long)]
     cgroup_driver: Option<String>,
+    /// CNI network configurations.
+    #[arg(long, default_value = "/etc/cni/net.d")]
+    cni_conf_dir: PathBuf,
+    /// CNI plugins (Debian's containernetworking-plugins install here).
+    #[arg(long, default_value = "/usr/lib/cni")]
+    cni_bin_dir: PathBuf,
     /// The cgroup all pod cgroups go under (`<root>/kubepods/...`).
     #[arg(long, default_value = "/")]
     cgroup_root: String,
@@ -159,6 +166,12 @@ async fn run() -> Result<()> {
     );
     pods.cgroup_root = args.cgroup_root.trim_end_matches('/').to_string();
     pods.static_pod_path = cfg.static_pod_path.clone();
+    let cni = Arc::new(Cni {
+        conf_dir: args.cni_conf_dir.clone(),
+        bin_dir: args.cni_bin_dir.clone(),
+        data_dir: args.root_dir.join("cni/networks"),
+    });
+    pods.cni = Some(cni.clone());
     let pods = Arc::new(pods);
     // The pods bound to this node, cached and watched.
     let mut informer = Informer::new(
@@ -182,7 +195,7 @@ async fn run() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = workers => {}
-        _ = node::run(client, node_cfg, || Some("cni plugin not initialized".to_string())) => {}
+        _ = node::run(client, node_cfg, cni) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),
     }

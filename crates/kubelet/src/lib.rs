@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod events;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod runtime;

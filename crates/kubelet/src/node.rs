@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use serde_json::json;
 
+use crate::network::Cni;
 use crate::Error;
 
 /// What the kubelet knows about its node.
@@ -241,14 +242,17 @@ pub async fn register(client: &Client, cfg: &NodeConfig) -> Result<Node, Error> 
 }
 
 /// Posts the node status.
-pub async fn post_status(
-    client: &Client,
-    cfg: &NodeConfig,
-    network: &Readiness,
-) -> Result<Node, Error> {
+/// With a podCIDR assigned, the pod network's configuration is written first (when there
+/// is none), so readiness reflects it.
+pub async fn post_status(client: &Client, cfg: &NodeConfig, cni: &Cni) -> Result<Node, Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let current = nodes.get(&cfg.name).await?;
-    let st = status(cfg, current.status.as_ref(), network);
+    if let Some(cidr) = current.spec.as_ref().and_then(|s| s.pod_cidr.as_deref()) {
+        if let Err(e) = cni.ensure_config(cidr) {
+            tracing::warn!("writing the CNI configuration: {e}");
+        }
+    }
+    let st = status(cfg, current.status.as_ref(), &cni.readiness());
     Ok(nodes
         .patch_status(&cfg.name, &Patch::Merge(json!({"status": st})))
         .await?)
@@ -294,8 +298,7 @@ pub async fn renew_lease(client: &Client, cfg: &NodeConfig, node_uid: &str) -> R
 }
 
 /// Registers, then keeps the status and the lease fresh until the task is dropped.
-/// `network` reports whether the pod network is ready.
-pub async fn run(client: Client, cfg: NodeConfig, network: impl Fn() -> Readiness + Send) {
+pub async fn run(client: Client, cfg: NodeConfig, cni: std::sync::Arc<Cni>) {
     let node = loop {
         match register(&client, &cfg).await {
             Ok(n) => break n,
@@ -313,7 +316,7 @@ pub async fn run(client: Client, cfg: NodeConfig, network: impl Fn() -> Readines
     loop {
         tokio::select! {
             _ = status_tick.tick() => {
-                if let Err(e) = post_status(&client, &cfg, &network()).await {
+                if let Err(e) = post_status(&client, &cfg, &cni).await {
                     tracing::warn!("posting node status: {e}");
                 }
             }

@@ -17,6 +17,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Precondition
 use serde_json::{json, Value};
 
 use crate::events::{Kind, Recorder};
+use crate::network::Cni;
 use crate::runtime::bundle::{self, ContainerSpec};
 use crate::runtime::rootfs;
 use crate::runtime::runc::Runc;
@@ -46,6 +47,8 @@ pub struct Pods {
     pub cgroup_root: String,
     /// The static pod manifests (`staticPodPath`).
     pub static_pod_path: Option<PathBuf>,
+    /// The pod network.
+    pub cni: Option<Arc<Cni>>,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
     events: Recorder,
@@ -78,6 +81,7 @@ impl Pods {
             shim_exe: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("kubelet")),
             cgroup_root: String::new(),
             static_pod_path: None,
+            cni: None,
             waiting: Default::default(),
         }
     }
@@ -179,6 +183,53 @@ impl Pods {
         }
     }
 
+    /// The hostPorts of a pod, as CNI port mappings.
+    fn port_mappings(pod: &Pod) -> Vec<Value> {
+        pod.spec
+            .iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .filter_map(|p| {
+                let host = p.host_port?;
+                Some(json!({"hostPort": host, "containerPort": p.container_port,
+                            "protocol": p.protocol.as_deref().unwrap_or("TCP").to_ascii_lowercase()}))
+            })
+            .collect()
+    }
+
+    /// Attaches the pod's network namespace to the pod network, once; the addresses are
+    /// kept in `network.json` under the pod's directory.
+    fn attach_network(&self, pod: &Pod, uid: &str, netns: &Path) -> Result<(), String> {
+        let record = self.pod_dir(uid).join("network.json");
+        if record.exists() {
+            return Ok(());
+        }
+        let Some(cni) = &self.cni else { return Ok(()) };
+        if let Some(why) = cni.readiness() {
+            return Err(format!("network is not ready: {why}"));
+        }
+        let ips = cni.add(uid, netns, &Self::port_mappings(pod))?;
+        std::fs::create_dir_all(self.pod_dir(uid)).map_err(|e| e.to_string())?;
+        let ips: Vec<String> = ips.iter().map(|i| i.to_string()).collect();
+        std::fs::write(
+            &record,
+            serde_json::to_vec(&json!({"ips": ips, "ports": Self::port_mappings(pod)}))
+                .unwrap_or_default(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    fn pod_ips(&self, uid: &str) -> Vec<String> {
+        std::fs::read(self.pod_dir(uid).join("network.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["ips"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|v| v.as_str().map(String::from))
+            .collect()
+    }
+
     /// Starts a container's next attempt.
     async fn start(
         &self,
@@ -251,7 +302,12 @@ impl Pods {
             cwd,
             hostname: pod.metadata.name.clone().unwrap_or_default(),
             tty: c.tty.unwrap_or(false),
-            net_ns: Some(netns.to_path_buf()),
+            net_ns: (!netns.as_os_str().is_empty()).then(|| netns.to_path_buf()),
+            host_network: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.host_network)
+                .unwrap_or(false),
             cgroups_path: format!(
                 "{}/kubepods/{}/pod{uid}/{id}",
                 self.cgroup_root,
@@ -356,6 +412,16 @@ impl Pods {
             for a in self.attempts(uid, &name) {
                 self.remove_attempt(uid, &name, a);
             }
+        }
+        if let (Some(cni), Ok(b)) = (
+            &self.cni,
+            std::fs::read(self.pod_dir(uid).join("network.json")),
+        ) {
+            let ports = serde_json::from_slice::<Value>(&b)
+                .ok()
+                .and_then(|v| v["ports"].as_array().cloned())
+                .unwrap_or_default();
+            cni.del(uid, &sandbox::netns_path(&self.root, uid), &ports);
         }
         let _ = sandbox::remove_netns(&self.root, uid);
         let base = self.cgroup_root.trim_start_matches('/');
@@ -514,8 +580,21 @@ impl Pods {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(pod, &api).await;
         }
-        let netns = sandbox::create_netns(&self.root, &uid)
-            .map_err(|e| crate::Error::Runtime(format!("pod network namespace: {e}")))?;
+        let host_network = spec.host_network.unwrap_or(false);
+        let netns = if host_network {
+            PathBuf::new()
+        } else {
+            let netns = sandbox::create_netns(&self.root, &uid)
+                .map_err(|e| crate::Error::Runtime(format!("pod network namespace: {e}")))?;
+            if let Err(msg) = self.attach_network(pod, &uid, &netns) {
+                let msg = format!("Failed to create pod sandbox: {msg}");
+                self.events
+                    .pod(pod, None, Kind::Warning, "FailedCreatePodSandBox", &msg)
+                    .await;
+                return Err(crate::Error::Runtime(msg));
+            }
+            netns
+        };
         let policy = spec
             .restart_policy
             .clone()
@@ -767,7 +846,18 @@ impl Pods {
             }
             c
         };
-        let status = json!({
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let ips = if host_network {
+            vec![self.node_ip.clone()]
+        } else {
+            self.pod_ips(&uid)
+        };
+        let mut status = json!({
             "phase": phase,
             "hostIP": self.node_ip,
             "hostIPs": [{"ip": self.node_ip}],
@@ -781,9 +871,14 @@ impl Pods {
             ],
             "containerStatuses": statuses,
         });
+        if let Some(first) = ips.first() {
+            status["podIP"] = json!(first);
+            status["podIPs"] = json!(ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>());
+        }
         // Only write when something other than timestamps changed.
         let old = serde_json::to_value(&prev).unwrap_or_default();
         let same = old["phase"] == status["phase"]
+            && old["podIP"] == status["podIP"]
             && strip_times(&old["containerStatuses"]) == strip_times(&status["containerStatuses"])
             && strip_times(&old["conditions"]) == strip_times(&status["conditions"]);
         if same {

@@ -18,6 +18,8 @@ pub struct ContainerSpec {
     pub tty: bool,
     /// Namespaces to join (paths); a missing one is created for the container.
     pub net_ns: Option<PathBuf>,
+    /// Stay in the node's network namespace (`hostNetwork`).
+    pub host_network: bool,
     pub ipc_ns: Option<PathBuf>,
     pub uts_ns: Option<PathBuf>,
     /// cgroup path (cgroupfs driver), e.g. `/kubepods/besteffort/pod<uid>/<id>`.
@@ -87,6 +89,15 @@ pub fn config(spec: &ContainerSpec) -> Value {
     if !cpu.is_empty() {
         resources["cpu"] = json!(cpu);
     }
+    let mut namespaces = vec![
+        json!({"type": "pid"}),
+        ns("ipc", &spec.ipc_ns),
+        ns("uts", &spec.uts_ns),
+        json!({"type": "mount"}),
+    ];
+    if !spec.host_network {
+        namespaces.push(ns("network", &spec.net_ns));
+    }
     json!({
         "ociVersion": "1.0.2",
         "process": {
@@ -102,13 +113,7 @@ pub fn config(spec: &ContainerSpec) -> Value {
         "hostname": spec.hostname,
         "mounts": mounts,
         "linux": {
-            "namespaces": [
-                {"type": "pid"},
-                ns("ipc", &spec.ipc_ns),
-                ns("uts", &spec.uts_ns),
-                {"type": "mount"},
-                ns("network", &spec.net_ns),
-            ],
+            "namespaces": namespaces,
             "cgroupsPath": spec.cgroups_path,
             "resources": resources,
             "maskedPaths": [
