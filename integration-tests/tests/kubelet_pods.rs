@@ -118,7 +118,7 @@ fn start_node(w: &World, root: &Path) -> Node {
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nstaticPodPath: {}\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\n",
             root.join("manifests").display()
         ),
     )
@@ -276,6 +276,36 @@ fn pods_run_exit_restart_and_go() {
         table.contains("0/1") && table.contains("Completed"),
         "{table}"
     );
+
+    // The pod's /etc files: cluster DNS and its own name and address.
+    run(
+        api,
+        "etc",
+        "Never",
+        &["cat", "/etc/resolv.conf", "/etc/hosts", "/etc/hostname"],
+    );
+    wait_for(
+        "etc to finish",
+        30,
+        || pod(api, "etc")["status"]["phase"] == "Succeeded",
+        &node,
+    );
+    let p = pod(api, "etc");
+    let log = std::fs::read_to_string(node.root.join(format!(
+        "logs/default_etc_{}/etc/0.log",
+        p["metadata"]["uid"].as_str().unwrap()
+    )))
+    .unwrap();
+    let ip = p["status"]["podIP"].as_str().unwrap();
+    for want in [
+        "stdout F search default.svc.cluster.local svc.cluster.local cluster.local",
+        "stdout F nameserver 10.96.0.10",
+        "stdout F options ndots:5",
+        "stdout F # Kubernetes-managed hosts file.",
+        &format!("stdout F {ip}\tetc"),
+    ] {
+        assert!(log.contains(want), "{want:?} missing from:\n{log}");
+    }
 
     // A failing pod that is never restarted: Failed, with the exit code.
     run(api, "fails", "Never", &["sh", "-c", "exit 3"]);

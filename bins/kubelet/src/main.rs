@@ -166,6 +166,8 @@ async fn run() -> Result<()> {
     );
     pods.cgroup_root = args.cgroup_root.trim_end_matches('/').to_string();
     pods.static_pod_path = cfg.static_pod_path.clone();
+    pods.cluster_dns = cfg.cluster_dns.clone();
+    pods.cluster_domain = cfg.cluster_domain.clone();
     let cni = Arc::new(Cni {
         conf_dir: args.cni_conf_dir.clone(),
         bin_dir: args.cni_bin_dir.clone(),

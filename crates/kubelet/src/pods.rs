@@ -49,6 +49,9 @@ pub struct Pods {
     pub static_pod_path: Option<PathBuf>,
     /// The pod network.
     pub cni: Option<Arc<Cni>>,
+    /// Cluster DNS servers and domain (`clusterDNS`, `clusterDomain`).
+    pub cluster_dns: Vec<String>,
+    pub cluster_domain: String,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
     events: Recorder,
@@ -82,6 +85,8 @@ impl Pods {
             cgroup_root: String::new(),
             static_pod_path: None,
             cni: None,
+            cluster_dns: Vec::new(),
+            cluster_domain: "cluster.local".into(),
             waiting: Default::default(),
         }
     }
@@ -181,6 +186,107 @@ impl Pods {
                 }
             }
         }
+    }
+
+    /// The pod's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`, written under its
+    /// directory as upstream's kubelet writes them, as bind mounts.
+    fn etc_files(&self, pod: &Pod) -> std::io::Result<Vec<(String, PathBuf, bool)>> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let dir = self.pod_dir(&uid).join("etc");
+        std::fs::create_dir_all(&dir)?;
+        let host_network = spec.host_network.unwrap_or(false);
+        let hostname = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| pod.metadata.name.clone().unwrap_or_default());
+        let mut binds = Vec::new();
+        // hosts
+        if !host_network {
+            let mut hosts = String::from("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\nfe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n");
+            for ip in self.pod_ips(&uid) {
+                match &spec.subdomain {
+                    Some(sub) if !sub.is_empty() => hosts.push_str(&format!(
+                        "{ip}\t{hostname}.{sub}.{ns}.svc.{}\t{hostname}\n",
+                        self.cluster_domain
+                    )),
+                    _ => hosts.push_str(&format!("{ip}\t{hostname}\n")),
+                }
+            }
+            if let Some(aliases) = &spec.host_aliases {
+                hosts.push_str("\n# Entries added by HostAliases.\n");
+                for a in aliases {
+                    hosts.push_str(&format!(
+                        "{}\t{}\n",
+                        a.ip,
+                        a.hostnames.clone().unwrap_or_default().join("\t")
+                    ));
+                }
+            }
+            std::fs::write(dir.join("hosts"), hosts)?;
+            binds.push(("/etc/hosts".to_string(), dir.join("hosts"), false));
+            std::fs::write(dir.join("hostname"), format!("{hostname}\n"))?;
+            binds.push(("/etc/hostname".to_string(), dir.join("hostname"), false));
+        }
+        // resolv.conf
+        let policy = spec
+            .dns_policy
+            .clone()
+            .unwrap_or_else(|| "ClusterFirst".into());
+        let cluster =
+            (policy == "ClusterFirst" && !host_network) || policy == "ClusterFirstWithHostNet";
+        let mut servers: Vec<String> = Vec::new();
+        let mut searches: Vec<String> = Vec::new();
+        let mut options: Vec<String> = Vec::new();
+        if cluster && !self.cluster_dns.is_empty() {
+            servers = self.cluster_dns.clone();
+            let d = &self.cluster_domain;
+            searches = vec![format!("{ns}.svc.{d}"), format!("svc.{d}"), d.clone()];
+            options.push("ndots:5".into());
+        } else if policy != "None" {
+            // Default (and ClusterFirst without cluster DNS, as upstream falls back): the
+            // node's resolver settings.
+            let node = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            for l in node.lines() {
+                let mut w = l.split_whitespace();
+                match w.next() {
+                    Some("nameserver") => servers.extend(w.next().map(String::from)),
+                    Some("search") => searches.extend(w.map(String::from)),
+                    Some("options") => options.extend(w.map(String::from)),
+                    _ => {}
+                }
+            }
+        }
+        if let Some(cfg) = &spec.dns_config {
+            servers.extend(cfg.nameservers.clone().unwrap_or_default());
+            searches.extend(cfg.searches.clone().unwrap_or_default());
+            for o in cfg.options.iter().flatten() {
+                let name = o.name.clone().unwrap_or_default();
+                options.retain(|x| x.split(':').next() != Some(name.as_str()));
+                options.push(match &o.value {
+                    Some(v) => format!("{name}:{v}"),
+                    None => name,
+                });
+            }
+        }
+        let mut resolv = String::new();
+        if !searches.is_empty() {
+            resolv.push_str(&format!("search {}\n", searches.join(" ")));
+        }
+        for s in servers.iter().take(3) {
+            resolv.push_str(&format!("nameserver {s}\n"));
+        }
+        if !options.is_empty() {
+            resolv.push_str(&format!("options {}\n", options.join(" ")));
+        }
+        std::fs::write(dir.join("resolv.conf"), resolv)?;
+        binds.push((
+            "/etc/resolv.conf".to_string(),
+            dir.join("resolv.conf"),
+            false,
+        ));
+        Ok(binds)
     }
 
     /// The hostPorts of a pod, as CNI port mappings.
@@ -296,7 +402,14 @@ impl Pods {
             .and_then(|l| l.get("memory"))
             .and_then(|q| ferrokube_api::quantity::Quantity::parse(&q.0).ok())
             .map(|q| q.value() as i64);
+        let binds = self.etc_files(pod).map_err(|e| {
+            (
+                "CreateContainerError".to_string(),
+                format!("pod /etc files: {e}"),
+            )
+        })?;
         let spec = ContainerSpec {
+            binds,
             args,
             env,
             cwd,
