@@ -321,6 +321,28 @@ fn pods_run_exit_restart_and_go() {
         (Some("Error"), Some(3))
     );
 
+    // Over its memory limit: killed by the kernel, reported as OOMKilled; the limits
+    // reach the container's cgroup.
+    api.ok(&[
+        "run",
+        "hog",
+        "--image=busybox",
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1","containers":[{"name":"hog","image":"busybox","command":["busybox","dd","if=/dev/zero","of=/dev/null","bs=64M","count=1"],"resources":{"limits":{"memory":"16Mi","cpu":"250m"}}}]}}"#,
+    ]);
+    wait_for(
+        "hog to fail",
+        30,
+        || pod(api, "hog")["status"]["phase"] == "Failed",
+        &node,
+    );
+    let t = &pod(api, "hog")["status"]["containerStatuses"][0]["state"]["terminated"];
+    assert_eq!(
+        (t["reason"].as_str(), t["exitCode"].as_i64()),
+        (Some("OOMKilled"), Some(137)),
+        "{t}"
+    );
+
     // A failing pod that is always restarted: CrashLoopBackOff with the last exit.
     run(api, "crash", "Always", &["sh", "-c", "exit 1"]);
     wait_for(

@@ -52,6 +52,9 @@ async fn ensure(
     match res.create(&r, &call).await {
         Ok(_) => Ok(()),
         Err(e) if e.reason() == "AlreadyExists" => Ok(()),
+        // Another API server starting at the same time made it first (the Service's
+        // IP is then taken by it): fine.
+        Err(_) if res.objects.get(&key).await?.is_some() => Ok(()),
         Err(e) => {
             tracing::error!(?e, "bootstrap object {plural}/{name}");
             Err(e)

@@ -126,7 +126,19 @@ impl ApiServer {
         advertise: std::net::IpAddr,
         port: u16,
     ) -> Result<(), StatusError> {
-        crate::bootstrap::run(&self.resources, advertise, port).await?;
+        // Members of a new store group elect a leader first: retry a while on timeouts.
+        let mut attempt = 0;
+        loop {
+            match crate::bootstrap::run(&self.resources, advertise, port).await {
+                Ok(()) => break,
+                Err(e) if attempt < 20 && matches!(e.code(), 500 | 503 | 504) => {
+                    attempt += 1;
+                    tracing::info!("bootstrap not done yet ({e}); retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         // Custom resources are served from the first request on, then kept current.
         crate::crds::reconcile(&self.resources).await?;
         tokio::spawn(crate::crds::run(self.resources.clone()));

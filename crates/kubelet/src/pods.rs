@@ -402,6 +402,27 @@ impl Pods {
             .and_then(|l| l.get("memory"))
             .and_then(|q| ferrokube_api::quantity::Quantity::parse(&q.0).ok())
             .map(|q| q.value() as i64);
+        // CPU: shares from the request (2 at least, as upstream), quota from the limit.
+        let milli = |which: &str| {
+            c.resources
+                .as_ref()
+                .and_then(|r| {
+                    if which == "requests" {
+                        r.requests.as_ref()
+                    } else {
+                        r.limits.as_ref()
+                    }
+                })
+                .and_then(|m| m.get("cpu"))
+                .and_then(|q| ferrokube_api::quantity::Quantity::parse(&q.0).ok())
+                .map(|q| q.milli_value() as i64)
+        };
+        let cpu_shares = Some(
+            milli("requests")
+                .or(milli("limits"))
+                .map_or(2, |m| ((m * 1024) / 1000).max(2)) as u64,
+        );
+        let cpu_quota = milli("limits").map(|m| (m * 100).max(1000));
         let binds = self.etc_files(pod).map_err(|e| {
             (
                 "CreateContainerError".to_string(),
@@ -427,6 +448,8 @@ impl Pods {
                 qos.to_ascii_lowercase()
             ),
             memory_limit,
+            cpu_shares,
+            cpu_quota,
             ..Default::default()
         };
         std::fs::create_dir_all(&dir)
@@ -787,6 +810,8 @@ impl Pods {
     fn terminated(id: &str, exit: &Exit, started: &str) -> Value {
         let reason = if exit.error.is_some() {
             "StartError"
+        } else if exit.oom_killed {
+            "OOMKilled"
         } else if exit.exit_code == 0 {
             "Completed"
         } else {

@@ -60,6 +60,39 @@ pub struct Exit {
     pub finished_at: String,
     /// Set when runc could not create or start the container.
     pub error: Option<String>,
+    /// The kernel's OOM killer ended it (its memory cgroup counted a kill).
+    #[serde(default)]
+    pub oom_killed: bool,
+}
+
+/// How many OOM kills a container's memory cgroup saw (cgroup v2 `memory.events`, v1
+/// `memory.oom_control`); 0 when unknown.
+fn oom_kills(bundle: &Path) -> u64 {
+    let cgroup = std::fs::read(bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v["linux"]["cgroupsPath"].as_str().map(String::from))
+        .unwrap_or_default();
+    let rel = cgroup.trim_start_matches('/');
+    let read_counter = |path: PathBuf, key: &str| -> Option<u64> {
+        std::fs::read_to_string(path)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+    };
+    read_counter(
+        Path::new("/sys/fs/cgroup").join(rel).join("memory.events"),
+        "oom_kill ",
+    )
+    .or_else(|| {
+        read_counter(
+            Path::new("/sys/fs/cgroup/memory")
+                .join(rel)
+                .join("memory.oom_control"),
+            "oom_kill ",
+        )
+    })
+    .unwrap_or(0)
 }
 
 fn now_nanos() -> String {
@@ -115,6 +148,7 @@ pub fn run(a: &ShimArgs) -> i32 {
                 started_at: None,
                 finished_at: now_nanos(),
                 error: Some(msg),
+                oom_killed: false,
             },
         );
         1
@@ -178,9 +212,12 @@ pub fn run(a: &ShimArgs) -> i32 {
     for r in readers {
         let _ = r.join();
     }
+    // Read before runc deletes the cgroup.
+    let oom_killed = oom_kills(&a.bundle) > 0;
     write_exit(
         &a.exit_file,
         &Exit {
+            oom_killed,
             exit_code: code,
             signal,
             started_at: Some(started),
