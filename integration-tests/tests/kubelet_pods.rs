@@ -307,6 +307,50 @@ fn pods_run_exit_restart_and_go() {
         assert!(log.contains(want), "{want:?} missing from:\n{log}");
     }
 
+    // securityContext: users and groups, a read-only root, no capabilities.
+    api.ok(&[
+        "run",
+        "secure",
+        "--image=busybox",
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1","securityContext":{"runAsUser":1000,"runAsGroup":3000,"supplementalGroups":[4000]},"containers":[{"name":"secure","image":"busybox","command":["sh","-c","busybox id; echo x > /file || echo read-only"],"securityContext":{"readOnlyRootFilesystem":true,"allowPrivilegeEscalation":false,"capabilities":{"drop":["ALL"]}}}]}}"#,
+    ]);
+    wait_for(
+        "secure to finish",
+        30,
+        || pod(api, "secure")["status"]["phase"] == "Succeeded",
+        &node,
+    );
+    let log = std::fs::read_to_string(node.root.join(format!(
+        "logs/default_secure_{}/secure/0.log",
+        pod(api, "secure")["metadata"]["uid"].as_str().unwrap()
+    )))
+    .unwrap();
+    assert!(
+        log.contains("uid=1000 gid=3000") && log.contains("4000"),
+        "{log}"
+    );
+    assert!(log.contains("stdout F read-only"), "{log}");
+    // runAsNonRoot with an image that runs as root: refused before it starts.
+    api.ok(&[
+        "run",
+        "rootless",
+        "--image=busybox",
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1","securityContext":{"runAsNonRoot":true}}}"#,
+        "--",
+        "true",
+    ]);
+    wait_for(
+        "rootless to be refused",
+        30,
+        || {
+            pod(api, "rootless")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        },
+        &node,
+    );
+
     // A failing pod that is never restarted: Failed, with the exit code.
     run(api, "fails", "Never", &["sh", "-c", "exit 3"]);
     wait_for(

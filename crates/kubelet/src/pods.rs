@@ -402,6 +402,50 @@ impl Pods {
             .and_then(|l| l.get("memory"))
             .and_then(|q| ferrokube_api::quantity::Quantity::parse(&q.0).ok())
             .map(|q| q.value() as i64);
+        // Who the process runs as: the image's user, overridden by the securityContexts.
+        let psc = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.security_context.clone())
+            .unwrap_or_default();
+        let csc = c.security_context.clone().unwrap_or_default();
+        let (mut uid_n, mut gid_n) =
+            image_user(cfg["config"]["User"].as_str().unwrap_or_default(), &layers);
+        if let Some(u) = csc.run_as_user.or(psc.run_as_user) {
+            uid_n = u as u32;
+        }
+        if let Some(g) = csc.run_as_group.or(psc.run_as_group) {
+            gid_n = g as u32;
+        }
+        if csc.run_as_non_root.or(psc.run_as_non_root) == Some(true) && uid_n == 0 {
+            let who = format!(
+                "(pod: \"{}_{}({uid})\", container: {})",
+                pod.metadata.name.as_deref().unwrap_or_default(),
+                pod.metadata.namespace.as_deref().unwrap_or_default(),
+                c.name
+            );
+            let msg = if csc.run_as_user.or(psc.run_as_user).is_some() {
+                format!("container's runAsUser breaks non-root policy {who}")
+            } else {
+                format!("container has runAsNonRoot and image will run as root {who}")
+            };
+            return Err(("CreateContainerConfigError".into(), msg));
+        }
+        let mut additional_gids: Vec<u32> = psc
+            .supplemental_groups
+            .iter()
+            .flatten()
+            .map(|g| *g as u32)
+            .collect();
+        if let Some(fs) = psc.fs_group {
+            additional_gids.push(fs as u32);
+        }
+        let capabilities = csc.capabilities.as_ref().map(|caps| {
+            bundle::capabilities(
+                &caps.add.clone().unwrap_or_default(),
+                &caps.drop.clone().unwrap_or_default(),
+            )
+        });
         // CPU: shares from the request (2 at least, as upstream), quota from the limit.
         let milli = |which: &str| {
             c.resources
@@ -450,6 +494,13 @@ impl Pods {
             memory_limit,
             cpu_shares,
             cpu_quota,
+            uid: uid_n,
+            gid: gid_n,
+            additional_gids,
+            capabilities,
+            no_new_privileges: csc.allow_privilege_escalation == Some(false),
+            privileged: csc.privileged.unwrap_or(false),
+            readonly_rootfs: csc.read_only_root_filesystem.unwrap_or(false),
             ..Default::default()
         };
         std::fs::create_dir_all(&dir)
@@ -1088,6 +1139,47 @@ impl Pods {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+/// The image's `User` (`uid`, `uid:gid`, or a name looked up in the image's
+/// `/etc/passwd`) as numbers; root when unset or unknown.
+fn image_user(user: &str, layers: &[PathBuf]) -> (u32, u32) {
+    if user.is_empty() {
+        return (0, 0);
+    }
+    let (u, g) = user
+        .split_once(':')
+        .map_or((user, None), |(u, g)| (u, Some(g)));
+    let passwd: String = layers
+        .iter()
+        .rev()
+        .find_map(|l| std::fs::read_to_string(l.join("etc/passwd")).ok())
+        .unwrap_or_default();
+    let lookup = |name: &str| -> Option<(u32, u32)> {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.first() != Some(&name) {
+                return None;
+            }
+            Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+        })
+    };
+    let (uid, pgid) = match u.parse::<u32>() {
+        Ok(n) => (n, passwd_gid(&passwd, n).unwrap_or(0)),
+        Err(_) => lookup(u).unwrap_or((0, 0)),
+    };
+    let gid = g.and_then(|g| g.parse().ok()).unwrap_or(pgid);
+    (uid, gid)
+}
+
+fn passwd_gid(passwd: &str, uid: u32) -> Option<u32> {
+    passwd.lines().find_map(|l| {
+        let f: Vec<&str> = l.split(':').collect();
+        if f.get(2)?.parse::<u32>().ok()? != uid {
+            return None;
+        }
+        f.get(3)?.parse().ok()
+    })
 }
 
 fn strip_times(v: &Value) -> Value {

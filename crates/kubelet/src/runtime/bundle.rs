@@ -30,6 +30,87 @@ pub struct ContainerSpec {
     pub readonly_rootfs: bool,
     /// Extra bind mounts: (destination, source, read-only).
     pub binds: Vec<(String, PathBuf, bool)>,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
+    /// Capabilities; `None` is the default set.
+    pub capabilities: Option<Vec<String>>,
+    pub no_new_privileges: bool,
+    /// All capabilities and devices, nothing masked, `/sys` writable.
+    pub privileged: bool,
+}
+
+/// Every capability (for privileged containers).
+pub const ALL_CAPS: &[&str] = &[
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_DAC_READ_SEARCH",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETPCAP",
+    "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST",
+    "CAP_NET_ADMIN",
+    "CAP_NET_RAW",
+    "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER",
+    "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO",
+    "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT",
+    "CAP_SYS_ADMIN",
+    "CAP_SYS_BOOT",
+    "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME",
+    "CAP_SYS_TTY_CONFIG",
+    "CAP_MKNOD",
+    "CAP_LEASE",
+    "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL",
+    "CAP_SETFCAP",
+    "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN",
+    "CAP_SYSLOG",
+    "CAP_WAKE_ALARM",
+    "CAP_BLOCK_SUSPEND",
+    "CAP_AUDIT_READ",
+];
+
+/// The capability set of a container: the default set, with Kubernetes' `add` and
+/// `drop` (names without the `CAP_` prefix; `ALL` drops or adds everything).
+pub fn capabilities(add: &[String], drop: &[String]) -> Vec<String> {
+    let norm = |c: &String| {
+        let u = c.to_ascii_uppercase();
+        if u.starts_with("CAP_") {
+            u
+        } else {
+            format!("CAP_{u}")
+        }
+    };
+    let mut caps: Vec<String> = if drop.iter().any(|d| d.eq_ignore_ascii_case("ALL")) {
+        Vec::new()
+    } else {
+        let dropped: Vec<String> = drop.iter().map(norm).collect();
+        DEFAULT_CAPS
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !dropped.contains(c))
+            .collect()
+    };
+    if add.iter().any(|a| a.eq_ignore_ascii_case("ALL")) {
+        return ALL_CAPS.iter().map(|c| c.to_string()).collect();
+    }
+    for a in add.iter().map(norm) {
+        if !caps.contains(&a) {
+            caps.push(a);
+        }
+    }
+    caps
 }
 
 /// Docker's default capability set (what containers get unless they ask otherwise).
@@ -73,8 +154,14 @@ pub fn config(spec: &ContainerSpec) -> Value {
         mounts
             .push(json!({"destination": dest, "type": "bind", "source": src, "options": options}));
     }
-    let caps: Vec<&str> = DEFAULT_CAPS.to_vec();
-    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let caps: Vec<String> = if spec.privileged {
+        ALL_CAPS.iter().map(|c| c.to_string()).collect()
+    } else {
+        spec.capabilities
+            .clone()
+            .unwrap_or_else(|| DEFAULT_CAPS.iter().map(|c| c.to_string()).collect())
+    };
+    let mut resources = json!({"devices": [{"allow": spec.privileged, "access": "rwm"}]});
     if let Some(m) = spec.memory_limit {
         resources["memory"] = json!({"limit": m});
     }
@@ -89,6 +176,36 @@ pub fn config(spec: &ContainerSpec) -> Value {
     if !cpu.is_empty() {
         resources["cpu"] = json!(cpu);
     }
+    let (masked, readonly): (Vec<&str>, Vec<&str>) = if spec.privileged {
+        (vec![], vec![])
+    } else {
+        (
+            vec![
+                "/proc/acpi",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/proc/scsi",
+                "/sys/firmware",
+            ],
+            vec![
+                "/proc/asound",
+                "/proc/bus",
+                "/proc/fs",
+                "/proc/irq",
+                "/proc/sys",
+                "/proc/sysrq-trigger",
+            ],
+        )
+    };
+    if spec.privileged {
+        if let Some(sys) = mounts.iter_mut().find(|m| m["destination"] == "/sys") {
+            sys["options"] = json!(["nosuid", "noexec", "nodev", "rw"]);
+        }
+    }
     let mut namespaces = vec![
         json!({"type": "pid"}),
         ns("ipc", &spec.ipc_ns),
@@ -102,12 +219,12 @@ pub fn config(spec: &ContainerSpec) -> Value {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": spec.tty,
-            "user": {"uid": spec.uid, "gid": spec.gid},
+            "user": {"uid": spec.uid, "gid": spec.gid, "additionalGids": spec.additional_gids},
             "args": spec.args,
             "env": spec.env,
             "cwd": if spec.cwd.is_empty() { "/" } else { spec.cwd.as_str() },
             "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
-            "noNewPrivileges": false,
+            "noNewPrivileges": spec.no_new_privileges,
         },
         "root": {"path": "rootfs", "readonly": spec.readonly_rootfs},
         "hostname": spec.hostname,
@@ -116,11 +233,8 @@ pub fn config(spec: &ContainerSpec) -> Value {
             "namespaces": namespaces,
             "cgroupsPath": spec.cgroups_path,
             "resources": resources,
-            "maskedPaths": [
-                "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
-                "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
-            ],
-            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "maskedPaths": masked,
+            "readonlyPaths": readonly,
         },
     })
 }
@@ -155,5 +269,22 @@ mod tests {
         assert_eq!(c["linux"]["resources"]["memory"]["limit"], 64 << 20);
         assert_eq!(c["linux"]["resources"]["cpu"]["quota"], 50_000);
         assert_eq!(c["process"]["cwd"], "/");
+        let caps = capabilities(&["net_admin".into()], &["CHOWN".into()]);
+        assert!(
+            caps.contains(&"CAP_NET_ADMIN".to_string()) && !caps.contains(&"CAP_CHOWN".to_string())
+        );
+        assert!(capabilities(&[], &["ALL".into()]).is_empty());
+        let p = config(&ContainerSpec {
+            privileged: true,
+            ..Default::default()
+        });
+        assert_eq!(p["linux"]["maskedPaths"], json!([]));
+        assert!(
+            p["process"]["capabilities"]["bounding"]
+                .as_array()
+                .unwrap()
+                .len()
+                > 30
+        );
     }
 }
