@@ -351,6 +351,44 @@ fn pods_run_exit_restart_and_go() {
         &node,
     );
 
+    // A shared process namespace: PID 1 is the pod's infra process, the containers see
+    // each other, and they share the pod's host name.
+    api.ok(&[
+        "run",
+        "shared",
+        "--image=busybox",
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1","shareProcessNamespace":true,"containers":[{"name":"a","image":"busybox","command":["sleep","3600"]},{"name":"b","image":"busybox","command":["sh","-c","busybox sleep 1; busybox ps; busybox hostname"]}]}}"#,
+    ]);
+    wait_for(
+        "shared's b to finish",
+        30,
+        || {
+            pod(api, "shared")["status"]["containerStatuses"]
+                .as_array()
+                .is_some_and(|cs| {
+                    cs.iter()
+                        .any(|c| c["name"] == "b" && c["state"]["terminated"].is_object())
+                })
+        },
+        &node,
+    );
+    let log = std::fs::read_to_string(node.root.join(format!(
+        "logs/default_shared_{}/b/0.log",
+        pod(api, "shared")["metadata"]["uid"].as_str().unwrap()
+    )))
+    .unwrap();
+    assert!(log.contains("sleep 3600"), "b sees a: {log}");
+    assert!(
+        log.lines()
+            .any(|l| l.contains(" 1 ") && l.contains("pause")),
+        "PID 1 is the infra process: {log}"
+    );
+    assert!(
+        log.contains("stdout F shared\n"),
+        "the pod's host name: {log}"
+    );
+
     // A failing pod that is never restarted: Failed, with the exit code.
     run(api, "fails", "Never", &["sh", "-c", "exit 3"]);
     wait_for(

@@ -80,6 +80,16 @@ fn default_ip() -> IpAddr {
 fn main() {
     // `kubelet shim ...`: the per-container shim, started by the kubelet itself.
     let argv: Vec<String> = std::env::args().collect();
+    // `kubelet pause HOSTNAME PIDFILE`: a pod's infra process.
+    if argv.get(1).map(String::as_str) == Some("pause") {
+        let (Some(host), Some(pid_file)) = (argv.get(2), argv.get(3)) else {
+            ferrokube_process::exit_with("usage: kubelet pause HOSTNAME PIDFILE");
+        };
+        std::process::exit(ferrokube_kubelet::sandbox::pause(
+            host,
+            std::path::Path::new(pid_file),
+        ));
+    }
     if argv.get(1).map(String::as_str) == Some("shim") {
         let Some(a) = ferrokube_kubelet::runtime::shim::ShimArgs::from_args(&argv[2..]) else {
             ferrokube_process::exit_with("usage: kubelet shim RUNC_ROOT ID BUNDLE LOG EXIT_FILE");

@@ -343,6 +343,7 @@ impl Pods {
         c: &Container,
         attempt: u32,
         netns: &Path,
+        infra: i32,
     ) -> Result<(), (String, String)> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let img = self.image(pod, c).await?;
@@ -496,6 +497,14 @@ impl Pods {
             cpu_quota,
             uid: uid_n,
             gid: gid_n,
+            ipc_ns: Some(PathBuf::from(format!("/proc/{infra}/ns/ipc"))),
+            uts_ns: Some(PathBuf::from(format!("/proc/{infra}/ns/uts"))),
+            pid_ns: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.share_process_namespace)
+                .unwrap_or(false)
+                .then(|| PathBuf::from(format!("/proc/{infra}/ns/pid"))),
             additional_gids,
             capabilities,
             no_new_privileges: csc.allow_privilege_escalation == Some(false),
@@ -610,6 +619,7 @@ impl Pods {
                 .unwrap_or_default();
             cni.del(uid, &sandbox::netns_path(&self.root, uid), &ports);
         }
+        sandbox::stop_infra(&self.pod_dir(uid));
         let _ = sandbox::remove_netns(&self.root, uid);
         let base = self.cgroup_root.trim_start_matches('/');
         for ctl in std::fs::read_dir("/sys/fs/cgroup")
@@ -782,6 +792,18 @@ impl Pods {
             }
             netns
         };
+        let hostname = if host_network {
+            self.node.clone()
+        } else {
+            spec.hostname.clone().unwrap_or_else(|| name.clone())
+        };
+        let infra = sandbox::ensure_infra(
+            &self.pod_dir(&uid),
+            (!host_network).then_some(netns.as_path()),
+            &self.shim_exe,
+            &hostname,
+        )
+        .map_err(|e| crate::Error::Runtime(format!("pod infra process: {e}")))?;
         let policy = spec
             .restart_policy
             .clone()
@@ -820,7 +842,7 @@ impl Pods {
                     if next > 0 {
                         self.remove_attempt(&uid, &c.name, n);
                     }
-                    match self.start(pod, c, next, &netns).await {
+                    match self.start(pod, c, next, &netns, infra).await {
                         Ok(()) => {
                             // The next restart, if any, waits out the back-off.
                             self.waiting.lock().expect("lock").insert(

@@ -1,7 +1,10 @@
 //! Pod sandboxes: the namespaces a pod's containers share. The network namespace is
 //! created once per pod (a thread unshares it, it is kept alive by a bind mount under
 //! the kubelet's root, loopback brought up), so containers can restart without losing
-//! the pod's network. The pod network (CNI) attaches interfaces to it.
+//! the pod's network; the pod network (CNI) attaches interfaces to it. The IPC, UTS and
+//! PID namespaces are held by the pod's infra process (`kubelet pause`, what upstream's
+//! pause container is): PID 1 of the pod's PID namespace, owner of its host name, in a
+//! session of its own so it outlives kubelet restarts.
 
 use std::path::{Path, PathBuf};
 
@@ -68,5 +71,109 @@ pub fn remove_netns(root: &Path, pod_uid: &str) -> std::io::Result<()> {
     match std::fs::remove_file(&path) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),
+    }
+}
+
+/// The pod's infra process: its pid when running.
+pub fn infra_pid(pod_dir: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(pod_dir.join("infra.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    (args.get(1) == Some(&&b"pause"[..])).then_some(pid)
+}
+
+/// Starts the pod's infra process (in the pod's network namespace, with new IPC, UTS
+/// and PID namespaces and the pod's host name) unless it runs; returns its pid.
+pub fn ensure_infra(
+    pod_dir: &Path,
+    netns: Option<&Path>,
+    kubelet: &Path,
+    hostname: &str,
+) -> std::io::Result<i32> {
+    if let Some(pid) = infra_pid(pod_dir) {
+        return Ok(pid);
+    }
+    std::fs::create_dir_all(pod_dir)?;
+    let pid_file = pod_dir.join("infra.pid");
+    let _ = std::fs::remove_file(&pid_file);
+    let mut cmd = std::process::Command::new("nsenter");
+    if let Some(ns) = netns {
+        cmd.arg(format!("--net={}", ns.display()));
+    }
+    cmd.args([
+        "--",
+        "unshare",
+        "--ipc",
+        "--uts",
+        "--pid",
+        "--kill-child",
+        "--",
+    ])
+    .arg(kubelet)
+    .args(["pause", hostname])
+    .arg(&pid_file)
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
+    use std::os::unix::process::CommandExt;
+    cmd.process_group(0);
+    let mut child = cmd.spawn()?;
+    // The infra process writes its (host) pid once it runs.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        if let Some(pid) = infra_pid(pod_dir) {
+            // Reap the unshare wrapper later, in the background.
+            std::thread::spawn(move || {
+                let _ = child.wait();
+            });
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(std::io::Error::other(format!(
+                "the infra process exited: {status}"
+            )));
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(std::io::Error::other("the infra process did not start"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// Stops the pod's infra process.
+pub fn stop_infra(pod_dir: &Path) {
+    if let Some(pid) = infra_pid(pod_dir) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// The infra process itself (`kubelet pause HOSTNAME PIDFILE`): sets the host name, writes
+/// its host pid, then reaps orphans until it is killed.
+pub fn pause(hostname: &str, pid_file: &Path) -> i32 {
+    let _ = nix::unistd::sethostname(hostname);
+    // Our pid as the host sees it (we are PID 1 inside): /proc is still the host's (no
+    // new mount namespace), and it names us by our host pid.
+    let host_pid = std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|p| p.to_str().and_then(|s| s.parse::<i32>().ok()));
+    if let Some(p) = host_pid {
+        let tmp = pid_file.with_extension("tmp");
+        if std::fs::write(&tmp, p.to_string()).is_ok() {
+            let _ = std::fs::rename(&tmp, pid_file);
+        }
+    }
+    loop {
+        match nix::sys::wait::wait() {
+            Ok(_) => continue,
+            Err(_) => std::thread::sleep(std::time::Duration::from_secs(3600)),
+        }
     }
 }

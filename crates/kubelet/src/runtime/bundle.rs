@@ -22,6 +22,8 @@ pub struct ContainerSpec {
     pub host_network: bool,
     pub ipc_ns: Option<PathBuf>,
     pub uts_ns: Option<PathBuf>,
+    /// The pod's PID namespace (`shareProcessNamespace`); `None` for one of its own.
+    pub pid_ns: Option<PathBuf>,
     /// cgroup path (cgroupfs driver), e.g. `/kubepods/besteffort/pod<uid>/<id>`.
     pub cgroups_path: String,
     pub memory_limit: Option<i64>,
@@ -207,7 +209,7 @@ pub fn config(spec: &ContainerSpec) -> Value {
         }
     }
     let mut namespaces = vec![
-        json!({"type": "pid"}),
+        ns("pid", &spec.pid_ns),
         ns("ipc", &spec.ipc_ns),
         ns("uts", &spec.uts_ns),
         json!({"type": "mount"}),
@@ -227,7 +229,8 @@ pub fn config(spec: &ContainerSpec) -> Value {
             "noNewPrivileges": spec.no_new_privileges,
         },
         "root": {"path": "rootfs", "readonly": spec.readonly_rootfs},
-        "hostname": spec.hostname,
+        // A joined UTS namespace already has its host name (runc may not set one).
+        "hostname": if spec.uts_ns.is_some() { "" } else { spec.hostname.as_str() },
         "mounts": mounts,
         "linux": {
             "namespaces": namespaces,
