@@ -510,7 +510,6 @@ impl Pods {
             no_new_privileges: csc.allow_privilege_escalation == Some(false),
             privileged: csc.privileged.unwrap_or(false),
             readonly_rootfs: csc.read_only_root_filesystem.unwrap_or(false),
-            ..Default::default()
         };
         std::fs::create_dir_all(&dir)
             .map_err(|e| ("CreateContainerError".to_string(), e.to_string()))?;
