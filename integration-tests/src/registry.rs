@@ -125,6 +125,47 @@ impl LocalRegistry {
     }
 }
 
+impl LocalRegistry {
+    /// Builds the test-server image (`bins/test-server` and the libraries it links) and
+    /// pushes it as `ferrokube/test-server:latest`.
+    pub fn push_test_server(&self) {
+        let rootfs = self.dir.join("test-server-rootfs");
+        let out = self
+            .here(binary("ferrokube-image"))
+            .args(["rootfs", "--binary"])
+            .arg(binary("test-server"))
+            .arg("--out")
+            .arg(&rootfs)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ferrokube-image rootfs: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = self
+            .here(binary("ferrokube-image"))
+            .args(["build", "--rootfs"])
+            .arg(&rootfs)
+            .args([
+                "--registry",
+                &self.endpoint(),
+                "--name",
+                "ferrokube/test-server",
+                "--tag",
+                "latest",
+            ])
+            .args(["--entrypoint", "/test-server"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "ferrokube-image build: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
 impl Drop for LocalRegistry {
     fn drop(&mut self) {
         let _ = self.child.kill();

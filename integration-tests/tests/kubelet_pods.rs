@@ -44,6 +44,7 @@ fn world() -> World {
     api.wait_ready();
     let reg = LocalRegistry::start_in(&dir.path().join("registry"), Some(&ns.name));
     reg.push_busybox(&["latest"]);
+    reg.push_test_server();
     World { api, reg, ns, dir }
 }
 
@@ -506,7 +507,13 @@ fn pods_run_exit_restart_and_go() {
     assert!(!mounts.contains(&sleeper_uid), "no mount of the pod left");
 
     // Pods reach each other over the pod network.
-    run(api, "web", "Always", &["sh", "-c", "busybox mkdir -p /www && echo hi-from-web > /www/index.html && exec busybox httpd -f -p 8080 -h /www"]);
+    // The test-server image (the project's own server), reached from a busybox pod.
+    api.ok(&[
+        "run",
+        "web",
+        "--image=ferrokube/test-server",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1"}}"#,
+    ]);
     wait_for(
         "web to run",
         30,
@@ -525,7 +532,11 @@ fn pods_run_exit_restart_and_go() {
         api,
         "client",
         "Never",
-        &["sh", "-c", &format!("busybox wget -qO- http://{ip}:8080/")],
+        &[
+            "sh",
+            "-c",
+            &format!("busybox wget -qO- http://{ip}:8080/hostname"),
+        ],
     );
     wait_for(
         "the client to finish",
@@ -546,7 +557,10 @@ fn pods_run_exit_restart_and_go() {
         pod(api, "client")["metadata"]["uid"].as_str().unwrap()
     )))
     .unwrap_or_default();
-    assert!(logs.contains("stdout F hi-from-web"), "{logs}");
+    assert!(
+        logs.contains("stdout F web"),
+        "the server answered with its host name: {logs}"
+    );
     assert_eq!(pod(api, "client")["status"]["phase"], "Succeeded");
 
     // Deleting the rest cleans the node up completely.

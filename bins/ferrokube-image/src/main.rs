@@ -51,6 +51,14 @@ enum Cmd {
         #[arg(long, default_value = "/")]
         workdir: String,
     },
+    /// Makes a root filesystem for a dynamically linked program: the program at
+    /// `/<name>` and the shared libraries `ldd` lists, at their paths.
+    Rootfs {
+        #[arg(long)]
+        binary: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Pulls an image into a node's image store and unpacks its layers.
     Pull {
         #[arg(long)]
@@ -134,6 +142,33 @@ async fn run() -> Result<()> {
                     .await?;
                 println!("{name}:{tag} {d}");
             }
+        }
+        Cmd::Rootfs { binary, out } => {
+            let name = binary.file_name().context("--binary names no file")?;
+            std::fs::create_dir_all(out.join("tmp"))?;
+            std::fs::copy(&binary, out.join(name))
+                .with_context(|| format!("copying {}", binary.display()))?;
+            let ldd = std::process::Command::new("ldd")
+                .arg(&binary)
+                .output()
+                .context("running ldd")?;
+            for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+                // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
+                // `/lib64/ld-linux-x86-64.so.2 (0x...)`
+                let path = match line.split_once("=>") {
+                    Some((_, rest)) => rest.split_whitespace().next(),
+                    None => line.split_whitespace().next(),
+                };
+                let Some(path) = path.filter(|p| p.starts_with('/')) else {
+                    continue;
+                };
+                let dest = out.join(path.trim_start_matches('/'));
+                if let Some(parent) = dest.parent() {
+                    std::fs::create_dir_all(parent)?;
+                }
+                std::fs::copy(path, &dest).with_context(|| format!("copying {path}"))?;
+            }
+            println!("{}", out.display());
         }
         Cmd::Pull {
             root,
