@@ -5,6 +5,7 @@
 //! ferrokube-image build --rootfs DIR --registry http://127.0.0.1:5000 --name library/busybox \
 //!     --tag latest --tag 1.35 --cmd sh
 //! ferrokube-image pull --root /var/lib/kubelet/images --mirror docker.io=http://127.0.0.1:5000 busybox
+//! ferrokube-image import --root /var/lib/kubelet/images saved.tar
 //! ```
 
 use std::path::PathBuf;
@@ -58,6 +59,16 @@ enum Cmd {
         binary: PathBuf,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Imports an OCI image layout directory (as `--name`) or a `docker save` archive
+    /// (under its own tags) into a node's image store.
+    Import {
+        #[arg(long)]
+        root: PathBuf,
+        /// The reference an OCI layout is stored as.
+        #[arg(long)]
+        name: Option<String>,
+        path: PathBuf,
     },
     /// Pulls an image into a node's image store and unpacks its layers.
     Pull {
@@ -169,6 +180,19 @@ async fn run() -> Result<()> {
                 std::fs::copy(path, &dest).with_context(|| format!("copying {path}"))?;
             }
             println!("{}", out.display());
+        }
+        Cmd::Import { root, name, path } => {
+            let store = ImageStore::open(&root, Mirrors::default())?;
+            let images = if path.is_dir() {
+                let name = name.context("an OCI layout needs --name")?;
+                vec![store.import_oci_layout(&path, &name)?]
+            } else {
+                store.import_docker_archive(&path)?
+            };
+            for img in images {
+                store.layer_dirs(&img)?;
+                println!("{} {}", img.reference, img.digest);
+            }
         }
         Cmd::Pull {
             root,

@@ -325,6 +325,98 @@ impl ImageStore {
     }
 }
 
+impl ImageStore {
+    /// Imports an OCI image layout directory (`oci-layout`, `index.json`, `blobs/`): the
+    /// manifest tagged `reference`'s tag (annotation `org.opencontainers.image.ref.name`),
+    /// else the first, stored under `reference`.
+    pub fn import_oci_layout(&self, dir: &Path, reference: &str) -> Result<Image, Error> {
+        let r = Reference::parse(reference)?;
+        let read = |p: PathBuf| std::fs::read(&p).map_err(|e| io(&p, e));
+        let index: Value = serde_json::from_slice(&read(dir.join("index.json"))?)?;
+        let manifests = index["manifests"].as_array().cloned().unwrap_or_default();
+        let tag = r.tag.clone().unwrap_or_default();
+        let chosen = manifests
+            .iter()
+            .find(|m| {
+                m["annotations"]["org.opencontainers.image.ref.name"].as_str() == Some(tag.as_str())
+            })
+            .or(manifests.first())
+            .and_then(|m| m["digest"].as_str())
+            .ok_or_else(|| Error::NotFound(format!("no manifest in {}", dir.display())))?
+            .to_string();
+        let blob = |d: &str| read(dir.join("blobs/sha256").join(hex(d)));
+        let manifest = blob(&chosen)?;
+        let m: Value = serde_json::from_slice(&manifest)?;
+        let mut blobs = Vec::new();
+        for d in std::iter::once(&m["config"]).chain(m["layers"].as_array().into_iter().flatten()) {
+            let d = d["digest"]
+                .as_str()
+                .ok_or_else(|| Error::Layer("a blob without a digest".into()))?;
+            blobs.push((d.to_string(), Bytes::from(blob(d)?)));
+        }
+        self.import(reference, &manifest, &blobs)
+    }
+
+    /// Imports a `docker save` archive; every image in it is recorded under its tags
+    /// (`RepoTags`). Returns the images.
+    pub fn import_docker_archive(&self, archive: &Path) -> Result<Vec<Image>, Error> {
+        let file = std::fs::File::open(archive).map_err(|e| io(archive, e))?;
+        let mut entries: HashMap<String, Vec<u8>> = HashMap::new();
+        let mut tar = tar::Archive::new(file);
+        for e in tar.entries().map_err(|e| Error::Layer(e.to_string()))? {
+            let mut e = e.map_err(|e| Error::Layer(e.to_string()))?;
+            let name = e
+                .path()
+                .map_err(|e| Error::Layer(e.to_string()))?
+                .to_string_lossy()
+                .trim_start_matches("./")
+                .to_string();
+            let mut data = Vec::new();
+            e.read_to_end(&mut data)
+                .map_err(|e| Error::Layer(e.to_string()))?;
+            entries.insert(name, data);
+        }
+        let manifest: Value = serde_json::from_slice(
+            entries
+                .get("manifest.json")
+                .ok_or_else(|| Error::Layer("no manifest.json in the archive".into()))?,
+        )?;
+        let mut out = Vec::new();
+        for img in manifest.as_array().into_iter().flatten() {
+            let get = |name: &str| {
+                entries
+                    .get(name)
+                    .cloned()
+                    .ok_or_else(|| Error::Layer(format!("{name} is missing from the archive")))
+            };
+            let config = get(img["Config"].as_str().unwrap_or_default())?;
+            let mut blobs = vec![(sha256(&config), Bytes::from(config.clone()))];
+            let mut layers = Vec::new();
+            for l in img["Layers"].as_array().into_iter().flatten() {
+                let data = get(l.as_str().unwrap_or_default())?;
+                let d = sha256(&data);
+                layers.push(serde_json::json!({"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d, "size": data.len()}));
+                blobs.push((d, Bytes::from(data)));
+            }
+            let m = serde_json::to_vec(&serde_json::json!({
+                "schemaVersion": 2,
+                "mediaType": crate::registry::OCI_MANIFEST,
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blobs[0].0, "size": config.len()},
+                "layers": layers,
+            }))?;
+            for tag in img["RepoTags"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+            {
+                out.push(self.import(tag, &m, &blobs)?);
+            }
+        }
+        Ok(out)
+    }
+}
+
 /// A layer's tar stream, whatever its compression (gzip, zstd or none).
 fn decompressed(blob: &[u8]) -> Result<Box<dyn Read + '_>, Error> {
     Ok(match blob {
@@ -489,6 +581,62 @@ mod tests {
         let dirs = store.layer_dirs(&img).unwrap();
         assert_eq!(std::fs::read(dirs[0].join("bin/sh")).unwrap(), b"#!");
         assert!(store.get("example.com/y:1").unwrap().is_none());
+
+        // The same image as an OCI layout and as a `docker save` archive.
+        let layout = dir.path().join("layout");
+        std::fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+        let raw_layer = {
+            let mut b = tar::Builder::new(Vec::new());
+            let mut h = tar::Header::new_gnu();
+            h.set_size(2);
+            h.set_mode(0o755);
+            h.set_uid(0);
+            h.set_gid(0);
+            h.set_cksum();
+            b.append_data(&mut h, "bin/sh", &b"#!"[..]).unwrap();
+            b.into_inner().unwrap()
+        };
+        let rd = sha256(&raw_layer);
+        let m2 = serde_json::to_vec(&serde_json::json!({"schemaVersion": 2, "mediaType": crate::registry::OCI_MANIFEST,
+            "config": {"digest": cd, "size": cfg.len()}, "layers": [{"digest": rd, "size": raw_layer.len()}]})).unwrap();
+        let md = sha256(&m2);
+        for (d, data) in [(&cd, &cfg[..]), (&rd, &raw_layer[..]), (&md, &m2[..])] {
+            std::fs::write(layout.join("blobs/sha256").join(hex(d)), data).unwrap();
+        }
+        std::fs::write(
+            layout.join("oci-layout"),
+            r#"{"imageLayoutVersion":"1.0.0"}"#,
+        )
+        .unwrap();
+        std::fs::write(layout.join("index.json"), serde_json::to_vec(&serde_json::json!({"schemaVersion": 2,
+            "manifests": [{"digest": md, "size": m2.len(), "annotations": {"org.opencontainers.image.ref.name": "v2"}}]})).unwrap()).unwrap();
+        let imported = store
+            .import_oci_layout(&layout, "example.com/laid:v2")
+            .unwrap();
+        assert_eq!(imported.digest, md);
+        assert_eq!(
+            std::fs::read(store.layer_dirs(&imported).unwrap()[0].join("bin/sh")).unwrap(),
+            b"#!"
+        );
+
+        let archive = dir.path().join("saved.tar");
+        let mut b = tar::Builder::new(std::fs::File::create(&archive).unwrap());
+        for (name, data) in [
+            ("manifest.json", serde_json::to_vec(&serde_json::json!([{"Config": "cfg.json", "RepoTags": ["saved:1"], "Layers": ["l1/layer.tar"]}])).unwrap()),
+            ("cfg.json", cfg.to_vec()),
+            ("l1/layer.tar", raw_layer.clone()),
+        ] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_cksum();
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        b.finish().unwrap();
+        drop(b);
+        let saved = store.import_docker_archive(&archive).unwrap();
+        assert_eq!(saved[0].reference, "docker.io/library/saved:1");
+        assert!(store.get("saved:1").unwrap().is_some());
         let mut m = Mirrors::parse(&["*=http://127.0.0.1:5000".to_string()]).unwrap();
         let r = Reference::parse("registry.k8s.io/pause").unwrap();
         assert_eq!(m.for_registry(&r).len(), 2, "mirror, then the registry");
