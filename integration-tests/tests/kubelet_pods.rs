@@ -698,6 +698,31 @@ fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
     assert_eq!(p["status"]["containerStatuses"][0]["containerID"], before);
     assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0);
     assert_eq!(p["status"]["phase"], "Running");
+    // kill -9 the container's shim: nobody watches the container any more, so the
+    // kubelet ends it and starts another, reporting the lost one as Unknown (255).
+    let shim_pid = std::fs::read_to_string(
+        root.join("pods")
+            .join(p["metadata"]["uid"].as_str().unwrap())
+            .join("containers/keeper/0/shim.pid"),
+    )
+    .expect("the shim's pid is recorded");
+    let _ = Command::new("kill").args(["-9", shim_pid.trim()]).status();
+    wait_for(
+        "keeper's container to be replaced",
+        30,
+        || pod(api, "keeper")["status"]["containerStatuses"][0]["restartCount"] == 1,
+        &node,
+    );
+    let last = &pod(api, "keeper")["status"]["containerStatuses"][0]["lastState"]["terminated"];
+    assert_eq!(last["reason"], "Unknown", "{last}");
+    assert_eq!(last["exitCode"], 255, "{last}");
+    let old = Command::new("runc")
+        .arg("--root")
+        .arg(root.join("runc"))
+        .args(["state", &id])
+        .output()
+        .unwrap();
+    assert!(!old.status.success(), "the unwatched container was removed");
     api.ok(&[
         "delete",
         "pod",

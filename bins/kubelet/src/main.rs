@@ -92,13 +92,23 @@ fn main() {
     }
     if argv.get(1).map(String::as_str) == Some("shim") {
         let Some(a) = ferrokube_kubelet::runtime::shim::ShimArgs::from_args(&argv[2..]) else {
-            ferrokube_process::exit_with("usage: kubelet shim RUNC_ROOT ID BUNDLE LOG EXIT_FILE");
+            ferrokube_process::exit_with(
+                "usage: kubelet shim RUNC_ROOT ID BUNDLE LOG EXIT_FILE LOG_MAX_SIZE LOG_MAX_FILES",
+            );
         };
         // Detach: the kubelet's call returns at once, the shim lives on in a session of
         // its own (and survives kubelet restarts).
         // SAFETY: nothing else runs in this process yet (no threads), as fork requires.
         match unsafe { nix::unistd::fork() } {
-            Ok(nix::unistd::ForkResult::Parent { .. }) => std::process::exit(0),
+            Ok(nix::unistd::ForkResult::Parent { child }) => {
+                // Recorded before the kubelet's call returns, so it can tell a live
+                // container from one whose shim died.
+                let pid_file = ferrokube_kubelet::runtime::shim::pid_file(&a.exit_file);
+                if let Err(e) = std::fs::write(&pid_file, child.to_string()) {
+                    ferrokube_process::exit_with(&format!("{}: {e}", pid_file.display()));
+                }
+                std::process::exit(0)
+            }
             Ok(nix::unistd::ForkResult::Child) => {
                 let _ = nix::unistd::setsid();
                 std::process::exit(ferrokube_kubelet::runtime::shim::run(&a));
@@ -178,6 +188,7 @@ async fn run() -> Result<()> {
     pods.static_pod_path = cfg.static_pod_path.clone();
     pods.cluster_dns = cfg.cluster_dns.clone();
     pods.cluster_domain = cfg.cluster_domain.clone();
+    (pods.log_max_size, pods.log_max_files) = cfg.log_rotation()?;
     let cni = Arc::new(Cni {
         conf_dir: args.cni_conf_dir.clone(),
         bin_dir: args.cni_bin_dir.clone(),

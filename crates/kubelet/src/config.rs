@@ -20,6 +20,10 @@ pub struct KubeletConfiguration {
     pub cluster_domain: String,
     pub node_status_update_frequency: String,
     pub node_lease_duration_seconds: i32,
+    /// A container's log is rotated at this size (a quantity, `10Mi` by default).
+    pub container_log_max_size: String,
+    /// Log files kept per container, the current one included (5 by default).
+    pub container_log_max_files: u32,
 }
 
 impl Default for KubeletConfiguration {
@@ -32,6 +36,8 @@ impl Default for KubeletConfiguration {
             cluster_domain: "cluster.local".into(),
             node_status_update_frequency: "10s".into(),
             node_lease_duration_seconds: 40,
+            container_log_max_size: "10Mi".into(),
+            container_log_max_files: 5,
         }
     }
 }
@@ -50,6 +56,31 @@ impl KubeletConfiguration {
             )));
         }
         serde_json::from_value(raw).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// `containerLogMaxSize` in bytes, and `containerLogMaxFiles`, checked as upstream
+    /// validates them.
+    pub fn log_rotation(&self) -> Result<(u64, u32), Error> {
+        let size = ferrokube_api::quantity::Quantity::parse(&self.container_log_max_size)
+            .ok()
+            .map(|q| q.value())
+            .filter(|v| *v > 0)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "containerLogMaxSize: invalid quantity {:?}",
+                    self.container_log_max_size
+                ))
+            })?;
+        if self.container_log_max_files < 2 {
+            return Err(Error::Config(format!(
+                "containerLogMaxFiles: {} must be at least 2",
+                self.container_log_max_files
+            )));
+        }
+        Ok((
+            u64::try_from(size).unwrap_or(u64::MAX),
+            self.container_log_max_files,
+        ))
     }
 
     /// The status update period.

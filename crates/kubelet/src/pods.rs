@@ -52,6 +52,9 @@ pub struct Pods {
     /// Cluster DNS servers and domain (`clusterDNS`, `clusterDomain`).
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// Container log rotation: size in bytes and files kept.
+    pub log_max_size: u64,
+    pub log_max_files: u32,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
     events: Recorder,
@@ -87,6 +90,8 @@ impl Pods {
             cni: None,
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
+            log_max_size: 10 << 20,
+            log_max_files: 5,
             waiting: Default::default(),
         }
     }
@@ -118,8 +123,27 @@ impl Pods {
     fn attempt_state(&self, uid: &str, name: &str, attempt: u32) -> Attempt {
         let dir = self.container_dir(uid, name).join(attempt.to_string());
         let id = Self::container_id(uid, name, attempt);
-        if let Some(exit) = shim::read_exit(&dir.join("exit.json")) {
+        let exit_file = dir.join("exit.json");
+        if let Some(exit) = shim::read_exit(&exit_file) {
             return Attempt::Exited { id, exit };
+        }
+        // No exit recorded: running, unless its shim is gone (killed, or the machine
+        // rebooted) — or never came (the kubelet died while starting it).
+        let alive = match shim::shim_alive(&exit_file, &id) {
+            Some(alive) => alive,
+            None => std::fs::metadata(dir.join("started"))
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().unwrap_or_default() < Duration::from_secs(60)),
+        };
+        if !alive {
+            // Nobody watches the container any more: end it, as containerd does.
+            if let Err(e) = self.runc.delete(&id) {
+                tracing::warn!(container = %id, "removing a container whose shim is gone: {e}");
+            }
+            return Attempt::Exited {
+                id,
+                exit: shim::record_lost(&exit_file),
+            };
         }
         let started = std::fs::read_to_string(dir.join("started")).unwrap_or_default();
         Attempt::Running { id, started }
@@ -541,6 +565,8 @@ impl Pods {
             bundle: bundle_dir,
             log: log_dir.join(format!("{attempt}.log")),
             exit_file: dir.join("exit.json"),
+            log_max_size: self.log_max_size,
+            log_max_files: self.log_max_files,
         };
         let status = std::process::Command::new(&self.shim_exe)
             .arg("shim")
@@ -880,7 +906,9 @@ impl Pods {
     }
 
     fn terminated(id: &str, exit: &Exit, started: &str) -> Value {
-        let reason = if exit.error.is_some() {
+        let reason = if exit.lost {
+            "Unknown"
+        } else if exit.error.is_some() {
             "StartError"
         } else if exit.oom_killed {
             "OOMKilled"

@@ -22,6 +22,10 @@ pub struct ShimArgs {
     pub bundle: PathBuf,
     pub log: PathBuf,
     pub exit_file: PathBuf,
+    /// Rotate the log when it reaches this many bytes (`containerLogMaxSize`).
+    pub log_max_size: u64,
+    /// Files kept per container, the current one included (`containerLogMaxFiles`).
+    pub log_max_files: u32,
 }
 
 impl ShimArgs {
@@ -33,17 +37,21 @@ impl ShimArgs {
             self.bundle.display().to_string(),
             self.log.display().to_string(),
             self.exit_file.display().to_string(),
+            self.log_max_size.to_string(),
+            self.log_max_files.to_string(),
         ]
     }
 
     pub fn from_args(args: &[String]) -> Option<ShimArgs> {
         match args {
-            [root, id, bundle, log, exit] => Some(ShimArgs {
+            [root, id, bundle, log, exit, max_size, max_files] => Some(ShimArgs {
                 runc_root: root.into(),
                 id: id.clone(),
                 bundle: bundle.into(),
                 log: log.into(),
                 exit_file: exit.into(),
+                log_max_size: max_size.parse().ok()?,
+                log_max_files: max_files.parse().ok()?,
             }),
             _ => None,
         }
@@ -63,6 +71,46 @@ pub struct Exit {
     /// The kernel's OOM killer ended it (its memory cgroup counted a kill).
     #[serde(default)]
     pub oom_killed: bool,
+    /// Set when the end was not observed (the shim is gone): upstream's `Unknown`.
+    #[serde(default)]
+    pub lost: bool,
+}
+
+/// Where the shim of a container records its pid: beside the exit file.
+pub fn pid_file(exit_file: &Path) -> PathBuf {
+    exit_file.with_file_name("shim.pid")
+}
+
+/// Whether the shim recorded for `exit_file` still runs: the pid is alive and is a shim
+/// of container `id`. `None` when no pid was recorded.
+pub fn shim_alive(exit_file: &Path, id: &str) -> Option<bool> {
+    let pid: i32 = std::fs::read_to_string(pid_file(exit_file))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    Some(args.get(1) == Some(&&b"shim"[..]) && args.contains(&id.as_bytes()))
+}
+
+/// Records that a container ended unobserved (its shim died, or the machine rebooted):
+/// exit code 255 like containerd reports then, unless an exit was recorded meanwhile.
+pub fn record_lost(exit_file: &Path) -> Exit {
+    if let Some(e) = read_exit(exit_file) {
+        return e;
+    }
+    let exit = Exit {
+        exit_code: 255,
+        signal: None,
+        started_at: None,
+        finished_at: now_nanos(),
+        error: None,
+        oom_killed: false,
+        lost: true,
+    };
+    write_exit(exit_file, &exit);
+    exit
 }
 
 /// How many OOM kills a container's memory cgroup saw (cgroup v2 `memory.events`, v1
@@ -108,11 +156,121 @@ fn write_exit(path: &Path, exit: &Exit) {
     }
 }
 
+/// A container's CRI log file, rotated as upstream's container log manager does: when it
+/// reaches the size limit it is renamed `<log>.<YYYYMMDD-HHMMSS>`, rotated files but the
+/// newest are gzipped, and the oldest go so that at most `max_files` remain.
+pub struct LogFile {
+    path: PathBuf,
+    file: std::fs::File,
+    size: u64,
+    max_size: u64,
+    max_files: u32,
+}
+
+impl LogFile {
+    pub fn open(path: &Path, max_size: u64, max_files: u32) -> std::io::Result<LogFile> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let size = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            size,
+            max_size,
+            max_files: max_files.max(2),
+        })
+    }
+
+    /// Appends one record, rotating first when the file is full.
+    pub fn write(&mut self, record: &[u8]) -> std::io::Result<()> {
+        if self.max_size > 0 && self.size > 0 && self.size + record.len() as u64 > self.max_size {
+            self.rotate()?;
+        }
+        self.file.write_all(record)?;
+        self.size += record.len() as u64;
+        Ok(())
+    }
+
+    /// The rotated files of this log, oldest first.
+    pub fn rotated(&self) -> Vec<PathBuf> {
+        let (Some(dir), Some(name)) = (self.path.parent(), self.path.file_name()) else {
+            return Vec::new();
+        };
+        let prefix = format!("{}.", name.to_string_lossy());
+        let mut out: Vec<PathBuf> = std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix) && !n.ends_with(".tmp"))
+            })
+            .map(|e| e.path())
+            .collect();
+        // By time stamp (and counter), whether compressed or not.
+        out.sort_by_key(|p| p.to_string_lossy().trim_end_matches(".gz").to_string());
+        out
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        // Names sort by time; within one second a counter keeps them in order.
+        let newest = self
+            .rotated()
+            .last()
+            .map(|p| p.to_string_lossy().trim_end_matches(".gz").to_string());
+        let stamp = jiff::Timestamp::now().strftime("%Y%m%d-%H%M%S").to_string();
+        let mut target = PathBuf::from(format!("{}.{stamp}", self.path.display()));
+        let mut n = 0;
+        while newest
+            .as_deref()
+            .is_some_and(|last| *last >= *target.to_string_lossy())
+        {
+            n += 1;
+            target = PathBuf::from(format!("{}.{stamp}-{n:03}", self.path.display()));
+        }
+        std::fs::rename(&self.path, &target)?;
+        self.file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)?;
+        self.size = 0;
+        let rotated = self.rotated();
+        for old in rotated.iter().filter(|p| **p != target) {
+            if old.extension().is_some_and(|e| e == "gz") {
+                continue;
+            }
+            if let Err(e) = gzip(old) {
+                tracing::warn!(log = %old.display(), "compressing a rotated log: {e}");
+            }
+        }
+        let rotated = self.rotated();
+        let excess = rotated.len().saturating_sub(self.max_files as usize - 1);
+        for old in &rotated[..excess] {
+            let _ = std::fs::remove_file(old);
+        }
+        Ok(())
+    }
+}
+
+/// `file` → `file.gz`, replacing it.
+fn gzip(file: &Path) -> std::io::Result<()> {
+    let tmp = PathBuf::from(format!("{}.gz.tmp", file.display()));
+    let mut enc =
+        flate2::write::GzEncoder::new(std::fs::File::create(&tmp)?, flate2::Compression::default());
+    std::io::copy(&mut std::fs::File::open(file)?, &mut enc)?;
+    enc.finish()?.sync_all()?;
+    std::fs::rename(&tmp, format!("{}.gz", file.display()))?;
+    std::fs::remove_file(file)
+}
+
 /// Copies one stream into the log, a CRI line per line.
 fn copy(
     stream: &'static str,
     from: OwnedFd,
-    log: Arc<Mutex<std::fs::File>>,
+    log: Arc<Mutex<LogFile>>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut r = BufReader::new(std::fs::File::from(from));
@@ -127,7 +285,7 @@ fn copy(
                     out.extend_from_slice(body);
                     out.push(b'\n');
                     if let Ok(mut f) = log.lock() {
-                        let _ = f.write_all(&out);
+                        let _ = f.write(&out);
                     }
                 }
             }
@@ -149,15 +307,12 @@ pub fn run(a: &ShimArgs) -> i32 {
                 finished_at: now_nanos(),
                 error: Some(msg),
                 oom_killed: false,
+                lost: false,
             },
         );
         1
     };
-    let log = match std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&a.log)
-    {
+    let log = match LogFile::open(&a.log, a.log_max_size, a.log_max_files) {
         Ok(f) => Arc::new(Mutex::new(f)),
         Err(e) => return fail(format!("log {}: {e}", a.log.display())),
     };
@@ -223,6 +378,7 @@ pub fn run(a: &ShimArgs) -> i32 {
             started_at: Some(started),
             finished_at: now_nanos(),
             error: None,
+            lost: false,
         },
     );
     0
@@ -231,4 +387,39 @@ pub fn run(a: &ShimArgs) -> i32 {
 /// Reads a container's exit record, if it has ended.
 pub fn read_exit(path: &Path) -> Option<Exit> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read as _;
+
+    #[test]
+    fn logs_rotate_compress_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut log = LogFile::open(&path, 100, 3).unwrap();
+        for i in 0..20 {
+            log.write(format!("record {i:03} .................\n").as_bytes())
+                .unwrap();
+        }
+        let rotated = log.rotated();
+        assert_eq!(rotated.len(), 2, "{rotated:?}");
+        assert!(rotated[0].to_string_lossy().ends_with(".gz"), "{rotated:?}");
+        assert!(
+            !rotated[1].to_string_lossy().ends_with(".gz"),
+            "{rotated:?}"
+        );
+        // Oldest to newest, the kept records are in order and end with the last one.
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(&rotated[0]).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        text += &std::fs::read_to_string(&rotated[1]).unwrap();
+        text += &std::fs::read_to_string(&path).unwrap();
+        let nums: Vec<u32> = text.lines().map(|l| l[7..10].parse().unwrap()).collect();
+        assert_eq!(nums.last(), Some(&19));
+        assert!(nums.windows(2).all(|w| w[1] == w[0] + 1), "{nums:?}");
+        assert!(std::fs::metadata(&path).unwrap().len() <= 100);
+    }
 }
