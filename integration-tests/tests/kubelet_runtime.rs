@@ -74,6 +74,8 @@ fn run_container(
         bundle: bundle_dir.clone(),
         log: bundle_dir.join("0.log"),
         exit_file: bundle_dir.join("exit.json"),
+        log_max_size: 10 << 20,
+        log_max_files: 5,
     };
     // The shim's own status says whether the container started; the exit file says how
     // it ended (or why it never started).

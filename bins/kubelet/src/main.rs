@@ -211,7 +211,7 @@ async fn run() -> Result<()> {
     tokio::spawn(informer.run());
     let workers = async move {
         loop {
-            pods.sync_all(&store).await;
+            pods.dispatch(&store).await;
             let _ = tokio::time::timeout(Duration::from_secs(1), changed.notified()).await;
         }
     };

@@ -111,7 +111,10 @@ async fn delete_all(pods: &Api<Pod>) -> Result<()> {
         if left == 0 {
             return Ok(());
         }
-        anyhow::ensure!(Instant::now() < deadline, "{left} pod(s) still there after 2 minutes");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{left} pod(s) still there after 2 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -126,7 +129,10 @@ async fn main() -> Result<()> {
     let client =
         Client::new(&Config::from_kubeconfig(&args.kubeconfig)?)?.with_field_manager("pod-bench");
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    let idle_rss = args.kubelet_pid.and_then(proc_stat).map_or(0, |(rss, _)| rss);
+    let idle_rss = args
+        .kubelet_pid
+        .and_then(proc_stat)
+        .map_or(0, |(rss, _)| rss);
     for (round, &n) in args.batches.iter().enumerate() {
         println!("{}", batch(&pods, &args, n, round).await?);
         if round + 1 < args.batches.len() {

@@ -94,6 +94,9 @@ impl Mirrors {
 pub struct ImageStore {
     root: PathBuf,
     mirrors: Mirrors,
+    /// Held while layers are unpacked (or removed), so that concurrent users of one
+    /// layer never see it half done.
+    layers_lock: std::sync::Mutex<()>,
 }
 
 fn hex(digest: &str) -> &str {
@@ -106,7 +109,9 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 
 /// Writes a file atomically (temporary name, then rename).
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
     std::fs::write(&tmp, data).map_err(|e| io(&tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| io(path, e))
 }
@@ -120,6 +125,7 @@ impl ImageStore {
         Ok(ImageStore {
             root: root.to_path_buf(),
             mirrors,
+            layers_lock: std::sync::Mutex::new(()),
         })
     }
 
@@ -272,6 +278,10 @@ impl ImageStore {
 
     /// Unpacks every layer (once) and returns their directories, lowest first.
     pub fn layer_dirs(&self, image: &Image) -> Result<Vec<PathBuf>, Error> {
+        let _guard = self
+            .layers_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut out = Vec::new();
         for d in &image.layers {
             let dir = self.root.join("layers").join(hex(d));

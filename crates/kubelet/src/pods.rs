@@ -57,8 +57,18 @@ pub struct Pods {
     pub log_max_files: u32,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
+    /// The pod workers: per pod UID, a generation and the channel its latest spec (or
+    /// `None`: the pod is gone) goes to.
+    workers: std::sync::Mutex<HashMap<String, (u64, PodSender)>>,
+    next_worker: std::sync::atomic::AtomicU64,
     events: Recorder,
 }
+
+type PodSender = tokio::sync::watch::Sender<Option<Arc<Pod>>>;
+
+/// How often a pod worker syncs its pod when nothing changes (container exits, probes,
+/// back-off expiry and grace periods are noticed on these).
+const RESYNC: Duration = Duration::from_secs(1);
 
 /// What is known about one container's latest attempt.
 #[derive(Debug, Clone)]
@@ -93,6 +103,8 @@ impl Pods {
             log_max_size: 10 << 20,
             log_max_files: 5,
             waiting: Default::default(),
+            workers: Default::default(),
+            next_worker: Default::default(),
         }
     }
 
@@ -666,7 +678,11 @@ impl Pods {
     }
 
     /// One pass over every pod of this node.
-    pub async fn sync_all(&self, store: &Store<Pod>) {
+    /// Hands every pod of this node (from the API, and static pods) to its pod worker,
+    /// starting workers for new pods and telling those of vanished pods to clean up. Pods
+    /// are synced in parallel, so that one slow pod (an image pull, a grace period)
+    /// never holds up the others.
+    pub async fn dispatch(self: &Arc<Self>, store: &Store<Pod>) {
         let pods = store.list();
         let mut live = std::collections::HashSet::new();
         // Static pods first: they run whatever the API says; their mirrors show them.
@@ -691,7 +707,7 @@ impl Pods {
         }
         for sp in &statics {
             let uid = sp.metadata.uid.clone().unwrap_or_default();
-            live.insert(uid);
+            live.insert(uid.clone());
             let key = format!(
                 "{}/{}",
                 sp.metadata.namespace.as_deref().unwrap_or_default(),
@@ -707,9 +723,7 @@ impl Pods {
             if store.has_synced() {
                 self.ensure_mirror(sp, mirror.as_deref()).await;
             }
-            if let Err(e) = self.sync(&running).await {
-                tracing::warn!(pod = ?sp.metadata.name, "static pod sync: {e}");
-            }
+            self.deliver(&uid, Some(Arc::new(running)));
         }
         for pod in &pods {
             if pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) != Some(self.node.as_str())
@@ -719,23 +733,94 @@ impl Pods {
             }
             let uid = pod.metadata.uid.clone().unwrap_or_default();
             live.insert(uid.clone());
-            if let Err(e) = self.sync(pod).await {
-                tracing::warn!(pod = ?pod.metadata.name, "sync: {e}");
+            self.deliver(&uid, Some(pod.clone()));
+        }
+        if !store.has_synced() {
+            return;
+        }
+        // Pods deleted from the API (or manifests removed): their workers clean up.
+        let gone: Vec<String> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .filter(|uid| !live.contains(*uid))
+            .cloned()
+            .collect();
+        for uid in gone {
+            self.deliver(&uid, None);
+        }
+        // Pods that went while the kubelet was away have no worker: clean up here.
+        for d in std::fs::read_dir(self.root.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let uid = d.file_name().to_string_lossy().into_owned();
+            let has_worker = self
+                .workers
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains_key(&uid);
+            if !live.contains(&uid) && !has_worker {
+                tracing::info!(%uid, "cleaning up a pod that is gone");
+                self.cleanup(&uid);
             }
         }
-        // Pods deleted from the API (or manifests removed) while their containers ran.
-        if store.has_synced() {
-            for d in std::fs::read_dir(self.root.join("pods"))
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                let uid = d.file_name().to_string_lossy().into_owned();
-                if !live.contains(&uid) {
-                    tracing::info!(%uid, "cleaning up a pod that is gone");
-                    self.cleanup(&uid);
-                }
+    }
+
+    /// Gives a pod's worker its latest spec (`None`: the pod is gone), starting the
+    /// worker when there is none.
+    fn deliver(self: &Arc<Self>, uid: &str, pod: Option<Arc<Pod>>) {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, tx)) = workers.get(uid) {
+            tx.send_replace(pod);
+            return;
+        }
+        if pod.is_none() {
+            return;
+        }
+        let generation = self
+            .next_worker
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::watch::channel(pod);
+        workers.insert(uid.to_string(), (generation, tx));
+        tokio::spawn(self.clone().work(uid.to_string(), generation, rx));
+    }
+
+    /// A pod worker: syncs its pod whenever the spec changes and every second; when the
+    /// pod is gone, cleans up what is left of it and ends.
+    async fn work(
+        self: Arc<Self>,
+        uid: String,
+        generation: u64,
+        mut rx: tokio::sync::watch::Receiver<Option<Arc<Pod>>>,
+    ) {
+        loop {
+            let current = rx.borrow_and_update().clone();
+            let Some(pod) = current else { break };
+            // A sync runs runc, CNI plugins and file work: blocking calls, so the worker
+            // takes a thread of its own for it and the runtime's threads stay free.
+            let result = tokio::task::block_in_place(|| {
+                tokio::runtime::Handle::current().block_on(self.sync(&pod))
+            });
+            if let Err(e) = result {
+                tracing::warn!(pod = ?pod.metadata.name, "sync: {e}");
             }
+            tokio::select! {
+                changed = rx.changed() => if changed.is_err() { break },
+                _ = tokio::time::sleep(RESYNC) => {}
+            }
+        }
+        if rx.borrow().is_none() {
+            tracing::info!(%uid, "cleaning up a pod that is gone");
+            tokio::task::block_in_place(|| self.cleanup(&uid));
+        }
+        // A pod back meanwhile (a static pod's manifest restored) gets a new worker at
+        // the next dispatch.
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.get(&uid).is_some_and(|(g, _)| *g == generation) {
+            workers.remove(&uid);
         }
     }
 
