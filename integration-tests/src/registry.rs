@@ -13,6 +13,8 @@ pub struct LocalRegistry {
     pub port: u16,
     pub dir: PathBuf,
     netns: Option<String>,
+    /// `user:password` when the registry requires basic auth.
+    auth: Option<String>,
 }
 
 impl LocalRegistry {
@@ -23,17 +25,33 @@ impl LocalRegistry {
 
     /// The same, inside a network namespace.
     pub fn start_in(dir: &Path, netns: Option<&str>) -> LocalRegistry {
+        Self::start_with(dir, netns, None)
+    }
+
+    /// The same, requiring basic auth as `user` with `password` (an htpasswd file
+    /// made with apache2-utils' `htpasswd`, bcrypt as docker-registry wants).
+    pub fn start_with(dir: &Path, netns: Option<&str>, auth: Option<(&str, &str)>) -> LocalRegistry {
         let port = free_port();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let cfg = dir.join("config.yml");
-        std::fs::write(
-            &cfg,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.join("data").display()
-            ),
-        )
-        .unwrap();
+        let mut config = format!(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+            dir.join("data").display()
+        );
+        if let Some((user, password)) = auth {
+            let out = Command::new("htpasswd")
+                .args(["-Bbn", user, password])
+                .output()
+                .expect("htpasswd (apache2-utils) runs");
+            assert!(out.status.success(), "htpasswd failed");
+            let file = dir.join("htpasswd");
+            std::fs::write(&file, &out.stdout).unwrap();
+            config += &format!(
+                "auth:\n  htpasswd:\n    realm: ferrokube-test\n    path: {}\n",
+                file.display()
+            );
+        }
+        std::fs::write(&cfg, config).unwrap();
         let mut cmd = match netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
@@ -55,6 +73,7 @@ impl LocalRegistry {
             port,
             dir: dir.to_path_buf(),
             netns: netns.map(String::from),
+            auth: auth.map(|(u, p)| format!("{u}:{p}")),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while !reg.answers() {
@@ -98,6 +117,11 @@ impl LocalRegistry {
     /// Builds the busybox image (Debian's static busybox) and pushes it as
     /// `library/busybox` with the given tags.
     pub fn push_busybox(&self, tags: &[&str]) {
+        self.push_busybox_as("library/busybox", tags)
+    }
+
+    /// The busybox image under another repository name.
+    pub fn push_busybox_as(&self, repository: &str, tags: &[&str]) {
         let rootfs = self.dir.join("busybox-rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
@@ -109,10 +133,13 @@ impl LocalRegistry {
             "--registry",
             &self.endpoint(),
             "--name",
-            "library/busybox",
+            repository,
             "--cmd",
             "sh",
         ]);
+        if let Some(auth) = &self.auth {
+            cmd.args(["--user", auth]);
+        }
         for t in tags {
             cmd.args(["--tag", t]);
         }

@@ -12,7 +12,7 @@ use integration_tests::apiserver::ApiServer;
 use integration_tests::netns::NetNs;
 use integration_tests::registry::LocalRegistry;
 use integration_tests::{binary, free_port};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 /// The kubelet process, and everything it may have left behind, removed on drop.
 struct Node {
@@ -113,6 +113,11 @@ fn nix_umount(p: &str) -> std::io::Result<()> {
 }
 
 fn start_node(w: &World, root: &Path) -> Node {
+    start_node_with(w, root, &[])
+}
+
+/// A node whose kubelet gets `extra` flags too.
+fn start_node_with(w: &World, root: &Path, extra: &[String]) -> Node {
     let (api, reg) = (&w.api, &w.reg);
     std::fs::create_dir_all(root.join("manifests")).unwrap();
     let cfg = root.join("config.yaml");
@@ -146,6 +151,7 @@ fn start_node(w: &World, root: &Path) -> Node {
             .args(["--cgroup-root", &cgroup_root()])
             .arg("--cni-conf-dir")
             .arg(root.join("net.d"))
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -824,4 +830,90 @@ fn static_pods_and_their_mirrors() {
         },
         &node,
     );
+}
+
+#[test]
+fn image_pull_secrets_log_in_to_private_registries() {
+    let w = world();
+    let api = &w.api;
+    let private = LocalRegistry::start_with(
+        &w.dir.path().join("private"),
+        Some(&w.ns.name),
+        Some(("alice", "s3cret")),
+    );
+    private.push_busybox_as("team/busybox", &["v1"]);
+    let host = format!("127.0.0.1:{}", private.port);
+    let root = w.dir.path().join("kubelet");
+    let node = start_node_with(
+        &w,
+        &root,
+        &[
+            "--registry-mirror".into(),
+            format!("{host}={}", private.endpoint()),
+        ],
+    );
+    let image = format!("{host}/team/busybox:v1");
+    let create = |name: &str, secrets: &[&str]| {
+        let secrets: Vec<Value> = secrets.iter().map(|s| json!({"name": s})).collect();
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"nodeName": "node-1", "imagePullSecrets": secrets, "terminationGracePeriodSeconds": 0,
+                     "containers": [{"name": "c", "image": image, "command": ["sleep", "3600"]}]}});
+        api.kubectl_stdin(&["create", "-f", "-"], Some(&pod.to_string()))
+            .unwrap_or_else(|e| panic!("{e}"));
+    };
+    let waiting = |name: &str| -> (String, String) {
+        let p = pod(api, name);
+        let w = &p["status"]["containerStatuses"][0]["state"]["waiting"];
+        (
+            w["reason"].as_str().unwrap_or_default().to_string(),
+            w["message"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let pull_fails = |name: &str| {
+        wait_for(
+            &format!("{name}'s pull to fail"),
+            30,
+            || {
+                let (reason, _) = waiting(name);
+                reason == "ErrImagePull" || reason == "ImagePullBackOff"
+            },
+            &node,
+        );
+    };
+    // No credentials, and wrong ones: the registry says no.
+    create("anonymous", &[]);
+    pull_fails("anonymous");
+    api.ok(&[
+        "create", "secret", "docker-registry", "wrong", "--docker-server", &host,
+        "--docker-username=alice", "--docker-password=nope",
+    ]);
+    create("wrong-password", &["wrong"]);
+    pull_fails("wrong-password");
+    // The right login, after a Secret that does not exist (named in a Warning event).
+    api.ok(&[
+        "create", "secret", "docker-registry", "regcred", "--docker-server", &host,
+        "--docker-username=alice", "--docker-password=s3cret",
+    ]);
+    create("authed", &["missing", "regcred"]);
+    wait_for(
+        "the pod with the login to run",
+        30,
+        || pod(api, "authed")["status"]["phase"] == "Running",
+        &node,
+    );
+    let events = api.ok(&[
+        "get", "events", "--field-selector", "involvedObject.name=authed", "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message", "--no-headers",
+    ]);
+    assert!(
+        events.contains("FailedToRetrieveImagePullSecret")
+            && events.contains("Unable to retrieve some image pull secrets (missing)"),
+        "{events}"
+    );
+    // The refusals said why.
+    let events = api.ok(&[
+        "get", "events", "--field-selector", "involvedObject.name=anonymous", "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message", "--no-headers",
+    ]);
+    assert!(events.contains("401 Unauthorized"), "{events}");
 }

@@ -14,7 +14,7 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use ferrokube_images::registry::{sha256, OCI_MANIFEST};
-use ferrokube_images::{Endpoint, ImageStore, Mirrors, Registry};
+use ferrokube_images::{Credentials, Endpoint, ImageStore, Mirrors, Registry};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -51,6 +51,9 @@ enum Cmd {
         env: Vec<String>,
         #[arg(long, default_value = "/")]
         workdir: String,
+        /// Push as this registry user (USER:PASSWORD).
+        #[arg(long)]
+        user: Option<String>,
     },
     /// Makes a root filesystem for a dynamically linked program: the program at
     /// `/<name>` and the shared libraries `ldd` lists, at their paths.
@@ -114,6 +117,7 @@ async fn run() -> Result<()> {
             entrypoint,
             env,
             workdir,
+            user,
         } => {
             let layer = layer_of(&rootfs)?;
             // The uncompressed digest is the layer's diff ID.
@@ -138,7 +142,18 @@ async fn run() -> Result<()> {
                 config["config"]["Entrypoint"] = json!(entrypoint);
             }
             let config = serde_json::to_vec(&config)?;
-            let mut reg = Registry::new(Endpoint::parse(&registry)?, None);
+            let credentials = match user {
+                Some(u) => {
+                    let (username, password) =
+                        u.split_once(':').context("--user must be USER:PASSWORD")?;
+                    Some(Credentials {
+                        username: username.into(),
+                        password: password.into(),
+                    })
+                }
+                None => None,
+            };
+            let mut reg = Registry::new(Endpoint::parse(&registry)?, credentials);
             let config_digest = reg.push_blob(&name, Bytes::from(config.clone())).await?;
             let layer_digest = reg.push_blob(&name, Bytes::from(layer.clone())).await?;
             let manifest = serde_json::to_vec(&json!({

@@ -3,6 +3,7 @@
 //! and pushes for building test images), and [`store`] keeps blobs by digest, records
 //! pulled images, and unpacks each layer once in the form overlayfs stacks.
 
+pub mod credentials;
 pub mod reference;
 pub mod registry;
 pub mod store;

@@ -197,9 +197,23 @@ impl Pods {
                 Err(("ErrImageNeverPull".into(), msg))
             }
             _ => {
+                let credentials = self.pull_credentials(pod, &name).await;
                 ev(Kind::Normal, "Pulling", format!("Pulling image \"{name}\"")).await;
                 let t = Instant::now();
-                match self.images.pull(&name, None).await {
+                let mut result = Err(ferrokube_images::Error::Unauthorized(String::new()));
+                // Each matching credential in turn, as upstream does; none: anonymous.
+                let attempts: Vec<Option<ferrokube_images::Credentials>> = if credentials.is_empty() {
+                    vec![None]
+                } else {
+                    credentials.into_iter().map(Some).collect()
+                };
+                for c in attempts {
+                    result = self.images.pull(&name, c).await;
+                    if result.is_ok() {
+                        break;
+                    }
+                }
+                match result {
                     Ok(img) => {
                         let took = format!("{:.3}s", t.elapsed().as_secs_f64());
                         ev(
@@ -222,6 +236,62 @@ impl Pods {
                 }
             }
         }
+    }
+
+    /// The registry credentials for an image from the pod's `imagePullSecrets`
+    /// (`kubernetes.io/dockerconfigjson` and `kubernetes.io/dockercfg` Secrets), most
+    /// specific first; a Warning event names the Secrets that could not be read.
+    async fn pull_credentials(&self, pod: &Pod, image: &str) -> Vec<ferrokube_images::Credentials> {
+        let names: Vec<String> = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return Vec::new();
+        }
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.client.clone(), ns);
+        let mut configs = Vec::new();
+        let mut failed = Vec::new();
+        for n in &names {
+            match api.get(n).await {
+                Ok(secret) => {
+                    let key = match secret.type_.as_deref() {
+                        Some("kubernetes.io/dockerconfigjson") => ".dockerconfigjson",
+                        Some("kubernetes.io/dockercfg") => ".dockercfg",
+                        _ => continue,
+                    };
+                    if let Some(v) = secret.data.as_ref().and_then(|d| d.get(key)) {
+                        configs.push(v.0.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(secret = %n, "image pull secret: {e}");
+                    failed.push(n.clone());
+                }
+            }
+        }
+        if !failed.is_empty() {
+            let msg = format!(
+                "Unable to retrieve some image pull secrets ({}); attempting to pull the image may not succeed.",
+                failed.join(", ")
+            );
+            self.events
+                .pod(pod, None, Kind::Warning, "FailedToRetrieveImagePullSecret", &msg)
+                .await;
+        }
+        let Ok(reference) = ferrokube_images::Reference::parse(image) else {
+            return Vec::new();
+        };
+        ferrokube_images::credentials::for_image(&configs, &reference).unwrap_or_else(|e| {
+            tracing::warn!(pod = ?pod.metadata.name, "image pull secrets: {e}");
+            Vec::new()
+        })
     }
 
     /// The pod's `/etc/hosts`, `/etc/resolv.conf` and `/etc/hostname`, written under its
