@@ -30,7 +30,11 @@ impl LocalRegistry {
 
     /// The same, requiring basic auth as `user` with `password` (an htpasswd file
     /// made with apache2-utils' `htpasswd`, bcrypt as docker-registry wants).
-    pub fn start_with(dir: &Path, netns: Option<&str>, auth: Option<(&str, &str)>) -> LocalRegistry {
+    pub fn start_with(
+        dir: &Path,
+        netns: Option<&str>,
+        auth: Option<(&str, &str)>,
+    ) -> LocalRegistry {
         let port = free_port();
         std::fs::create_dir_all(dir.join("data")).unwrap();
         let cfg = dir.join("config.yml");

@@ -118,13 +118,18 @@ fn start_node(w: &World, root: &Path) -> Node {
 
 /// A node whose kubelet gets `extra` flags too.
 fn start_node_with(w: &World, root: &Path, extra: &[String]) -> Node {
+    start_node_configured(w, root, extra, "")
+}
+
+/// ... and `config` lines in its KubeletConfiguration.
+fn start_node_configured(w: &World, root: &Path, extra: &[String], config: &str) -> Node {
     let (api, reg) = (&w.api, &w.reg);
     std::fs::create_dir_all(root.join("manifests")).unwrap();
     let cfg = root.join("config.yaml");
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\n",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\n{config}",
             root.join("manifests").display()
         ),
     )
@@ -884,15 +889,27 @@ fn image_pull_secrets_log_in_to_private_registries() {
     create("anonymous", &[]);
     pull_fails("anonymous");
     api.ok(&[
-        "create", "secret", "docker-registry", "wrong", "--docker-server", &host,
-        "--docker-username=alice", "--docker-password=nope",
+        "create",
+        "secret",
+        "docker-registry",
+        "wrong",
+        "--docker-server",
+        &host,
+        "--docker-username=alice",
+        "--docker-password=nope",
     ]);
     create("wrong-password", &["wrong"]);
     pull_fails("wrong-password");
     // The right login, after a Secret that does not exist (named in a Warning event).
     api.ok(&[
-        "create", "secret", "docker-registry", "regcred", "--docker-server", &host,
-        "--docker-username=alice", "--docker-password=s3cret",
+        "create",
+        "secret",
+        "docker-registry",
+        "regcred",
+        "--docker-server",
+        &host,
+        "--docker-username=alice",
+        "--docker-password=s3cret",
     ]);
     create("authed", &["missing", "regcred"]);
     wait_for(
@@ -902,8 +919,13 @@ fn image_pull_secrets_log_in_to_private_registries() {
         &node,
     );
     let events = api.ok(&[
-        "get", "events", "--field-selector", "involvedObject.name=authed", "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message", "--no-headers",
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=authed",
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+        "--no-headers",
     ]);
     assert!(
         events.contains("FailedToRetrieveImagePullSecret")
@@ -912,8 +934,105 @@ fn image_pull_secrets_log_in_to_private_registries() {
     );
     // The refusals said why.
     let events = api.ok(&[
-        "get", "events", "--field-selector", "involvedObject.name=anonymous", "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message", "--no-headers",
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=anonymous",
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+        "--no-headers",
     ]);
     assert!(events.contains("401 Unauthorized"), "{events}");
+}
+
+/// The references of the images in a kubelet's store.
+fn stored_images(root: &Path) -> Vec<String> {
+    std::fs::read_dir(root.join("images/images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v: Value = serde_json::from_slice(&std::fs::read(e.path()).ok()?).ok()?;
+            Some(v["reference"].as_str()?.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn unused_images_are_garbage_collected() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    // Thresholds any disk is over: every pass frees all it may (and reports it could
+    // not free enough, as upstream does).
+    let node = start_node_configured(
+        &w,
+        &root,
+        &["--image-gc-period".into(), "2s".into()],
+        "imageGCHighThresholdPercent: 1\nimageGCLowThresholdPercent: 0\nimageMinimumGCAge: 0s\n",
+    );
+    run(api, "keep", "Always", &["sleep", "3600"]);
+    api.ok(&[
+        "run", "drop", "--image=ferrokube/test-server", "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1","terminationGracePeriodSeconds":0}}"#,
+    ]);
+    for name in ["keep", "drop"] {
+        wait_for(
+            &format!("{name} to run"),
+            30,
+            || pod(api, name)["status"]["phase"] == "Running",
+            &node,
+        );
+    }
+    let has = |what: &str| stored_images(&root).iter().any(|r| r.contains(what));
+    assert!(
+        has("test-server") && has("busybox"),
+        "{:?}",
+        stored_images(&root)
+    );
+    let layers_before = std::fs::read_dir(root.join("images/layers"))
+        .unwrap()
+        .count();
+    // In use: kept however full the disk is.
+    std::thread::sleep(Duration::from_secs(5));
+    assert!(has("test-server"), "an image in use was kept");
+    api.ok(&["delete", "pod", "drop", "--wait=false"]);
+    wait_for("the unused image to go", 60, || !has("test-server"), &node);
+    assert!(has("busybox"), "the image in use stays");
+    let layers_after = std::fs::read_dir(root.join("images/layers"))
+        .unwrap()
+        .count();
+    assert!(layers_after < layers_before, "its unpacked layers went too");
+    let events = api.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=Node,reason=ImageGCFailed",
+        "-o",
+        "custom-columns=MESSAGE:.message",
+        "--no-headers",
+    ]);
+    assert!(
+        events.contains("Failed to garbage collect required amount of images"),
+        "{events}"
+    );
+    // Needed again: pulled again.
+    api.ok(&[
+        "run", "again", "--image=ferrokube/test-server", "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1","terminationGracePeriodSeconds":0}}"#,
+    ]);
+    wait_for(
+        "the image to be pulled again",
+        30,
+        || pod(api, "again")["status"]["phase"] == "Running",
+        &node,
+    );
+    let events = api.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.name=again,reason=Pulling",
+        "--no-headers",
+    ]);
+    assert!(events.contains("Pulling image"), "{events}");
 }

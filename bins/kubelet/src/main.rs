@@ -13,6 +13,8 @@ use std::time::Duration;
 use ferrokube_client::{Api, Client, Config, Informer, ListParams};
 use ferrokube_images::{ImageStore, Mirrors};
 use ferrokube_kubelet::config::KubeletConfiguration;
+use ferrokube_kubelet::events::{Kind, Recorder};
+use ferrokube_kubelet::image_gc::{self, ImageGc};
 use ferrokube_kubelet::network::Cni;
 use ferrokube_kubelet::node::{self, NodeConfig};
 use ferrokube_kubelet::pods::Pods;
@@ -64,6 +66,16 @@ struct Args {
     /// Also try the registries themselves after their mirrors.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     registry_fallback: bool,
+    /// How often image garbage collection checks the disk (upstream's fixed 5m; a
+    /// ferrokube flag, so tests need not wait).
+    #[arg(long, default_value = "5m", value_parser = gc_period)]
+    image_gc_period: Duration,
+}
+
+fn gc_period(s: &str) -> Result<Duration, String> {
+    ferrokube_kubelet::config::parse_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("invalid duration {s:?}"))
 }
 
 fn default_ip() -> IpAddr {
@@ -177,6 +189,32 @@ async fn run() -> Result<()> {
     let mut mirrors = Mirrors::parse(&args.registry_mirrors)?;
     mirrors.fallback = args.registry_fallback;
     let images = Arc::new(ImageStore::open(&args.root_dir.join("images"), mirrors)?);
+    let gc = Arc::new(ImageGc::new(
+        images.clone(),
+        &args.root_dir.join("pods"),
+        cfg.image_gc()?,
+    ));
+    let gc_events = Recorder::new(client.clone(), &node_cfg.name);
+    let gc_period = args.image_gc_period;
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(gc_period).await;
+            let gc = gc.clone();
+            let outcome = tokio::task::spawn_blocking(move || gc.run_once()).await;
+            let message = match outcome {
+                Ok(Ok(image_gc::Outcome::Short { wanted, freed })) => format!(
+                    "Failed to garbage collect required amount of images. Attempted to free {wanted} bytes, but only found {freed} bytes eligible to free."
+                ),
+                Ok(Ok(_)) => continue,
+                Ok(Err(e)) => format!("Image garbage collection failed: {e}"),
+                Err(e) => format!("Image garbage collection failed: {e}"),
+            };
+            tracing::warn!("{message}");
+            gc_events
+                .node(Kind::Warning, "ImageGCFailed", &message)
+                .await;
+        }
+    });
     let mut pods = Pods::new(
         client.clone(),
         &node_cfg.name,

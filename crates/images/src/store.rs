@@ -97,6 +97,17 @@ pub struct ImageStore {
     /// Held while layers are unpacked (or removed), so that concurrent users of one
     /// layer never see it half done.
     layers_lock: std::sync::Mutex<()>,
+    /// Pulls under way: blobs they wrote are not recorded yet, so removal waits.
+    pulls: std::sync::atomic::AtomicUsize,
+}
+
+/// Counts a pull as under way while it lives.
+struct PullGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl Drop for PullGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 fn hex(digest: &str) -> &str {
@@ -108,6 +119,21 @@ fn io(path: &Path, e: std::io::Error) -> Error {
 }
 
 /// Writes a file atomically (temporary name, then rename).
+/// Bytes a file or directory tree takes on disk (symbolic links not followed).
+fn disk_usage(p: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(m) = std::fs::symlink_metadata(p) else {
+        return 0;
+    };
+    let mut total = m.blocks() * 512;
+    if m.is_dir() {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            total += disk_usage(&e.path());
+        }
+    }
+    total
+}
+
 fn write_atomic(path: &Path, data: &[u8]) -> Result<(), Error> {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -126,6 +152,7 @@ impl ImageStore {
             root: root.to_path_buf(),
             mirrors,
             layers_lock: std::sync::Mutex::new(()),
+            pulls: Default::default(),
         })
     }
 
@@ -163,7 +190,20 @@ impl ImageStore {
         let r = Reference::parse(reference)?;
         let p = self.record_path(&r);
         match std::fs::read(&p) {
-            Ok(b) => Ok(Some(serde_json::from_slice(&b)?)),
+            Ok(b) => {
+                let img: Image = serde_json::from_slice(&b)?;
+                // Present only when whole: every layer unpacked or its blob kept.
+                let whole = self.blob_path(&img.config_digest).exists()
+                    && img.layers.iter().all(|l| {
+                        self.root
+                            .join("layers")
+                            .join(hex(l))
+                            .join(".unpacked")
+                            .exists()
+                            || self.blob_path(l).exists()
+                    });
+                Ok(whole.then_some(img))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io(&p, e)),
         }
@@ -192,6 +232,77 @@ impl ImageStore {
         Ok(out)
     }
 
+    /// How many pulls are under way.
+    pub fn pulls_under_way(&self) -> usize {
+        self.pulls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// When the image under `reference` was recorded (pulled or imported).
+    pub fn recorded_at(&self, reference: &str) -> Option<std::time::SystemTime> {
+        let r = Reference::parse(reference).ok()?;
+        std::fs::metadata(self.record_path(&r))
+            .ok()?
+            .modified()
+            .ok()
+    }
+
+    /// The filesystem the store is on: (capacity, available) in bytes.
+    pub fn fs_usage(&self) -> Result<(u64, u64), Error> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| Error::Io(format!("statvfs {}: {e}", self.root.display())))?;
+        let frag = st.fragment_size();
+        Ok((st.blocks() * frag, st.blocks_available() * frag))
+    }
+
+    /// Removes the image whose manifest digest is `digest` (every reference recorded
+    /// for it), then the blobs and unpacked layers no remaining image needs. Returns the
+    /// bytes freed.
+    pub fn remove(&self, digest: &str) -> Result<u64, Error> {
+        let _guard = self
+            .layers_lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.pulls.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            return Err(Error::Io("a pull is under way; removal waits".into()));
+        }
+        let dir = self.root.join("images");
+        for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+            let p = e.map_err(|e| io(&dir, e))?.path();
+            let img: Option<Image> = std::fs::read(&p)
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok());
+            if img.is_some_and(|i| i.digest == digest) {
+                std::fs::remove_file(&p).map_err(|e| io(&p, e))?;
+            }
+        }
+        let mut needed = std::collections::HashSet::new();
+        for img in self.list()? {
+            needed.insert(hex(&img.digest).to_string());
+            needed.insert(hex(&img.config_digest).to_string());
+            needed.extend(img.layers.iter().map(|l| hex(l).to_string()));
+        }
+        let mut freed = 0;
+        for sub in ["blobs/sha256", "layers"] {
+            let dir = self.root.join(sub);
+            for e in std::fs::read_dir(&dir).map_err(|e| io(&dir, e))? {
+                let e = e.map_err(|e| io(&dir, e))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                if needed.contains(&name) || name.contains(".tmp") {
+                    continue;
+                }
+                let p = e.path();
+                freed += disk_usage(&p);
+                let removed = if p.is_dir() {
+                    std::fs::remove_dir_all(&p)
+                } else {
+                    std::fs::remove_file(&p)
+                };
+                removed.map_err(|e| io(&p, e))?;
+            }
+        }
+        Ok(freed)
+    }
+
     /// Endpoints for a registry: its mirrors, then (with fallback) the registry itself,
     /// over plain HTTP for loopback registries and HTTPS otherwise.
     fn endpoints(&self, r: &Reference) -> Vec<Endpoint> {
@@ -206,6 +317,8 @@ impl ImageStore {
         credentials: Option<Credentials>,
     ) -> Result<Image, Error> {
         let r = Reference::parse(reference)?;
+        self.pulls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let _pulling = PullGuard(&self.pulls);
         let mut last = None;
         for ep in self.endpoints(&r) {
             let mut reg = Registry::new(ep.clone(), credentials.clone());

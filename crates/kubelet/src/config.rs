@@ -24,6 +24,12 @@ pub struct KubeletConfiguration {
     pub container_log_max_size: String,
     /// Log files kept per container, the current one included (5 by default).
     pub container_log_max_files: u32,
+    /// Image GC starts at this disk usage (85), and frees down to the low one (80).
+    pub image_gc_high_threshold_percent: i32,
+    pub image_gc_low_threshold_percent: i32,
+    /// Images younger than this are never collected (`2m`).
+    #[serde(rename = "imageMinimumGCAge")]
+    pub image_minimum_gc_age: String,
 }
 
 impl Default for KubeletConfiguration {
@@ -38,6 +44,9 @@ impl Default for KubeletConfiguration {
             node_lease_duration_seconds: 40,
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,
+            image_gc_high_threshold_percent: 85,
+            image_gc_low_threshold_percent: 80,
+            image_minimum_gc_age: "2m".into(),
         }
     }
 }
@@ -83,6 +92,48 @@ impl KubeletConfiguration {
         ))
     }
 
+    /// The image GC policy, checked as upstream validates it.
+    pub fn image_gc(&self) -> Result<crate::image_gc::Policy, Error> {
+        let (high, low) = (
+            self.image_gc_high_threshold_percent,
+            self.image_gc_low_threshold_percent,
+        );
+        for (name, flag, v) in [
+            (
+                "imageGCHighThresholdPercent",
+                "--image-gc-high-threshold",
+                high,
+            ),
+            (
+                "imageGCLowThresholdPercent",
+                "--image-gc-low-threshold",
+                low,
+            ),
+        ] {
+            if !(0..=100).contains(&v) {
+                return Err(Error::Config(format!(
+                    "invalid configuration: {name} ({flag}) {v} must be between 0 and 100, inclusive"
+                )));
+            }
+        }
+        if low >= high && high < 100 {
+            return Err(Error::Config(format!(
+                "invalid configuration: imageGCLowThresholdPercent (--image-gc-low-threshold) {low} must be less than imageGCHighThresholdPercent (--image-gc-high-threshold) {high}"
+            )));
+        }
+        let min_age = parse_duration(&self.image_minimum_gc_age).ok_or_else(|| {
+            Error::Config(format!(
+                "imageMinimumGCAge: invalid duration {:?}",
+                self.image_minimum_gc_age
+            ))
+        })?;
+        Ok(crate::image_gc::Policy {
+            high_percent: high as u8,
+            low_percent: low as u8,
+            min_age,
+        })
+    }
+
     /// The status update period.
     pub fn status_period(&self) -> std::time::Duration {
         parse_duration(&self.node_status_update_frequency)
@@ -91,16 +142,32 @@ impl KubeletConfiguration {
 }
 
 /// A Go duration with one unit (`10s`, `1m`, `500ms`).
-fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit())?);
-    let n: u64 = num.parse().ok()?;
-    Some(match unit {
-        "ms" => std::time::Duration::from_millis(n),
-        "s" => std::time::Duration::from_secs(n),
-        "m" => std::time::Duration::from_secs(n * 60),
-        "h" => std::time::Duration::from_secs(n * 3600),
-        _ => return None,
-    })
+/// Parses a Go-style duration (`90s`, `1m30s`, `1h0m0s`, `0s`).
+pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
+    // Go's form: one or more <number><unit> (`90s`, `1m30s`, `1h0m0s`, `0s`).
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let d = match &rest[..unit_len] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n * 60),
+            "h" => std::time::Duration::from_secs(n * 3600),
+            _ => return None,
+        };
+        total += d;
+        rest = &rest[unit_len..];
+    }
+    Some(total)
 }
 
 #[cfg(test)]
@@ -125,5 +192,43 @@ mod tests {
         assert_eq!(c.status_period(), std::time::Duration::from_secs(5));
         std::fs::write(&p, "kind: Other\n").unwrap();
         assert!(KubeletConfiguration::load(&p).is_err());
+    }
+
+    #[test]
+    fn image_gc_and_log_rotation_are_validated() {
+        let c = KubeletConfiguration::default();
+        let p = c.image_gc().unwrap();
+        assert_eq!((p.high_percent, p.low_percent), (85, 80));
+        assert_eq!(p.min_age, std::time::Duration::from_secs(120));
+        assert_eq!(c.log_rotation().unwrap(), (10 << 20, 5));
+        let with = |f: &dyn Fn(&mut KubeletConfiguration)| {
+            let mut c = KubeletConfiguration::default();
+            f(&mut c);
+            c
+        };
+        let err = with(&|c| c.image_gc_low_threshold_percent = 90)
+            .image_gc()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("must be less than imageGCHighThresholdPercent"),
+            "{err}"
+        );
+        assert!(with(&|c| c.image_gc_high_threshold_percent = 101)
+            .image_gc()
+            .is_err());
+        assert!(with(&|c| c.image_minimum_gc_age = "soon".into())
+            .image_gc()
+            .is_err());
+        let p = with(&|c| c.image_minimum_gc_age = "1m30s".into())
+            .image_gc()
+            .unwrap();
+        assert_eq!(p.min_age, std::time::Duration::from_secs(90));
+        assert!(with(&|c| c.container_log_max_size = "ten".into())
+            .log_rotation()
+            .is_err());
+        assert!(with(&|c| c.container_log_max_files = 1)
+            .log_rotation()
+            .is_err());
     }
 }

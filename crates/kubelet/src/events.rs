@@ -1,4 +1,4 @@
-//! Events about pods, as upstream's kubelet records them (`Pulling`, `Pulled`, `Created`,
+//! Events about pods (and the node), as upstream's kubelet records them (`Pulling`, `Pulled`, `Created`,
 //! `Started`, `Killing`, `BackOff`, `Failed`): core `v1` Events named
 //! `<pod>.<hex nanoseconds>`, a repeat of the same event within ten minutes counted on
 //! the first one instead of written again.
@@ -54,9 +54,41 @@ impl Recorder {
         reason: &str,
         message: &str,
     ) {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
-        let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
+        let involved = ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Pod".into()),
+            name: pod.metadata.name.clone(),
+            namespace: Some(ns.clone()),
+            uid: pod.metadata.uid.clone(),
+            resource_version: pod.metadata.resource_version.clone(),
+            field_path: container.map(|c| format!("spec.containers{{{c}}}")),
+        };
+        self.emit(&ns, involved, kind, reason, message).await;
+    }
+
+    /// Records an event about this kubelet's Node (in `default`, with the node's name as
+    /// its UID, as upstream's kubelet refers to its node).
+    pub async fn node(&self, kind: Kind, reason: &str, message: &str) {
+        let involved = ObjectReference {
+            kind: Some("Node".into()),
+            name: Some(self.host.clone()),
+            uid: Some(self.host.clone()),
+            ..Default::default()
+        };
+        self.emit("default", involved, kind, reason, message).await;
+    }
+
+    async fn emit(
+        &self,
+        ns: &str,
+        involved: ObjectReference,
+        kind: Kind,
+        reason: &str,
+        message: &str,
+    ) {
+        let uid = involved.uid.clone().unwrap_or_default();
+        let api: Api<Event> = Api::namespaced(self.client.clone(), ns);
         let now = Time(jiff::Timestamp::now());
         let key = (uid.clone(), reason.to_string(), message.to_string());
         let repeat = {
@@ -73,24 +105,15 @@ impl Recorder {
                 return;
             }
         }
-        let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let nanos = jiff::Timestamp::now().as_nanosecond();
-        let name = format!("{pod_name}.{nanos:x}");
+        let name = format!("{}.{nanos:x}", involved.name.as_deref().unwrap_or_default());
         let event = Event {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                namespace: Some(ns.clone()),
+                namespace: Some(ns.to_string()),
                 ..Default::default()
             },
-            involved_object: ObjectReference {
-                api_version: Some("v1".into()),
-                kind: Some("Pod".into()),
-                name: Some(pod_name),
-                namespace: Some(ns.clone()),
-                uid: Some(uid),
-                resource_version: pod.metadata.resource_version.clone(),
-                field_path: container.map(|c| format!("spec.containers{{{c}}}")),
-            },
+            involved_object: involved,
             reason: Some(reason.into()),
             message: Some(message.into()),
             source: Some(EventSource {

@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod events;
+pub mod image_gc;
 pub mod network;
 pub mod node;
 pub mod pods;

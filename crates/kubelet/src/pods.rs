@@ -202,7 +202,8 @@ impl Pods {
                 let t = Instant::now();
                 let mut result = Err(ferrokube_images::Error::Unauthorized(String::new()));
                 // Each matching credential in turn, as upstream does; none: anonymous.
-                let attempts: Vec<Option<ferrokube_images::Credentials>> = if credentials.is_empty() {
+                let attempts: Vec<Option<ferrokube_images::Credentials>> = if credentials.is_empty()
+                {
                     vec![None]
                 } else {
                     credentials.into_iter().map(Some).collect()
@@ -282,7 +283,13 @@ impl Pods {
                 failed.join(", ")
             );
             self.events
-                .pod(pod, None, Kind::Warning, "FailedToRetrieveImagePullSecret", &msg)
+                .pod(
+                    pod,
+                    None,
+                    Kind::Warning,
+                    "FailedToRetrieveImagePullSecret",
+                    &msg,
+                )
                 .await;
         }
         let Ok(reference) = ferrokube_images::Reference::parse(image) else {
