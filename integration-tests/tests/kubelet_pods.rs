@@ -123,7 +123,33 @@ fn start_node_with(w: &World, root: &Path, extra: &[String]) -> Node {
 
 /// ... and `config` lines in its KubeletConfiguration.
 fn start_node_configured(w: &World, root: &Path, extra: &[String], config: &str) -> Node {
-    let (api, reg) = (&w.api, &w.reg);
+    let node = NodeSpec {
+        name: "node-1",
+        ip: "10.244.7.2",
+        pod_cidr: "10.244.1.0/24",
+        registry: w.reg.endpoint(),
+    };
+    spawn_node(&w.ns, &w.api, &node, root, extra, config)
+}
+
+/// Who a kubelet is: its node's name and address, the pod range it gets, and the
+/// registry it pulls everything from.
+struct NodeSpec {
+    name: &'static str,
+    ip: &'static str,
+    pod_cidr: &'static str,
+    registry: String,
+}
+
+/// Starts a kubelet in `ns` and assigns its node the pod range.
+fn spawn_node(
+    ns: &NetNs,
+    api: &ApiServer,
+    spec: &NodeSpec,
+    root: &Path,
+    extra: &[String],
+    config: &str,
+) -> Node {
     std::fs::create_dir_all(root.join("manifests")).unwrap();
     let cfg = root.join("config.yaml");
     std::fs::write(
@@ -139,28 +165,28 @@ fn start_node_configured(w: &World, root: &Path, extra: &[String], config: &str)
         .append(true)
         .open(root.join("kubelet.log"))
         .unwrap();
-    let child =
-        w.ns.command(binary("kubelet"))
-            .arg("--kubeconfig")
-            .arg(api.kubeconfig())
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--root-dir")
-            .arg(root)
-            .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
-            .args([
-                "--registry-mirror",
-                &format!("*={}", reg.endpoint()),
-                "--registry-fallback=false",
-            ])
-            .args(["--cgroup-root", &cgroup_root()])
-            .arg("--cni-conf-dir")
-            .arg(root.join("net.d"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+    let child = ns
+        .command(binary("kubelet"))
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--root-dir")
+        .arg(root)
+        .args(["--hostname-override", spec.name, "--node-ip", spec.ip])
+        .args([
+            "--registry-mirror",
+            &format!("*={}", spec.registry),
+            "--registry-fallback=false",
+        ])
+        .args(["--cgroup-root", &cgroup_root()])
+        .arg("--cni-conf-dir")
+        .arg(root.join("net.d"))
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
     let node = Node {
         child,
         root: root.to_path_buf(),
@@ -169,15 +195,18 @@ fn start_node_configured(w: &World, root: &Path, extra: &[String], config: &str)
     wait_for(
         "the node to register",
         30,
-        || api.kubectl(&["get", "node", "node-1"]).is_ok(),
+        || api.kubectl(&["get", "node", spec.name]).is_ok(),
         &node,
     );
     api.ok(&[
         "patch",
         "node",
-        "node-1",
+        spec.name,
         "-p",
-        r#"{"spec":{"podCIDR":"10.244.1.0/24","podCIDRs":["10.244.1.0/24"]}}"#,
+        &format!(
+            r#"{{"spec":{{"podCIDR":"{0}","podCIDRs":["{0}"]}}}}"#,
+            spec.pod_cidr
+        ),
     ]);
     node
 }
@@ -1035,4 +1064,183 @@ fn unused_images_are_garbage_collected() {
         "--no-headers",
     ]);
     assert!(events.contains("Pulling image"), "{events}");
+}
+
+/// Runs `ip` with these arguments, which must succeed.
+fn ip(args: &[&str]) {
+    let ok = Command::new("ip")
+        .args(args)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "ip {}", args.join(" "));
+}
+
+#[test]
+fn pods_on_two_nodes_reach_each_other_over_host_routes() {
+    // Two nodes on one link: namespaces joined by a veth pair, 192.168.77.0/24. The
+    // API server runs on the first and listens on its link address.
+    let (a, b) = (NetNs::new(), NetNs::new());
+    ip(&[
+        "-n", &a.name, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns",
+        &b.name,
+    ]);
+    ip(&[
+        "-n",
+        &a.name,
+        "addr",
+        "add",
+        "192.168.77.1/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&[
+        "-n",
+        &b.name,
+        "addr",
+        "add",
+        "192.168.77.2/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &a.name, "link", "set", "eth0", "up"]);
+    ip(&["-n", &b.name, "link", "set", "eth0", "up"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = ApiServer::new(
+        &dir.path().join("api"),
+        "192.168.77.1",
+        free_port(),
+        free_port(),
+        vec![],
+    );
+    api.netns = Some(a.name.clone());
+    api.spawn();
+    api.wait_ready();
+    let reg_a = LocalRegistry::start_in(&dir.path().join("registry-a"), Some(&a.name));
+    reg_a.push_test_server();
+    let reg_b = LocalRegistry::start_in(&dir.path().join("registry-b"), Some(&b.name));
+    reg_b.push_busybox(&["latest"]);
+    let one = NodeSpec {
+        name: "node-1",
+        ip: "192.168.77.1",
+        pod_cidr: "10.244.1.0/24",
+        registry: reg_a.endpoint(),
+    };
+    let two = NodeSpec {
+        name: "node-2",
+        ip: "192.168.77.2",
+        pod_cidr: "10.244.2.0/24",
+        registry: reg_b.endpoint(),
+    };
+    let node1 = spawn_node(&a, &api, &one, &dir.path().join("kubelet-1"), &[], "");
+    let node2 = spawn_node(&b, &api, &two, &dir.path().join("kubelet-2"), &[], "");
+    let routes = |ns: &NetNs| {
+        let out = ns
+            .command("ip")
+            .args(["route", "show", "proto", "77"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    wait_for(
+        "node-2's route to node-1's pods",
+        30,
+        || routes(&b).contains("10.244.1.0/24 via 192.168.77.1"),
+        &node2,
+    );
+    wait_for(
+        "node-1's route to node-2's pods",
+        30,
+        || routes(&a).contains("10.244.2.0/24 via 192.168.77.2"),
+        &node1,
+    );
+    // A server on node-1; a client on node-2 fetches from it by pod IP.
+    api.ok(&[
+        "run",
+        "server",
+        "--image=ferrokube/test-server",
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1"}}"#,
+        "--",
+        "--port",
+        "8080",
+    ]);
+    wait_for(
+        "the server to run",
+        30,
+        || pod(&api, "server")["status"]["phase"] == "Running",
+        &node1,
+    );
+    let server_ip = pod(&api, "server")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(server_ip.starts_with("10.244.1."), "{server_ip}");
+    // The server may take a moment to listen: the client retries a few times.
+    let script = format!(
+        "for i in 1 2 3 4 5 6 7 8 9 10; do busybox wget -qO- http://{server_ip}:8080/hostname && exit 0; sleep 1; done; exit 1"
+    );
+    api.ok(&[
+        "run",
+        "client",
+        "--image=busybox",
+        "--restart=Never",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-2"}}"#,
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    wait_for(
+        "the client to finish",
+        60,
+        || {
+            matches!(
+                pod(&api, "client")["status"]["phase"].as_str(),
+                Some("Succeeded" | "Failed")
+            )
+        },
+        &node2,
+    );
+    let client = pod(&api, "client");
+    if client["status"]["phase"] != "Succeeded" {
+        for ns in [&a, &b] {
+            for cmd in [
+                &["sysctl", "net.ipv4.ip_forward"][..],
+                &["ip", "route"],
+                &["ip", "addr"],
+                &["iptables-save"],
+            ] {
+                let out = ns.command(cmd[0]).args(&cmd[1..]).output().unwrap();
+                eprintln!(
+                    "{} $ {}:\n{}",
+                    ns.name,
+                    cmd.join(" "),
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
+        let logs = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "cat {}/kubelet-2/logs/*/*/*.log",
+                dir.path().display()
+            ))
+            .output()
+            .unwrap();
+        eprintln!("client log: {}", String::from_utf8_lossy(&logs.stdout));
+    }
+    assert_eq!(
+        client["status"]["phase"], "Succeeded",
+        "node-2's pod reached node-1's pod: {}",
+        client["status"]
+    );
+    // A node that goes takes its route along.
+    drop(node1);
+    api.ok(&["delete", "node", "node-1"]);
+    wait_for(
+        "node-2's route to node-1 to go",
+        30,
+        || !routes(&b).contains("10.244.1.0/24"),
+        &node2,
+    );
 }

@@ -18,6 +18,7 @@ use ferrokube_kubelet::image_gc::{self, ImageGc};
 use ferrokube_kubelet::network::Cni;
 use ferrokube_kubelet::node::{self, NodeConfig};
 use ferrokube_kubelet::pods::Pods;
+use ferrokube_kubelet::routes;
 use k8s_openapi::api::core::v1::Pod;
 
 #[derive(Parser, Debug)]
@@ -256,6 +257,7 @@ async fn run() -> Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = workers => {}
+        _ = routes::run(client.clone(), node_cfg.name.clone()) => {}
         _ = node::run(client, node_cfg, cni) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),

@@ -9,6 +9,7 @@ pub mod image_gc;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod routes;
 pub mod runtime;
 pub mod sandbox;
 pub mod static_pods;
