@@ -1244,3 +1244,90 @@ fn pods_on_two_nodes_reach_each_other_over_host_routes() {
         &node2,
     );
 }
+
+#[test]
+fn faults_show_upstream_reasons_and_spare_the_other_pods() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    // The CNI plugins from a copy this test can break and mend.
+    let bins = w.dir.path().join("cni-bin");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg("/usr/lib/cni")
+        .arg(&bins)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "copying the CNI plugins");
+    let node = start_node_with(
+        &w,
+        &root,
+        &["--cni-bin-dir".into(), bins.display().to_string()],
+    );
+    run(api, "steady", "Always", &["sleep", "3600"]);
+    wait_for(
+        "steady to run",
+        30,
+        || pod(api, "steady")["status"]["phase"] == "Running",
+        &node,
+    );
+    // A command that does not exist: StartError (128), then back-off.
+    run(api, "bad", "Always", &["/no/such/command"]);
+    wait_for(
+        "bad's start to fail",
+        30,
+        || {
+            let s = &pod(api, "bad")["status"]["containerStatuses"][0];
+            s["lastState"]["terminated"]["reason"] == "StartError"
+                || s["state"]["terminated"]["reason"] == "StartError"
+        },
+        &node,
+    );
+    let s = pod(api, "bad")["status"]["containerStatuses"][0].clone();
+    let term = if s["state"]["terminated"].is_object() {
+        &s["state"]["terminated"]
+    } else {
+        &s["lastState"]["terminated"]
+    };
+    assert_eq!(term["exitCode"], 128, "{s}");
+    assert!(
+        term["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/no/such/command")),
+        "{s}"
+    );
+    // No pod network: the sandbox cannot be made; the pod waits, the event says why.
+    std::fs::remove_file(bins.join("bridge")).unwrap();
+    run(api, "nonet", "Always", &["sleep", "3600"]);
+    wait_for(
+        "nonet's sandbox failure",
+        30,
+        || {
+            api.ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=nonet,reason=FailedCreatePodSandBox",
+                "--no-headers",
+            ])
+            .contains("failed to find plugin \"bridge\"")
+        },
+        &node,
+    );
+    let s = &pod(api, "nonet")["status"]["containerStatuses"][0];
+    assert_eq!(s["state"]["waiting"]["reason"], "ContainerCreating", "{s}");
+    assert!(api
+        .ok(&["get", "pod", "nonet", "--no-headers"])
+        .contains("ContainerCreating"));
+    // Mended: it starts. The steady pod never noticed.
+    std::fs::copy("/usr/lib/cni/bridge", bins.join("bridge")).unwrap();
+    wait_for(
+        "nonet to run once the plugin is back",
+        30,
+        || pod(api, "nonet")["status"]["phase"] == "Running",
+        &node,
+    );
+    let steady = pod(api, "steady");
+    assert_eq!(steady["status"]["phase"], "Running");
+    assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+}

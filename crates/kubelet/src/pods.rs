@@ -975,6 +975,17 @@ impl Pods {
                 self.events
                     .pod(pod, None, Kind::Warning, "FailedCreatePodSandBox", &msg)
                     .await;
+                // The containers wait for their sandbox, as upstream shows them.
+                let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+                let statuses = spec
+                    .containers
+                    .iter()
+                    .map(|c| {
+                        let restarts = self.attempts(&uid, &c.name).len().saturating_sub(1) as u32;
+                        self.waiting_status(c, restarts, "ContainerCreating", "")
+                    })
+                    .collect();
+                self.post_status(pod, &api, policy, statuses).await?;
                 return Err(crate::Error::Runtime(msg));
             }
             netns
@@ -1063,8 +1074,12 @@ impl Pods {
     }
 
     fn waiting_status(&self, c: &Container, restarts: u32, reason: &str, message: &str) -> Value {
+        let mut waiting = json!({"reason": reason});
+        if !message.is_empty() {
+            waiting["message"] = json!(message);
+        }
         json!({"name": c.name, "image": c.image, "imageID": "", "ready": false, "started": false,
-               "restartCount": restarts, "state": {"waiting": {"reason": reason, "message": message}}})
+               "restartCount": restarts, "state": {"waiting": waiting}})
     }
 
     fn terminated(id: &str, exit: &Exit, started: &str) -> Value {
