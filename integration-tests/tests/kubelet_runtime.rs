@@ -44,6 +44,18 @@ fn run_container(
     args: &[&str],
     kill: bool,
 ) -> (shim::Exit, String) {
+    run_container_with(root, runc, layers, id, args, kill, false)
+}
+
+fn run_container_with(
+    root: &Path,
+    runc: &Runc,
+    layers: &[std::path::PathBuf],
+    id: &str,
+    args: &[&str],
+    kill: bool,
+    tty: bool,
+) -> (shim::Exit, String) {
     let bundle_dir = root.join("containers").join(id);
     let cgroup = format!("/ferrokube-test-{}-{id}", std::process::id());
     let spec = ContainerSpec {
@@ -52,6 +64,7 @@ fn run_container(
         hostname: "pod-a".into(),
         cgroups_path: cgroup.clone(),
         memory_limit: Some(64 << 20),
+        tty,
         ..Default::default()
     };
     bundle::write(&bundle_dir, &spec).unwrap();
@@ -162,6 +175,21 @@ async fn busybox_runs_under_runc() {
         exit.error.as_deref().is_some_and(|e| e.contains("runc")),
         "{exit:?}"
     );
+
+    // With a terminal (`tty: true`): the container's output comes through the pty runc
+    // made, logged as stdout.
+    let (exit, log) = run_container_with(
+        dir.path(),
+        &runc,
+        &layers,
+        "c4",
+        &["sh", "-c", "busybox tty; echo on-tty >&2"],
+        false,
+        true,
+    );
+    assert_eq!(exit.exit_code, 0, "{exit:?} {log}");
+    assert!(log.contains(" stdout F /dev/pts/0"), "{log}");
+    assert!(log.contains(" stdout F on-tty"), "{log}");
 
     // Nothing left behind: no container state, no mount.
     assert!(runc.state("c1").is_err());

@@ -63,13 +63,15 @@ impl Runc {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `runc create`, the container's stdout and stderr going to the given files (pipes);
-    /// runc's own messages go to `<bundle>/runc.log`, whose last error is reported.
+    /// `runc create`, the container's stdout and stderr going to the given files (pipes),
+    /// or with a terminal, its master end sent to `console_socket`; runc's own messages go
+    /// to `<bundle>/runc.log`, whose last error is reported.
     pub fn create(
         &self,
         id: &str,
         bundle: &Path,
         pid_file: &Path,
+        console_socket: Option<&Path>,
         stdout: Stdio,
         stderr: Stdio,
     ) -> Result<(), RuncError> {
@@ -80,11 +82,14 @@ impl Runc {
             .arg("--log")
             .arg(&log)
             .args(["--log-format", "json"]);
-        let out = cmd
-            .args(["create", "--bundle"])
+        cmd.args(["create", "--bundle"])
             .arg(bundle)
             .arg("--pid-file")
-            .arg(pid_file)
+            .arg(pid_file);
+        if let Some(socket) = console_socket {
+            cmd.arg("--console-socket").arg(socket);
+        }
+        let out = cmd
             .arg(id)
             .stdin(Stdio::null())
             .stdout(stdout)

@@ -293,6 +293,65 @@ fn copy(
     })
 }
 
+/// The socket runc sends a terminal's master end over (`--console-socket`); removed
+/// when dropped. It lives in the temporary directory: socket paths are short.
+struct ConsoleSocket {
+    path: PathBuf,
+    listener: std::os::unix::net::UnixListener,
+}
+
+impl ConsoleSocket {
+    fn bind(id: &str) -> std::io::Result<ConsoleSocket> {
+        let path = std::env::temp_dir().join(format!(
+            "ferrokube-console-{}-{}.sock",
+            std::process::id(),
+            &id[..id.len().min(40)]
+        ));
+        let _ = std::fs::remove_file(&path);
+        let listener = std::os::unix::net::UnixListener::bind(&path)?;
+        Ok(ConsoleSocket { path, listener })
+    }
+
+    /// The master end runc sent (runc has connected by the time `runc create` returns).
+    fn receive(&self) -> Result<OwnedFd, String> {
+        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+        use std::os::fd::{AsRawFd as _, FromRawFd as _, RawFd};
+        self.listener
+            .set_nonblocking(true)
+            .map_err(|e| e.to_string())?;
+        let (stream, _) = self
+            .listener
+            .accept()
+            .map_err(|e| format!("runc did not connect: {e}"))?;
+        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 4096];
+        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+        let mut space = nix::cmsg_space!([RawFd; 1]);
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::empty(),
+        )
+        .map_err(|e| e.to_string())?;
+        for c in msg.cmsgs().map_err(|e| e.to_string())? {
+            if let ControlMessageOwned::ScmRights(fds) = c {
+                if let Some(&fd) = fds.first() {
+                    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
+                    return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+                }
+            }
+        }
+        Err("no terminal received".into())
+    }
+}
+
+impl Drop for ConsoleSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
 /// Runs the shim; returns the process exit status.
 pub fn run(a: &ShimArgs) -> i32 {
     // Orphans (the container's init, once runc create has exited) come to us.
@@ -326,19 +385,44 @@ pub fn run(a: &ShimArgs) -> i32 {
     };
     let runc = Runc::new(&a.runc_root);
     let pid_file = a.bundle.join("init.pid");
+    // A container with a terminal: runc hands the pty's master over a console socket,
+    // and everything the container writes comes through it (as stdout, as upstream logs
+    // tty output).
+    let terminal = std::fs::read(a.bundle.join("config.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .is_some_and(|v| v["process"]["terminal"] == true);
+    let console = if terminal {
+        match ConsoleSocket::bind(&a.id) {
+            Ok(c) => Some(c),
+            Err(e) => return fail(format!("console socket: {e}")),
+        }
+    } else {
+        None
+    };
     if let Err(e) = runc.create(
         &a.id,
         &a.bundle,
         &pid_file,
+        console.as_ref().map(|c| c.path.as_path()),
         Stdio::from(out_w),
         Stdio::from(err_w),
     ) {
         return fail(e.to_string());
     }
-    let readers = [
+    let mut readers = vec![
         copy("stdout", out_r, log.clone()),
-        copy("stderr", err_r, log),
+        copy("stderr", err_r, log.clone()),
     ];
+    if let Some(c) = console {
+        match c.receive() {
+            Ok(master) => readers.push(copy("stdout", master, log)),
+            Err(e) => {
+                let _ = runc.delete(&a.id);
+                return fail(format!("console socket: {e}"));
+            }
+        }
+    }
     let pid: i32 = match std::fs::read_to_string(&pid_file)
         .ok()
         .and_then(|p| p.trim().parse().ok())
