@@ -155,8 +155,9 @@ fn spawn_node(
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\n{config}",
-            root.join("manifests").display()
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\npodLogsDir: {}\n{config}",
+            root.join("manifests").display(),
+            root.join("logs").display()
         ),
     )
     .unwrap();
@@ -539,9 +540,17 @@ fn pods_run_exit_restart_and_go() {
         || api.kubectl(&["get", "pod", "sleeper"]).is_err(),
         &node,
     );
-    assert!(
-        !node.root.join("pods").join(&sleeper_uid).exists(),
-        "pod state removed"
+    wait_for(
+        "the pod's state and logs to be removed",
+        10,
+        || {
+            !node.root.join("pods").join(&sleeper_uid).exists()
+                && !node
+                    .root
+                    .join(format!("logs/default_sleeper_{sleeper_uid}"))
+                    .exists()
+        },
+        &node,
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(!mounts.contains(&sleeper_uid), "no mount of the pod left");

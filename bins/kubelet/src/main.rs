@@ -228,6 +228,12 @@ async fn run() -> Result<()> {
     pods.cluster_dns = cfg.cluster_dns.clone();
     pods.cluster_domain = cfg.cluster_domain.clone();
     (pods.log_max_size, pods.log_max_files) = cfg.log_rotation()?;
+    anyhow::ensure!(
+        cfg.pod_logs_dir.is_absolute(),
+        "podLogsDir {} must be an absolute path",
+        cfg.pod_logs_dir.display()
+    );
+    pods.pod_logs_dir = cfg.pod_logs_dir.clone();
     let cni = Arc::new(Cni {
         conf_dir: args.cni_conf_dir.clone(),
         bin_dir: args.cni_bin_dir.clone(),

@@ -20,6 +20,8 @@ pub struct KubeletConfiguration {
     pub cluster_domain: String,
     pub node_status_update_frequency: String,
     pub node_lease_duration_seconds: i32,
+    /// Where container logs go (`/var/log/pods`).
+    pub pod_logs_dir: PathBuf,
     /// A container's log is rotated at this size (a quantity, `10Mi` by default).
     pub container_log_max_size: String,
     /// Log files kept per container, the current one included (5 by default).
@@ -42,6 +44,7 @@ impl Default for KubeletConfiguration {
             cluster_domain: "cluster.local".into(),
             node_status_update_frequency: "10s".into(),
             node_lease_duration_seconds: 40,
+            pod_logs_dir: PathBuf::from("/var/log/pods"),
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,
             image_gc_high_threshold_percent: 85,

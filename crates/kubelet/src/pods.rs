@@ -52,6 +52,8 @@ pub struct Pods {
     /// Cluster DNS servers and domain (`clusterDNS`, `clusterDomain`).
     pub cluster_dns: Vec<String>,
     pub cluster_domain: String,
+    /// Where container logs go (`podLogsDir`, `/var/log/pods` by default).
+    pub pod_logs_dir: PathBuf,
     /// Container log rotation: size in bytes and files kept.
     pub log_max_size: u64,
     pub log_max_files: u32,
@@ -100,6 +102,7 @@ impl Pods {
             cni: None,
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
+            pod_logs_dir: PathBuf::from("/var/log/pods"),
             log_max_size: 10 << 20,
             log_max_files: 5,
             waiting: Default::default(),
@@ -689,11 +692,10 @@ impl Pods {
         Ok(())
     }
 
-    /// Where a container's logs go (upstream: `/var/log/pods/<ns>_<name>_<uid>/<container>`).
+    /// Where a container's logs go (`<podLogsDir>/<ns>_<name>_<uid>/<container>`).
     pub fn log_dir(&self, pod: &Pod, container: &str) -> PathBuf {
         let m = &pod.metadata;
-        self.root
-            .join("logs")
+        self.pod_logs_dir
             .join(format!(
                 "{}_{}_{}",
                 m.namespace.as_deref().unwrap_or_default(),
@@ -752,6 +754,17 @@ impl Pods {
             }
         }
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
+        // Its logs: `<ns>_<name>_<uid>`.
+        let suffix = format!("_{uid}");
+        for d in std::fs::read_dir(&self.pod_logs_dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if d.file_name().to_string_lossy().ends_with(&suffix) {
+                let _ = std::fs::remove_dir_all(d.path());
+            }
+        }
     }
 
     /// One pass over every pod of this node.
