@@ -1336,6 +1336,32 @@ fn faults_show_upstream_reasons_and_spare_the_other_pods() {
         || pod(api, "nonet")["status"]["phase"] == "Running",
         &node,
     );
+    // A full disk under the image store (a 64 KiB tmpfs over it, so the images pulled so
+    // far are out of sight): the pull fails with the kernel's reason.
+    let images = root.join("images");
+    let ok = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&images)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "mounting a small tmpfs");
+    for d in ["blobs/sha256", "images", "layers"] {
+        std::fs::create_dir_all(images.join(d)).unwrap();
+    }
+    run(api, "full", "Always", &["sleep", "3600"]);
+    wait_for(
+        "full's pull to fail",
+        30,
+        || {
+            let s = &pod(api, "full")["status"]["containerStatuses"][0]["state"]["waiting"];
+            (s["reason"] == "ErrImagePull" || s["reason"] == "ImagePullBackOff")
+                && s["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("No space left on device"))
+        },
+        &node,
+    );
+    let _ = Command::new("umount").arg("-l").arg(&images).status();
     let steady = pod(api, "steady");
     assert_eq!(steady["status"]["phase"], "Running");
     assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
