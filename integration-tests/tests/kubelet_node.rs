@@ -161,3 +161,50 @@ fn node_registers_heartbeats_and_reregisters() {
         "{desc}"
     );
 }
+
+#[test]
+fn bad_settings_stop_the_kubelet_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |config: &str, extra: &[&str]| -> (bool, String) {
+        let cfg = dir.path().join("config.yaml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\n{config}"
+            ),
+        )
+        .unwrap();
+        let out = Command::new(binary("kubelet"))
+            .arg("--kubeconfig")
+            .arg(dir.path().join("no-such-kubeconfig"))
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--root-dir")
+            .arg(dir.path().join("root"))
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        )
+    };
+    for (config, extra, expect) in [
+        (
+            "imageGCHighThresholdPercent: 70\nimageGCLowThresholdPercent: 75\n",
+            &[][..],
+            "imageGCLowThresholdPercent (--image-gc-low-threshold) 75 must be less than imageGCHighThresholdPercent (--image-gc-high-threshold) 70",
+        ),
+        ("containerLogMaxFiles: 1\n", &[], "containerLogMaxFiles: 1 must be at least 2"),
+        ("containerLogMaxSize: lots\n", &[], "containerLogMaxSize: invalid quantity"),
+        ("podLogsDir: relative/logs\n", &[], "podLogsDir relative/logs must be an absolute path"),
+        ("cgroupDriver: systemd\n", &[], "cgroup driver \"systemd\" is not supported"),
+        ("", &["--cgroup-driver", "croups"], "--cgroup-driver must be cgroupfs or systemd"),
+        ("", &["--image-gc-period", "0s"], "invalid duration"),
+    ] {
+        let (ok, stderr) = run(config, extra);
+        assert!(!ok, "{config} {extra:?} was accepted");
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(first.contains(expect), "{config} {extra:?}: {stderr}");
+    }
+}

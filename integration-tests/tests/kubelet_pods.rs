@@ -68,6 +68,11 @@ impl Drop for Node {
             }
         }
         let root = self.root.display().to_string();
+        // The pods' infra processes (in the pods' own namespaces, so the test namespace's
+        // cleanup does not reach them): their command lines name the pod directory.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &format!("kubelet pause .* {root}/pods/")])
+            .status();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let mut points: Vec<&str> = mounts
             .lines()
@@ -1162,17 +1167,14 @@ fn pods_on_two_nodes_reach_each_other_over_host_routes() {
         || routes(&a).contains("10.244.2.0/24 via 192.168.77.2"),
         &node1,
     );
-    // A server on node-1; a client on node-2 fetches from it by pod IP.
-    api.ok(&[
-        "run",
-        "server",
-        "--image=ferrokube/test-server",
-        "--restart=Never",
-        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1"}}"#,
-        "--",
-        "--port",
-        "8080",
-    ]);
+    // A server on node-1 (also on hostPort 18080); a client on node-2 fetches from it
+    // by pod IP.
+    let server = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "server"},
+        "spec": {"nodeName": "node-1", "restartPolicy": "Never", "containers": [{
+            "name": "server", "image": "ferrokube/test-server", "args": ["--port", "8080"],
+            "ports": [{"containerPort": 8080, "hostPort": 18080}]}]}});
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&server.to_string()))
+        .unwrap_or_else(|e| panic!("{e}"));
     wait_for(
         "the server to run",
         30,
@@ -1242,6 +1244,25 @@ fn pods_on_two_nodes_reach_each_other_over_host_routes() {
         client["status"]["phase"], "Succeeded",
         "node-2's pod reached node-1's pod: {}",
         client["status"]
+    );
+    // The hostPort: node-2's namespace (another machine on the link) reaches the server
+    // through node-1's address.
+    let fetch = || {
+        b.command("python3")
+            .args([
+                "-c",
+                "import urllib.request,sys; print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode())",
+                "http://192.168.77.1:18080/hostname",
+            ])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the hostPort to answer",
+        20,
+        || fetch().contains("server"),
+        &node1,
     );
     // A node that goes takes its route along.
     drop(node1);

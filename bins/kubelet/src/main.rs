@@ -159,6 +159,21 @@ async fn run() -> Result<()> {
         );
         cfg.cgroup_driver = d.clone();
     }
+    // The systemd driver needs runc's systemd cgroup manager, which needs systemd as init;
+    // refused rather than silently treated as cgroupfs.
+    anyhow::ensure!(
+        cfg.cgroup_driver == "cgroupfs",
+        "cgroup driver {:?} is not supported: this kubelet manages cgroups itself (cgroupfs)",
+        cfg.cgroup_driver
+    );
+    // Every setting checked before anything is started.
+    let log_rotation = cfg.log_rotation()?;
+    let image_gc_policy = cfg.image_gc()?;
+    anyhow::ensure!(
+        cfg.pod_logs_dir.is_absolute(),
+        "podLogsDir {} must be an absolute path",
+        cfg.pod_logs_dir.display()
+    );
     std::fs::create_dir_all(&args.root_dir)
         .with_context(|| format!("--root-dir {}", args.root_dir.display()))?;
     let name = match &args.hostname_override {
@@ -193,7 +208,7 @@ async fn run() -> Result<()> {
     let gc = Arc::new(ImageGc::new(
         images.clone(),
         &args.root_dir.join("pods"),
-        cfg.image_gc()?,
+        image_gc_policy,
     ));
     let gc_events = Recorder::new(client.clone(), &node_cfg.name);
     let gc_period = args.image_gc_period;
@@ -227,12 +242,7 @@ async fn run() -> Result<()> {
     pods.static_pod_path = cfg.static_pod_path.clone();
     pods.cluster_dns = cfg.cluster_dns.clone();
     pods.cluster_domain = cfg.cluster_domain.clone();
-    (pods.log_max_size, pods.log_max_files) = cfg.log_rotation()?;
-    anyhow::ensure!(
-        cfg.pod_logs_dir.is_absolute(),
-        "podLogsDir {} must be an absolute path",
-        cfg.pod_logs_dir.display()
-    );
+    (pods.log_max_size, pods.log_max_files) = log_rotation;
     pods.pod_logs_dir = cfg.pod_logs_dir.clone();
     let cni = Arc::new(Cni {
         conf_dir: args.cni_conf_dir.clone(),

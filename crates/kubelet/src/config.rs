@@ -27,7 +27,9 @@ pub struct KubeletConfiguration {
     /// Log files kept per container, the current one included (5 by default).
     pub container_log_max_files: u32,
     /// Image GC starts at this disk usage (85), and frees down to the low one (80).
+    #[serde(rename = "imageGCHighThresholdPercent")]
     pub image_gc_high_threshold_percent: i32,
+    #[serde(rename = "imageGCLowThresholdPercent")]
     pub image_gc_low_threshold_percent: i32,
     /// Images younger than this are never collected (`2m`).
     #[serde(rename = "imageMinimumGCAge")]
@@ -187,12 +189,24 @@ mod tests {
         )
         .unwrap();
         let c = KubeletConfiguration::load(&p).unwrap();
+        assert_eq!(c.image_gc_high_threshold_percent, 85);
         assert_eq!(
             c.static_pod_path.as_deref(),
             Some(Path::new("/etc/kubernetes/manifests"))
         );
         assert_eq!((c.max_pods, c.cluster_dns[0].as_str()), (50, "10.96.0.10"));
         assert_eq!(c.status_period(), std::time::Duration::from_secs(5));
+        std::fs::write(
+            &p,
+            "kind: KubeletConfiguration\nimageGCHighThresholdPercent: 90\nimageGCLowThresholdPercent: 10\nimageMinimumGCAge: 1m\npodLogsDir: /logs\ncontainerLogMaxSize: 1Mi\ncontainerLogMaxFiles: 3\n",
+        )
+        .unwrap();
+        let c = KubeletConfiguration::load(&p).unwrap();
+        let gc = c.image_gc().unwrap();
+        assert_eq!((gc.high_percent, gc.low_percent), (90, 10));
+        assert_eq!(gc.min_age, std::time::Duration::from_secs(60));
+        assert_eq!(c.pod_logs_dir, Path::new("/logs"));
+        assert_eq!(c.log_rotation().unwrap(), (1 << 20, 3));
         std::fs::write(&p, "kind: Other\n").unwrap();
         assert!(KubeletConfiguration::load(&p).is_err());
     }

@@ -738,15 +738,17 @@ impl Pods {
         sandbox::stop_infra(&self.pod_dir(uid));
         let _ = sandbox::remove_netns(&self.root, uid);
         let base = self.cgroup_root.trim_start_matches('/');
-        for ctl in std::fs::read_dir("/sys/fs/cgroup")
+        // cgroup v1: one tree per controller; v2: the unified tree itself.
+        let trees = std::fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
             .flatten()
-        {
+            .map(|e| e.path())
+            .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
+        for ctl in trees {
             for qos in ["besteffort", "burstable", "guaranteed"] {
                 let _ = std::fs::remove_dir(
-                    ctl.path()
-                        .join(base)
+                    ctl.join(base)
                         .join("kubepods")
                         .join(qos)
                         .join(format!("pod{uid}")),
