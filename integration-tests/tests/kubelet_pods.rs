@@ -472,6 +472,78 @@ fn pods_run_exit_restart_and_go() {
         "{t}"
     );
 
+    // A Guaranteed pod: its pod cgroup (kubepods/pod<uid>, as upstream lays them out)
+    // holds the infra process and carries the limits, as does the container's.
+    api.ok(&[
+        "run",
+        "limited",
+        "--image=busybox",
+        r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1","terminationGracePeriodSeconds":0,"containers":[{"name":"limited","image":"busybox","command":["sleep","3600"],"resources":{"limits":{"memory":"32Mi","cpu":"250m"}}}]}}"#,
+    ]);
+    wait_for(
+        "limited to run",
+        30,
+        || pod(api, "limited")["status"]["phase"] == "Running",
+        &node,
+    );
+    let limited = pod(api, "limited");
+    assert_eq!(limited["status"]["qosClass"], "Guaranteed");
+    let uid = limited["metadata"]["uid"].as_str().unwrap().to_string();
+    let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+    let cg = |ctl: &str, rel: &str, file: &str| -> String {
+        let base = if v2 {
+            PathBuf::from("/sys/fs/cgroup")
+        } else {
+            Path::new("/sys/fs/cgroup").join(ctl)
+        };
+        let p = base
+            .join(cgroup_root().trim_start_matches('/'))
+            .join(rel)
+            .join(file);
+        std::fs::read_to_string(&p)
+            .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+            .trim()
+            .to_string()
+    };
+    let pod_cg = format!("kubepods/pod{uid}");
+    let id = limited["status"]["containerStatuses"][0]["containerID"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("runc://")
+        .to_string();
+    let infra_pid =
+        std::fs::read_to_string(node.root.join("pods").join(&uid).join("infra.pid")).unwrap();
+    if v2 {
+        assert_eq!(cg("", &pod_cg, "memory.max"), (32 << 20).to_string());
+        assert_eq!(cg("", &pod_cg, "cpu.max"), "25000 100000");
+        assert!(cg("", &pod_cg, "cgroup.procs").contains(infra_pid.trim()));
+    } else {
+        assert_eq!(
+            cg("memory", &pod_cg, "memory.limit_in_bytes"),
+            (32 << 20).to_string()
+        );
+        assert_eq!(cg("cpu", &pod_cg, "cpu.cfs_quota_us"), "25000");
+        assert_eq!(cg("cpu", &pod_cg, "cpu.shares"), "256");
+        assert_eq!(
+            cg("memory", &format!("{pod_cg}/{id}"), "memory.limit_in_bytes"),
+            (32 << 20).to_string()
+        );
+        assert!(cg("memory", &pod_cg, "cgroup.procs")
+            .lines()
+            .any(|l| l == infra_pid.trim()));
+        // BestEffort pods share the least weight.
+        assert_eq!(cg("cpu", "kubepods/besteffort", "cpu.shares"), "2");
+    }
+    api.ok(&["delete", "pod", "limited", "--wait=false"]);
+    let pod_dir = if v2 {
+        PathBuf::from("/sys/fs/cgroup")
+    } else {
+        PathBuf::from("/sys/fs/cgroup/memory")
+    }
+    .join(cgroup_root().trim_start_matches('/'))
+    .join(&pod_cg);
+    wait_for("the pod cgroup to go", 30, || !pod_dir.exists(), &node);
+
     // A failing pod that is always restarted: CrashLoopBackOff with the last exit.
     run(api, "crash", "Always", &["sh", "-c", "exit 1"]);
     wait_for(

@@ -3,6 +3,7 @@
 //! file; [`pods`] runs the pods bound to the node: [`sandbox`] holds each pod's
 //! namespaces and [`runtime`] runs containers with runc.
 
+pub mod cgroups;
 pub mod config;
 pub mod events;
 pub mod image_gc;

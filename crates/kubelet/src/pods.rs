@@ -22,7 +22,7 @@ use crate::runtime::bundle::{self, ContainerSpec};
 use crate::runtime::rootfs;
 use crate::runtime::runc::Runc;
 use crate::runtime::shim::{self, Exit, ShimArgs};
-use crate::{sandbox, static_pods};
+use crate::{cgroups, sandbox, static_pods};
 
 /// Back-off of restarts: 10 s doubling up to 5 minutes, as upstream.
 fn backoff(restarts: u32) -> Duration {
@@ -63,6 +63,8 @@ pub struct Pods {
     /// `None`: the pod is gone) goes to.
     workers: std::sync::Mutex<HashMap<String, (u64, PodSender)>>,
     next_worker: std::sync::atomic::AtomicU64,
+    /// The `burstable` QoS cgroup's shares as last written.
+    burstable_shares: std::sync::Mutex<Option<u64>>,
     events: Recorder,
 }
 
@@ -108,6 +110,7 @@ impl Pods {
             waiting: Default::default(),
             workers: Default::default(),
             next_worker: Default::default(),
+            burstable_shares: Default::default(),
         }
     }
 
@@ -604,9 +607,8 @@ impl Pods {
                 .and_then(|s| s.host_network)
                 .unwrap_or(false),
             cgroups_path: format!(
-                "{}/kubepods/{}/pod{uid}/{id}",
-                self.cgroup_root,
-                qos.to_ascii_lowercase()
+                "{}/{id}",
+                cgroups::pod_cgroup(&self.cgroup_root, &qos, &uid)
             ),
             memory_limit,
             cpu_shares,
@@ -737,23 +739,8 @@ impl Pods {
         }
         sandbox::stop_infra(&self.pod_dir(uid));
         let _ = sandbox::remove_netns(&self.root, uid);
-        let base = self.cgroup_root.trim_start_matches('/');
-        // cgroup v1: one tree per controller; v2: the unified tree itself.
-        let trees = std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.path())
-            .chain(std::iter::once(PathBuf::from("/sys/fs/cgroup")));
-        for ctl in trees {
-            for qos in ["besteffort", "burstable", "guaranteed"] {
-                let _ = std::fs::remove_dir(
-                    ctl.join(base)
-                        .join("kubepods")
-                        .join(qos)
-                        .join(format!("pod{uid}")),
-                );
-            }
+        for qos in ["Guaranteed", "Burstable", "BestEffort"] {
+            cgroups::remove_pod(&cgroups::pod_cgroup(&self.cgroup_root, qos, uid));
         }
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
         // Its logs: `<ns>_<name>_<uid>`.
@@ -827,6 +814,44 @@ impl Pods {
             live.insert(uid.clone());
             self.deliver(&uid, Some(pod.clone()));
         }
+        // The QoS classes' cgroups: BestEffort gets the least CPU weight, Burstable what its
+        // pods request together.
+        let burstable: i64 = statics
+            .iter()
+            .map(|p| p as &Pod)
+            .chain(
+                pods.iter()
+                    .filter(|p| {
+                        p.spec.as_ref().and_then(|s| s.node_name.as_deref())
+                            == Some(self.node.as_str())
+                            && !static_pods::is_mirror(p)
+                            && p.metadata.deletion_timestamp.is_none()
+                    })
+                    .map(|p| p.as_ref()),
+            )
+            .filter(|p| p.status.as_ref().and_then(|s| s.qos_class.as_deref()) == Some("Burstable"))
+            .map(|p| cgroups::pod_resources(p).cpu_request_milli)
+            .sum();
+        let shares = cgroups::milli_to_shares(burstable);
+        let mut last = self
+            .burstable_shares
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *last != Some(shares) {
+            let root = self.cgroup_root.trim_end_matches('/');
+            let written = cgroups::set_cpu_shares(&format!("{root}/kubepods/burstable"), shares)
+                .and_then(|_| {
+                    cgroups::set_cpu_shares(
+                        &format!("{root}/kubepods/besteffort"),
+                        cgroups::MIN_SHARES,
+                    )
+                });
+            match written {
+                Ok(()) => *last = Some(shares),
+                Err(e) => tracing::warn!("QoS cgroups: {e}"),
+            }
+        }
+        drop(last);
         if !store.has_synced() {
             return;
         }
@@ -1017,6 +1042,24 @@ impl Pods {
             &hostname,
         )
         .map_err(|e| crate::Error::Runtime(format!("pod infra process: {e}")))?;
+        // The pod's cgroup, sized once (a pod's resources do not change), with the infra
+        // process in it.
+        let marker = self.pod_dir(&uid).join("cgroup");
+        if !marker.exists() {
+            let qos = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.qos_class.as_deref())
+                .unwrap_or("BestEffort");
+            let cgroup = cgroups::pod_cgroup(&self.cgroup_root, qos, &uid);
+            cgroups::ensure_pod(
+                &cgroup,
+                &cgroups::pod_resources(pod),
+                &[infra.unsigned_abs()],
+            )
+            .map_err(|e| crate::Error::Runtime(format!("pod cgroup {cgroup}: {e}")))?;
+            std::fs::write(&marker, &cgroup).ok();
+        }
         let policy = spec
             .restart_policy
             .clone()
