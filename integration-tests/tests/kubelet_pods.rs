@@ -133,6 +133,7 @@ fn start_node_configured(w: &World, root: &Path, extra: &[String], config: &str)
         ip: "10.244.7.2",
         pod_cidr: "10.244.1.0/24",
         registry: w.reg.endpoint(),
+        path: None,
     };
     spawn_node(&w.ns, &w.api, &node, root, extra, config)
 }
@@ -144,6 +145,8 @@ struct NodeSpec {
     ip: &'static str,
     pod_cidr: &'static str,
     registry: String,
+    /// The kubelet's `PATH`, when not the test's.
+    path: Option<String>,
 }
 
 /// Starts a kubelet in `ns` and assigns its node the pod range.
@@ -189,6 +192,7 @@ fn spawn_node(
         .arg("--cni-conf-dir")
         .arg(root.join("net.d"))
         .args(extra)
+        .envs(spec.path.iter().map(|p| ("PATH", p)))
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -1210,12 +1214,14 @@ fn pods_on_two_nodes_reach_each_other_over_host_routes() {
         ip: "192.168.77.1",
         pod_cidr: "10.244.1.0/24",
         registry: reg_a.endpoint(),
+        path: None,
     };
     let two = NodeSpec {
         name: "node-2",
         ip: "192.168.77.2",
         pod_cidr: "10.244.2.0/24",
         registry: reg_b.endpoint(),
+        path: None,
     };
     let node1 = spawn_node(&a, &api, &one, &dir.path().join("kubelet-1"), &[], "");
     let node2 = spawn_node(&b, &api, &two, &dir.path().join("kubelet-2"), &[], "");
@@ -1458,4 +1464,86 @@ fn faults_show_upstream_reasons_and_spare_the_other_pods() {
     let steady = pod(api, "steady");
     assert_eq!(steady["status"]["phase"], "Running");
     assert_eq!(steady["status"]["containerStatuses"][0]["restartCount"], 0);
+}
+
+#[test]
+fn a_node_without_runc_is_not_ready_and_its_pods_wait() {
+    let w = world();
+    let api = &w.api;
+    // A PATH with every program of /usr/bin and /usr/sbin but runc.
+    let bin = w.dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for dir in ["/usr/bin", "/usr/sbin"] {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let name = e.file_name();
+            if name != "runc" {
+                let _ = std::os::unix::fs::symlink(e.path(), bin.join(&name));
+            }
+        }
+    }
+    let spec = NodeSpec {
+        name: "node-1",
+        ip: "10.244.7.2",
+        pod_cidr: "10.244.1.0/24",
+        registry: w.reg.endpoint(),
+        path: Some(bin.display().to_string()),
+    };
+    let root = w.dir.path().join("kubelet");
+    let node = spawn_node(&w.ns, api, &spec, &root, &[], "");
+    let ready = || -> Value {
+        let n: Value =
+            serde_json::from_str(&api.ok(&["get", "node", "node-1", "-o", "json"])).unwrap();
+        n["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|c| c["type"] == "Ready")
+            .cloned()
+            .unwrap_or_default()
+    };
+    wait_for(
+        "the node to say its runtime is down",
+        30,
+        || {
+            ready()["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("container runtime is down: runc"))
+        },
+        &node,
+    );
+    assert_eq!(ready()["status"], "False");
+    run(api, "waits", "Always", &["sleep", "3600"]);
+    wait_for(
+        "the sandbox failure",
+        30,
+        || {
+            api.ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=waits,reason=FailedCreatePodSandBox",
+                "--no-headers",
+            ])
+            .contains("container runtime is down")
+        },
+        &node,
+    );
+    assert_eq!(
+        pod(api, "waits")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
+        "ContainerCreating"
+    );
+    // runc installed: the node becomes Ready and the pod runs.
+    std::os::unix::fs::symlink("/usr/sbin/runc", bin.join("runc")).unwrap();
+    wait_for(
+        "the node to be Ready",
+        30,
+        || ready()["status"] == "True",
+        &node,
+    );
+    wait_for(
+        "the pod to run",
+        30,
+        || pod(api, "waits")["status"]["phase"] == "Running",
+        &node,
+    );
 }

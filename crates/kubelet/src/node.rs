@@ -32,8 +32,14 @@ pub struct NodeConfig {
     pub status_period: Duration,
 }
 
-/// Why the node is not ready yet (the pod network), or `None` when it is.
-pub type Readiness = Option<String>;
+/// Why the node is not ready.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotReady {
+    /// The container runtime (runc) cannot be run.
+    Runtime(String),
+    /// The pod network is not configured.
+    Network(String),
+}
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(path)
@@ -135,16 +141,28 @@ fn condition(
 }
 
 /// The node's status now.
-pub fn status(cfg: &NodeConfig, previous: Option<&NodeStatus>, network: &Readiness) -> NodeStatus {
+pub fn status(
+    cfg: &NodeConfig,
+    previous: Option<&NodeStatus>,
+    readiness: &Result<(), NotReady>,
+) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let prev = |t: &str| {
         previous
             .and_then(|s| s.conditions.as_ref())
             .and_then(|cs| cs.iter().find(|c| c.type_ == t))
     };
-    let ready = match network {
-        None => condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now, prev("Ready")),
-        Some(why) => condition(
+    let ready = match readiness {
+        Ok(()) => condition("Ready", "True", "KubeletReady", "kubelet is posting ready status", &now, prev("Ready")),
+        Err(NotReady::Runtime(why)) => condition(
+            "Ready",
+            "False",
+            "KubeletNotReady",
+            &format!("container runtime is down: {why}"),
+            &now,
+            prev("Ready"),
+        ),
+        Err(NotReady::Network(why)) => condition(
             "Ready",
             "False",
             "KubeletNotReady",
@@ -252,7 +270,14 @@ pub async fn post_status(client: &Client, cfg: &NodeConfig, cni: &Cni) -> Result
             tracing::warn!("writing the CNI configuration: {e}");
         }
     }
-    let st = status(cfg, current.status.as_ref(), &cni.readiness());
+    let readiness = match crate::runtime::runc::missing() {
+        Some(why) => Err(NotReady::Runtime(why)),
+        None => match cni.readiness() {
+            Some(why) => Err(NotReady::Network(why)),
+            None => Ok(()),
+        },
+    };
+    let st = status(cfg, current.status.as_ref(), &readiness);
     Ok(nodes
         .patch_status(&cfg.name, &Patch::Merge(json!({"status": st})))
         .await?)
@@ -344,7 +369,11 @@ mod tests {
             lease_duration_seconds: 40,
             status_period: Duration::from_secs(10),
         };
-        let st = status(&cfg, None, &Some("cni config uninitialized".into()));
+        let st = status(
+            &cfg,
+            None,
+            &Err(NotReady::Network("cni config uninitialized".into())),
+        );
         let cap = st.capacity.unwrap();
         assert_eq!(cap["pods"].0, "110");
         assert!(cap["memory"].0.ends_with("Ki"));

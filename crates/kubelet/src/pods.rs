@@ -1005,6 +1005,14 @@ impl Pods {
             return self.terminate(pod, &api).await;
         }
         let host_network = spec.host_network.unwrap_or(false);
+        // No runtime, no new sandbox: the pod waits, as upstream's do while the runtime
+        // is down.
+        if !self.pod_dir(&uid).join("infra.pid").exists() {
+            if let Some(why) = crate::runtime::runc::missing() {
+                let msg = format!("Failed to create pod sandbox: container runtime is down: {why}");
+                return self.sandbox_failed(pod, &api, &spec, &uid, msg).await;
+            }
+        }
         let netns = if host_network {
             PathBuf::new()
         } else {
@@ -1012,21 +1020,7 @@ impl Pods {
                 .map_err(|e| crate::Error::Runtime(format!("pod network namespace: {e}")))?;
             if let Err(msg) = self.attach_network(pod, &uid, &netns) {
                 let msg = format!("Failed to create pod sandbox: {msg}");
-                self.events
-                    .pod(pod, None, Kind::Warning, "FailedCreatePodSandBox", &msg)
-                    .await;
-                // The containers wait for their sandbox, as upstream shows them.
-                let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-                let statuses = spec
-                    .containers
-                    .iter()
-                    .map(|c| {
-                        let restarts = self.attempts(&uid, &c.name).len().saturating_sub(1) as u32;
-                        self.waiting_status(c, restarts, "ContainerCreating", "")
-                    })
-                    .collect();
-                self.post_status(pod, &api, policy, statuses).await?;
-                return Err(crate::Error::Runtime(msg));
+                return self.sandbox_failed(pod, &api, &spec, &uid, msg).await;
             }
             netns
         };
@@ -1129,6 +1123,32 @@ impl Pods {
             statuses.push(self.container_status(&uid, c, &policy));
         }
         self.post_status(pod, &api, &policy, statuses).await
+    }
+
+    /// A sandbox that could not be made: the event, and containers waiting in
+    /// `ContainerCreating`, as upstream shows them.
+    async fn sandbox_failed(
+        &self,
+        pod: &Pod,
+        api: &Api<Pod>,
+        spec: &k8s_openapi::api::core::v1::PodSpec,
+        uid: &str,
+        msg: String,
+    ) -> Result<(), crate::Error> {
+        self.events
+            .pod(pod, None, Kind::Warning, "FailedCreatePodSandBox", &msg)
+            .await;
+        let policy = spec.restart_policy.as_deref().unwrap_or("Always");
+        let statuses = spec
+            .containers
+            .iter()
+            .map(|c| {
+                let restarts = self.attempts(uid, &c.name).len().saturating_sub(1) as u32;
+                self.waiting_status(c, restarts, "ContainerCreating", "")
+            })
+            .collect();
+        self.post_status(pod, api, policy, statuses).await?;
+        Err(crate::Error::Runtime(msg))
     }
 
     fn waiting_status(&self, c: &Container, restarts: u32, reason: &str, message: &str) -> Value {

@@ -31,6 +31,18 @@ pub struct RuncError {
     pub message: String,
 }
 
+/// Why runc cannot be run (not found on `PATH`), or `None` when it can. A look at the
+/// file system, cheap enough for every sync.
+pub fn missing() -> Option<String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let found = std::env::split_paths(&path).any(|dir| {
+        std::fs::metadata(dir.join("runc"))
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    });
+    (!found).then(|| "runc: executable file not found in $PATH".to_string())
+}
+
 impl Runc {
     pub fn new(root: &Path) -> Runc {
         Runc {
