@@ -391,7 +391,7 @@ mod tests {
                 conditions: Some(conds.clone()),
                 ..Default::default()
             }),
-            &None,
+            &Ok(()),
         );
         let ready2 = again
             .conditions
