@@ -23,7 +23,7 @@ fn kubelet(api: &ApiServer, root: &std::path::Path, extra: &[&str]) -> Kubelet {
     std::fs::create_dir_all(root).unwrap();
     std::fs::write(
         &cfg,
-        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 1s\nnodeLeaseDurationSeconds: 8\nmaxPods: 42\n",
+        "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 1s\nnodeLeaseDurationSeconds: 8\nmaxPods: 42\nevictionHard:\n  nodefs.available: \"100%\"\n  memory.available: \"1Ki\"\n",
     )
     .unwrap();
     let log = std::fs::File::create(root.join("kubelet.log")).unwrap();
@@ -92,6 +92,21 @@ fn node_registers_heartbeats_and_reregisters() {
         .unwrap()
         .clone();
     assert_eq!(ready["status"], "False", "no pod network yet");
+    // Less than all of the root file system is always free: over the 100% threshold.
+    let condition = |t: &str| {
+        node["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == t)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(condition("DiskPressure")["status"], "True");
+    assert_eq!(condition("DiskPressure")["reason"], "KubeletHasDiskPressure");
+    assert_eq!(condition("MemoryPressure")["status"], "False");
+    assert_eq!(condition("MemoryPressure")["reason"], "KubeletHasSufficientMemory");
+    assert_eq!(condition("PIDPressure")["status"], "False");
     assert!(ready["message"]
         .as_str()
         .unwrap()
@@ -201,6 +216,16 @@ fn bad_settings_stop_the_kubelet_with_a_clear_error() {
         ("cgroupDriver: systemd\n", &[], "cgroup driver \"systemd\" is not supported"),
         ("", &["--cgroup-driver", "croups"], "--cgroup-driver must be cgroupfs or systemd"),
         ("", &["--image-gc-period", "0s"], "invalid duration"),
+        (
+            "evictionHard:\n  memory.free: 1Gi\n",
+            &[],
+            "evictionHard: unsupported eviction signal memory.free",
+        ),
+        (
+            "evictionHard:\n  nodefs.available: 110%\n",
+            &[],
+            "evictionHard: invalid value \"110%\" for nodefs.available",
+        ),
     ] {
         let (ok, stderr) = run(config, extra);
         assert!(!ok, "{config} {extra:?} was accepted");

@@ -18,6 +18,7 @@ use ferrokube_kubelet::image_gc::{self, ImageGc};
 use ferrokube_kubelet::network::Cni;
 use ferrokube_kubelet::node::{self, NodeConfig};
 use ferrokube_kubelet::pods::Pods;
+use ferrokube_kubelet::pressure::Thresholds;
 use ferrokube_kubelet::routes;
 use k8s_openapi::api::core::v1::Pod;
 
@@ -169,6 +170,7 @@ async fn run() -> Result<()> {
     // Every setting checked before anything is started.
     let log_rotation = cfg.log_rotation()?;
     let image_gc_policy = cfg.image_gc()?;
+    let eviction_hard = Thresholds::parse(&cfg.eviction_hard)?;
     anyhow::ensure!(
         cfg.pod_logs_dir.is_absolute(),
         "podLogsDir {} must be an absolute path",
@@ -200,6 +202,7 @@ async fn run() -> Result<()> {
         labels,
         lease_duration_seconds: cfg.node_lease_duration_seconds,
         status_period: cfg.status_period(),
+        eviction_hard,
     };
     tracing::info!(node = %node_cfg.name, ip = %node_cfg.ip, "kubelet starting");
     let mut mirrors = Mirrors::parse(&args.registry_mirrors)?;

@@ -20,6 +20,9 @@ pub struct KubeletConfiguration {
     pub cluster_domain: String,
     pub node_status_update_frequency: String,
     pub node_lease_duration_seconds: i32,
+    /// Hard eviction thresholds by signal (`memory.available: 100Mi`, `nodefs.available:
+    /// 10%`, ...); upstream's defaults fill in the signals not named.
+    pub eviction_hard: std::collections::BTreeMap<String, String>,
     /// Where container logs go (`/var/log/pods`).
     pub pod_logs_dir: PathBuf,
     /// A container's log is rotated at this size (a quantity, `10Mi` by default).
@@ -46,6 +49,7 @@ impl Default for KubeletConfiguration {
             cluster_domain: "cluster.local".into(),
             node_status_update_frequency: "10s".into(),
             node_lease_duration_seconds: 40,
+            eviction_hard: Default::default(),
             pod_logs_dir: PathBuf::from("/var/log/pods"),
             container_log_max_size: "10Mi".into(),
             container_log_max_files: 5,

@@ -10,6 +10,7 @@ pub mod image_gc;
 pub mod network;
 pub mod node;
 pub mod pods;
+pub mod pressure;
 pub mod routes;
 pub mod runtime;
 pub mod sandbox;

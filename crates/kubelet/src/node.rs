@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub labels: BTreeMap<String, String>,
     pub lease_duration_seconds: i32,
     pub status_period: Duration,
+    /// Hard eviction thresholds, for the pressure conditions.
+    pub eviction_hard: crate::pressure::Thresholds,
 }
 
 /// Why the node is not ready.
@@ -145,6 +147,7 @@ pub fn status(
     cfg: &NodeConfig,
     previous: Option<&NodeStatus>,
     readiness: &Result<(), NotReady>,
+    pressure: &crate::pressure::Pressure,
 ) -> NodeStatus {
     let now = Time(jiff::Timestamp::now());
     let prev = |t: &str| {
@@ -186,30 +189,63 @@ pub fn status(
         allocatable: Some(cap.clone()),
         capacity: Some(cap),
         conditions: Some(vec![
-            condition(
-                "MemoryPressure",
-                "False",
-                "KubeletHasSufficientMemory",
-                "kubelet has sufficient memory available",
-                &now,
-                prev("MemoryPressure"),
-            ),
-            condition(
-                "DiskPressure",
-                "False",
-                "KubeletHasNoDiskPressure",
-                "kubelet has no disk pressure",
-                &now,
-                prev("DiskPressure"),
-            ),
-            condition(
-                "PIDPressure",
-                "False",
-                "KubeletHasSufficientPID",
-                "kubelet has sufficient PID available",
-                &now,
-                prev("PIDPressure"),
-            ),
+            if pressure.memory {
+                condition(
+                    "MemoryPressure",
+                    "True",
+                    "KubeletHasInsufficientMemory",
+                    "kubelet has insufficient memory available",
+                    &now,
+                    prev("MemoryPressure"),
+                )
+            } else {
+                condition(
+                    "MemoryPressure",
+                    "False",
+                    "KubeletHasSufficientMemory",
+                    "kubelet has sufficient memory available",
+                    &now,
+                    prev("MemoryPressure"),
+                )
+            },
+            if pressure.disk {
+                condition(
+                    "DiskPressure",
+                    "True",
+                    "KubeletHasDiskPressure",
+                    "kubelet has disk pressure",
+                    &now,
+                    prev("DiskPressure"),
+                )
+            } else {
+                condition(
+                    "DiskPressure",
+                    "False",
+                    "KubeletHasNoDiskPressure",
+                    "kubelet has no disk pressure",
+                    &now,
+                    prev("DiskPressure"),
+                )
+            },
+            if pressure.pid {
+                condition(
+                    "PIDPressure",
+                    "True",
+                    "KubeletHasInsufficientPID",
+                    "kubelet has insufficient PID available",
+                    &now,
+                    prev("PIDPressure"),
+                )
+            } else {
+                condition(
+                    "PIDPressure",
+                    "False",
+                    "KubeletHasSufficientPID",
+                    "kubelet has sufficient PID available",
+                    &now,
+                    prev("PIDPressure"),
+                )
+            },
             ready,
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
@@ -277,7 +313,9 @@ pub async fn post_status(client: &Client, cfg: &NodeConfig, cni: &Cni) -> Result
             None => Ok(()),
         },
     };
-    let st = status(cfg, current.status.as_ref(), &readiness);
+    let observed = crate::pressure::observe(&cfg.root_dir, &cfg.root_dir.join("images"));
+    let pressure = crate::pressure::pressure(&cfg.eviction_hard, &observed);
+    let st = status(cfg, current.status.as_ref(), &readiness, &pressure);
     Ok(nodes
         .patch_status(&cfg.name, &Patch::Merge(json!({"status": st})))
         .await?)
@@ -357,6 +395,7 @@ pub async fn run(client: Client, cfg: NodeConfig, cni: std::sync::Arc<Cni>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pressure::Pressure;
 
     #[test]
     fn status_reports_capacity_and_not_ready_without_a_network() {
@@ -368,16 +407,18 @@ mod tests {
             labels: BTreeMap::new(),
             lease_duration_seconds: 40,
             status_period: Duration::from_secs(10),
+            eviction_hard: crate::pressure::Thresholds::parse(&BTreeMap::new()).unwrap(),
         };
         let st = status(
             &cfg,
             None,
             &Err(NotReady::Network("cni config uninitialized".into())),
+            &Pressure::default(),
         );
-        let cap = st.capacity.unwrap();
+        let cap = st.capacity.clone().unwrap();
         assert_eq!(cap["pods"].0, "110");
         assert!(cap["memory"].0.ends_with("Ki"));
-        let conds = st.conditions.unwrap();
+        let conds = st.conditions.clone().unwrap();
         let ready = conds.iter().find(|c| c.type_ == "Ready").unwrap();
         assert_eq!(ready.status, "False");
         assert!(ready
@@ -392,14 +433,26 @@ mod tests {
                 ..Default::default()
             }),
             &Ok(()),
+            &Pressure {
+                disk: true,
+                ..Default::default()
+            },
         );
-        let ready2 = again
-            .conditions
-            .unwrap()
-            .into_iter()
-            .find(|c| c.type_ == "Ready")
-            .unwrap();
-        assert_eq!(ready2.status, "True");
+        let find = |st: &NodeStatus, t: &str| {
+            st.conditions
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|c| c.type_ == t)
+                .cloned()
+                .unwrap()
+        };
+        assert_eq!(find(&again, "Ready").status, "True");
+        assert_eq!(find(&st, "DiskPressure").status, "False");
+        let disk = find(&again, "DiskPressure");
+        assert_eq!(disk.status, "True");
+        assert_eq!(disk.reason.as_deref(), Some("KubeletHasDiskPressure"));
+        assert_eq!(find(&again, "MemoryPressure").status, "False");
         assert_eq!(st.node_info.unwrap().operating_system, "linux");
     }
 }
