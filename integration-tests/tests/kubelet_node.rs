@@ -103,9 +103,15 @@ fn node_registers_heartbeats_and_reregisters() {
             .clone()
     };
     assert_eq!(condition("DiskPressure")["status"], "True");
-    assert_eq!(condition("DiskPressure")["reason"], "KubeletHasDiskPressure");
+    assert_eq!(
+        condition("DiskPressure")["reason"],
+        "KubeletHasDiskPressure"
+    );
     assert_eq!(condition("MemoryPressure")["status"], "False");
-    assert_eq!(condition("MemoryPressure")["reason"], "KubeletHasSufficientMemory");
+    assert_eq!(
+        condition("MemoryPressure")["reason"],
+        "KubeletHasSufficientMemory"
+    );
     assert_eq!(condition("PIDPressure")["status"], "False");
     assert!(ready["message"]
         .as_str()
