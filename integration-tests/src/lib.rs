@@ -15,6 +15,7 @@ use tonic::transport::Channel;
 
 pub mod apiserver;
 pub mod netns;
+pub mod node;
 pub mod registry;
 
 /// Path of a binary built from this workspace (next to the test executable's directory).

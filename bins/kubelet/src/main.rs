@@ -20,7 +20,7 @@ use ferrokube_kubelet::node::{self, NodeConfig};
 use ferrokube_kubelet::pods::Pods;
 use ferrokube_kubelet::pressure::Thresholds;
 use ferrokube_kubelet::routes;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Service};
 
 #[derive(Parser, Debug)]
 #[command(name = "kubelet", version, about)]
@@ -253,6 +253,12 @@ async fn run() -> Result<()> {
         data_dir: args.root_dir.join("cni/networks"),
     });
     pods.cni = Some(cni.clone());
+    pods.allocatable = node::capacity(&node_cfg);
+    // Every Service, for the containers' service variables, as upstream's kubelet
+    // watches them.
+    let services = Informer::new(Api::<Service>::all(client.clone()), ListParams::default());
+    pods.services = Some(services.store());
+    tokio::spawn(services.run());
     let pods = Arc::new(pods);
     // The pods bound to this node, cached and watched.
     let mut informer = Informer::new(

@@ -5,6 +5,7 @@
 
 pub mod cgroups;
 pub mod config;
+pub mod env;
 pub mod events;
 pub mod image_gc;
 pub mod network;

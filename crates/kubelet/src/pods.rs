@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use ferrokube_client::{Api, Client, Patch, Store};
 use ferrokube_images::{Image, ImageStore};
-use k8s_openapi::api::core::v1::{Container, Pod};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Preconditions};
 use serde_json::{json, Value};
 
@@ -54,6 +54,10 @@ pub struct Pods {
     pub cluster_domain: String,
     /// Where container logs go (`podLogsDir`, `/var/log/pods` by default).
     pub pod_logs_dir: PathBuf,
+    /// Every Service, for the containers' service variables (watched by the kubelet).
+    pub services: Option<Store<Service>>,
+    /// The node's allocatable resources (unset limits in `resourceFieldRef`).
+    pub allocatable: BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
     /// Container log rotation: size in bytes and files kept.
     pub log_max_size: u64,
     pub log_max_files: u32,
@@ -105,6 +109,8 @@ impl Pods {
             cluster_dns: Vec::new(),
             cluster_domain: "cluster.local".into(),
             pod_logs_dir: PathBuf::from("/var/log/pods"),
+            services: None,
+            allocatable: BTreeMap::new(),
             log_max_size: 10 << 20,
             log_max_files: 5,
             waiting: Default::default(),
@@ -456,6 +462,81 @@ impl Pods {
     }
 
     /// Starts a container's next attempt.
+    /// Container `c`'s environment (`env`, `envFrom`, service variables), with the
+    /// ConfigMaps and Secrets it names read from the API; what cannot be resolved is a
+    /// `CreateContainerConfigError`.
+    async fn environment(
+        &self,
+        pod: &Pod,
+        c: &Container,
+    ) -> Result<Vec<(String, String)>, (String, String)> {
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let config_error = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let (cms, secrets) = crate::env::references(c);
+        let mut sources = crate::env::Sources::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        for name in cms {
+            let data = match cm_api.get(&name).await {
+                Ok(cm) => Some(cm.data.unwrap_or_default()),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(config_error(e.to_string())),
+            };
+            sources.config_maps.insert(name, data);
+        }
+        let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        for name in secrets {
+            let data = match secret_api.get(&name).await {
+                Ok(s) => Some(
+                    s.data
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                        .collect(),
+                ),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(config_error(e.to_string())),
+            };
+            sources.secrets.insert(name, data);
+        }
+        let services = self.services.as_ref().map(|s| s.list()).unwrap_or_default();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        let pod_ips = if host_network {
+            vec![self.node_ip.clone()]
+        } else {
+            self.pod_ips(&uid)
+        };
+        let cx = crate::env::Context {
+            pod,
+            node_ip: &self.node_ip,
+            pod_ips: &pod_ips,
+            allocatable: &self.allocatable,
+            services: &services,
+            sources: &sources,
+        };
+        let env = crate::env::resolve(c, &cx).map_err(|e| config_error(e.0))?;
+        for (source, keys) in &env.skipped {
+            let msg = format!(
+                "Keys [{}] from the EnvFrom {source} were skipped since they are considered invalid environment variable names.",
+                keys.join(", ")
+            );
+            self.events
+                .pod(
+                    pod,
+                    Some(&c.name),
+                    Kind::Warning,
+                    "InvalidEnvironmentVariableNames",
+                    &msg,
+                )
+                .await;
+        }
+        Ok(env.vars)
+    }
+
     async fn start(
         &self,
         pod: &Pod,
@@ -483,24 +564,31 @@ impl Pods {
         };
         let entry = strs(&cfg["config"]["Entrypoint"]);
         let cmd = strs(&cfg["config"]["Cmd"]);
+        let environment = self.environment(pod, c).await?;
         let args = match (&c.command, &c.args) {
-            (Some(command), args) => command
+            (Some(command), args) => crate::env::expand_args(
+                &command
+                    .iter()
+                    .chain(args.iter().flatten())
+                    .cloned()
+                    .collect::<Vec<_>>(),
+                &environment,
+            ),
+            (None, Some(args)) => entry
                 .iter()
-                .chain(args.iter().flatten())
                 .cloned()
+                .chain(crate::env::expand_args(args, &environment))
                 .collect(),
-            (None, Some(args)) => entry.iter().chain(args.iter()).cloned().collect(),
             (None, None) => entry.iter().chain(cmd.iter()).cloned().collect::<Vec<_>>(),
         };
         if args.is_empty() {
             return Err(("CreateContainerError".into(), "no command specified".into()));
         }
+        // The image's variables, overridden by the container's.
         let mut env = strs(&cfg["config"]["Env"]);
-        for e in c.env.iter().flatten() {
-            if let Some(v) = &e.value {
-                env.retain(|x| !x.starts_with(&format!("{}=", e.name)));
-                env.push(format!("{}={v}", e.name));
-            }
+        for (k, v) in &environment {
+            env.retain(|x| x.split_once('=').map_or(x.as_str(), |(n, _)| n) != k.as_str());
+            env.push(format!("{k}={v}"));
         }
         let cwd = c
             .working_dir
@@ -1105,6 +1193,24 @@ impl Pods {
                         }
                         Err((reason, message)) => {
                             tracing::warn!(pod = %name, container = %c.name, "{reason}: {message}");
+                            // As upstream: image errors by their reason (the pull's own
+                            // event already said it for ErrImagePull), others by message.
+                            let shown = match reason.as_str() {
+                                "ErrImagePull" => None,
+                                "ErrImageNeverPull" | "InvalidImageName" => Some(&reason),
+                                _ => Some(&message),
+                            };
+                            if let Some(shown) = shown {
+                                self.events
+                                    .pod(
+                                        pod,
+                                        Some(&c.name),
+                                        Kind::Warning,
+                                        "Failed",
+                                        &format!("Error: {shown}"),
+                                    )
+                                    .await;
+                            }
                             let back = if reason == "ErrImagePull" {
                                 "ImagePullBackOff"
                             } else {

@@ -1,0 +1,260 @@
+//! A kubelet node for tests: a network namespace holding the API server and a local
+//! registry (busybox, the test server), and kubelets started in it with their state under
+//! a temporary directory; containers, infra processes, mounts and cgroups are removed when
+//! a node is dropped, also when a test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::apiserver::ApiServer;
+use crate::netns::NetNs;
+use crate::registry::LocalRegistry;
+use crate::{binary, free_port};
+
+/// The kubelet process, and everything it may have left behind, removed on drop.
+pub struct Node {
+    pub child: Child,
+    pub root: PathBuf,
+}
+
+/// A node's world: a network namespace with the API server, the registry (with busybox)
+/// and, once started, the kubelet — all on the namespace's loopback.
+pub struct World {
+    pub api: ApiServer,
+    pub reg: LocalRegistry,
+    pub ns: NetNs,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts a node's world: namespace, API server, registry with the test images.
+pub fn world() -> World {
+    let ns = NetNs::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = ApiServer::new(
+        &dir.path().join("api"),
+        "127.0.0.1",
+        free_port(),
+        free_port(),
+        vec![],
+    );
+    api.netns = Some(ns.name.clone());
+    api.spawn();
+    api.wait_ready();
+    let reg = LocalRegistry::start_in(&dir.path().join("registry"), Some(&ns.name));
+    reg.push_busybox(&["latest"]);
+    reg.push_test_server();
+    World { api, reg, ns, dir }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let runc_root = self.root.join("runc");
+        if let Ok(out) = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output()
+        {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force", id])
+                    .status();
+            }
+        }
+        let root = self.root.display().to_string();
+        // The pods' infra processes (in the pods' own namespaces, so the test namespace's
+        // cleanup does not reach them): their command lines name the pod directory.
+        let _ = Command::new("pkill")
+            .args(["-9", "-f", &format!("kubelet pause .* {root}/pods/")])
+            .status();
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<&str> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4))
+            .filter(|p| p.starts_with(&root))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for p in points {
+            let _ = nix_umount(p);
+        }
+        // The node's cgroup tree, deepest first.
+        for ctl in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            remove_cgroups(&ctl.path().join(cgroup_root().trim_start_matches('/')));
+        }
+    }
+}
+
+/// The cgroup this test's kubelet puts pods under.
+pub fn cgroup_root() -> String {
+    format!("/ferrokube-test-{}", std::process::id())
+}
+
+pub fn remove_cgroups(dir: &Path) {
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroups(&e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// `umount -l`.
+pub fn nix_umount(p: &str) -> std::io::Result<()> {
+    let status = Command::new("umount").args(["-l", p]).status()?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(std::io::Error::other("umount failed"))
+    }
+}
+
+/// Starts `node-1`'s kubelet with its state under `root`.
+pub fn start_node(w: &World, root: &Path) -> Node {
+    start_node_with(w, root, &[])
+}
+
+/// A node whose kubelet gets `extra` flags too.
+pub fn start_node_with(w: &World, root: &Path, extra: &[String]) -> Node {
+    start_node_configured(w, root, extra, "")
+}
+
+/// ... and `config` lines in its KubeletConfiguration.
+pub fn start_node_configured(w: &World, root: &Path, extra: &[String], config: &str) -> Node {
+    let node = NodeSpec {
+        name: "node-1",
+        ip: "10.244.7.2",
+        pod_cidr: "10.244.1.0/24",
+        registry: w.reg.endpoint(),
+        path: None,
+    };
+    spawn_node(&w.ns, &w.api, &node, root, extra, config)
+}
+
+/// Who a kubelet is: its node's name and address, the pod range it gets, and the
+/// registry it pulls everything from.
+pub struct NodeSpec {
+    pub name: &'static str,
+    pub ip: &'static str,
+    pub pod_cidr: &'static str,
+    pub registry: String,
+    /// The kubelet's `PATH`, when not the test's.
+    pub path: Option<String>,
+}
+
+/// Starts a kubelet in `ns` and assigns its node the pod range.
+pub fn spawn_node(
+    ns: &NetNs,
+    api: &ApiServer,
+    spec: &NodeSpec,
+    root: &Path,
+    extra: &[String],
+    config: &str,
+) -> Node {
+    std::fs::create_dir_all(root.join("manifests")).unwrap();
+    let cfg = root.join("config.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\npodLogsDir: {}\n{config}",
+            root.join("manifests").display(),
+            root.join("logs").display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(root.join("kubelet.log"))
+        .unwrap();
+    let child = ns
+        .command(binary("kubelet"))
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--root-dir")
+        .arg(root)
+        .args(["--hostname-override", spec.name, "--node-ip", spec.ip])
+        .args([
+            "--registry-mirror",
+            &format!("*={}", spec.registry),
+            "--registry-fallback=false",
+        ])
+        .args(["--cgroup-root", &cgroup_root()])
+        .arg("--cni-conf-dir")
+        .arg(root.join("net.d"))
+        .args(extra)
+        .envs(spec.path.iter().map(|p| ("PATH", p)))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let node = Node {
+        child,
+        root: root.to_path_buf(),
+    };
+    // The pod network's range, as the node IPAM controller would assign it.
+    wait_for(
+        "the node to register",
+        30,
+        || api.kubectl(&["get", "node", spec.name]).is_ok(),
+        &node,
+    );
+    api.ok(&[
+        "patch",
+        "node",
+        spec.name,
+        "-p",
+        &format!(
+            r#"{{"spec":{{"podCIDR":"{0}","podCIDRs":["{0}"]}}}}"#,
+            spec.pod_cidr
+        ),
+    ]);
+    node
+}
+
+/// A pod as JSON.
+pub fn pod(api: &ApiServer, name: &str) -> Value {
+    serde_json::from_str(
+        &api.kubectl(&["get", "pod", name, "-o", "json"])
+            .unwrap_or_else(|e| panic!("{e}")),
+    )
+    .unwrap()
+}
+
+/// Waits up to `secs` for `f`, failing with the kubelet's log.
+pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, node: &Node) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(node.root.join("kubelet.log")).unwrap_or_default();
+            panic!(
+                "timed out waiting for {what}; kubelet log:\n{}",
+                &log[log.len().saturating_sub(3000)..]
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `kubectl run NAME --image=busybox` on `node-1`.
+pub fn run(api: &ApiServer, name: &str, restart: &str, args: &[&str]) {
+    let restart = format!("--restart={restart}");
+    let mut a = vec!["run", name, "--image=busybox", &restart];
+    a.push(r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1"}}"#);
+    a.push("--");
+    a.extend_from_slice(args);
+    api.ok(&a);
+}
+
