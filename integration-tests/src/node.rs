@@ -257,4 +257,3 @@ pub fn run(api: &ApiServer, name: &str, restart: &str, args: &[&str]) {
     a.extend_from_slice(args);
     api.ok(&a);
 }
-

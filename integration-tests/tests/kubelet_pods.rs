@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use integration_tests::apiserver::ApiServer;
 use integration_tests::netns::NetNs;
-use integration_tests::registry::LocalRegistry;
 use integration_tests::node::*;
+use integration_tests::registry::LocalRegistry;
 use integration_tests::{binary, free_port};
 use serde_json::{json, Value};
 

@@ -16,6 +16,7 @@ pub mod routes;
 pub mod runtime;
 pub mod sandbox;
 pub mod static_pods;
+pub mod volumes;
 
 /// What can go wrong in the kubelet.
 #[derive(Debug, thiserror::Error)]

@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use ferrokube_client::{Api, Client, Patch, Store};
 use ferrokube_images::{Image, ImageStore};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, PersistentVolume, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Preconditions};
 use serde_json::{json, Value};
 
@@ -61,6 +63,10 @@ pub struct Pods {
     /// Container log rotation: size in bytes and files kept.
     pub log_max_size: u64,
     pub log_max_files: u32,
+    /// Per pod: its volumes' host paths and when they were last refreshed from the API.
+    volumes: std::sync::Mutex<HashMap<String, (Instant, VolumePaths)>>,
+    /// Per pod: the last `FailedMount`-style message and when it was reported.
+    reported: std::sync::Mutex<HashMap<String, (String, Instant)>>,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
     /// The pod workers: per pod UID, a generation and the channel its latest spec (or
@@ -72,11 +78,21 @@ pub struct Pods {
     events: Recorder,
 }
 
+/// A pod's volumes by name: their host paths.
+type VolumePaths = BTreeMap<String, PathBuf>;
+
 type PodSender = tokio::sync::watch::Sender<Option<Arc<Pod>>>;
 
 /// How often a pod worker syncs its pod when nothing changes (container exits, probes,
 /// back-off expiry and grace periods are noticed on these).
 const RESYNC: Duration = Duration::from_secs(1);
+
+/// How often the volumes backed by API objects (configMap, secret, projected,
+/// downwardAPI) are refreshed: "within about a minute" as upstream.
+const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+
+/// How often the same pod failure is reported again as an event.
+const REPORT_AGAIN: Duration = Duration::from_secs(60);
 
 /// What is known about one container's latest attempt.
 #[derive(Debug, Clone)]
@@ -114,6 +130,8 @@ impl Pods {
             log_max_size: 10 << 20,
             log_max_files: 5,
             waiting: Default::default(),
+            volumes: Default::default(),
+            reported: Default::default(),
             workers: Default::default(),
             next_worker: Default::default(),
             burstable_shares: Default::default(),
@@ -544,6 +562,7 @@ impl Pods {
         attempt: u32,
         netns: &Path,
         infra: i32,
+        volumes: &BTreeMap<String, PathBuf>,
     ) -> Result<(), (String, String)> {
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let img = self.image(pod, c).await?;
@@ -675,12 +694,16 @@ impl Pods {
                 .map_or(2, |m| ((m * 1024) / 1000).max(2)) as u64,
         );
         let cpu_quota = milli("limits").map(|m| (m * 100).max(1000));
-        let binds = self.etc_files(pod).map_err(|e| {
+        let mut binds = self.etc_files(pod).map_err(|e| {
             (
                 "CreateContainerError".to_string(),
                 format!("pod /etc files: {e}"),
             )
         })?;
+        binds.extend(
+            crate::volumes::mounts(c, volumes, &environment)
+                .map_err(|e| ("CreateContainerConfigError".to_string(), e))?,
+        );
         let spec = ContainerSpec {
             binds,
             args,
@@ -830,6 +853,9 @@ impl Pods {
         for qos in ["Guaranteed", "Burstable", "BestEffort"] {
             cgroups::remove_pod(&cgroups::pod_cgroup(&self.cgroup_root, qos, uid));
         }
+        crate::volumes::teardown(&self.pod_dir(uid));
+        self.volumes.lock().expect("lock").remove(uid);
+        self.reported.lock().expect("lock").remove(uid);
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
         // Its logs: `<ns>_<name>_<uid>`.
         let suffix = format!("_{uid}");
@@ -1098,7 +1124,9 @@ impl Pods {
         if !self.pod_dir(&uid).join("infra.pid").exists() {
             if let Some(why) = crate::runtime::runc::missing() {
                 let msg = format!("Failed to create pod sandbox: container runtime is down: {why}");
-                return self.sandbox_failed(pod, &api, &spec, &uid, msg).await;
+                return self
+                    .cannot_start(pod, &api, &spec, &uid, "FailedCreatePodSandBox", msg)
+                    .await;
             }
         }
         let netns = if host_network {
@@ -1108,7 +1136,9 @@ impl Pods {
                 .map_err(|e| crate::Error::Runtime(format!("pod network namespace: {e}")))?;
             if let Err(msg) = self.attach_network(pod, &uid, &netns) {
                 let msg = format!("Failed to create pod sandbox: {msg}");
-                return self.sandbox_failed(pod, &api, &spec, &uid, msg).await;
+                return self
+                    .cannot_start(pod, &api, &spec, &uid, "FailedCreatePodSandBox", msg)
+                    .await;
             }
             netns
         };
@@ -1142,6 +1172,14 @@ impl Pods {
             .map_err(|e| crate::Error::Runtime(format!("pod cgroup {cgroup}: {e}")))?;
             std::fs::write(&marker, &cgroup).ok();
         }
+        let volumes = match self.volumes(pod, &uid).await {
+            Ok(v) => v,
+            Err(msg) => {
+                return self
+                    .cannot_start(pod, &api, &spec, &uid, "FailedMount", msg)
+                    .await
+            }
+        };
         let policy = spec
             .restart_policy
             .clone()
@@ -1180,7 +1218,7 @@ impl Pods {
                     if next > 0 {
                         self.remove_attempt(&uid, &c.name, n);
                     }
-                    match self.start(pod, c, next, &netns, infra).await {
+                    match self.start(pod, c, next, &netns, infra, &volumes).await {
                         Ok(()) => {
                             // The next restart, if any, waits out the back-off.
                             self.waiting.lock().expect("lock").insert(
@@ -1231,19 +1269,33 @@ impl Pods {
         self.post_status(pod, &api, &policy, statuses).await
     }
 
-    /// A sandbox that could not be made: the event, and containers waiting in
-    /// `ContainerCreating`, as upstream shows them.
-    async fn sandbox_failed(
+    /// A pod that cannot start its containers yet (no sandbox, volumes that cannot be
+    /// set up): the event (`reason`, repeated at most every minute for the same
+    /// message), and containers waiting in `ContainerCreating`, as upstream shows them.
+    async fn cannot_start(
         &self,
         pod: &Pod,
         api: &Api<Pod>,
         spec: &k8s_openapi::api::core::v1::PodSpec,
         uid: &str,
+        reason: &str,
         msg: String,
     ) -> Result<(), crate::Error> {
-        self.events
-            .pod(pod, None, Kind::Warning, "FailedCreatePodSandBox", &msg)
-            .await;
+        let again = {
+            let mut reported = self.reported.lock().expect("lock");
+            let fresh = reported
+                .get(uid)
+                .is_some_and(|(m, at)| *m == msg && at.elapsed() < REPORT_AGAIN);
+            if !fresh {
+                reported.insert(uid.to_string(), (msg.clone(), Instant::now()));
+            }
+            !fresh
+        };
+        if again {
+            self.events
+                .pod(pod, None, Kind::Warning, reason, &msg)
+                .await;
+        }
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");
         let statuses = spec
             .containers
@@ -1255,6 +1307,77 @@ impl Pods {
             .collect();
         self.post_status(pod, api, policy, statuses).await?;
         Err(crate::Error::Runtime(msg))
+    }
+
+    /// The pod's volumes, set up or refreshed from the API when due; their host paths.
+    async fn volumes(&self, pod: &Pod, uid: &str) -> Result<BTreeMap<String, PathBuf>, String> {
+        if let Some((at, paths)) = self.volumes.lock().expect("lock").get(uid) {
+            if at.elapsed() < VOLUME_REFRESH || !crate::volumes::has_api_backed(pod) {
+                return Ok(paths.clone());
+            }
+        }
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let (cms, secrets, claims) = crate::volumes::references(pod);
+        let mut objects = crate::volumes::Objects::default();
+        let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        for name in cms {
+            let cm = match cm_api.get(&name).await {
+                Ok(cm) => Some(cm),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.to_string()),
+            };
+            objects.config_maps.insert(name, cm);
+        }
+        let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
+        for name in secrets {
+            let s = match secret_api.get(&name).await {
+                Ok(s) => Some(s),
+                Err(e) if e.is_not_found() => None,
+                Err(e) => return Err(e.to_string()),
+            };
+            objects.secrets.insert(name, s);
+        }
+        let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
+        let pv_api: Api<PersistentVolume> = Api::all(self.client.clone());
+        for name in claims {
+            let pv = match pvc_api.get(&name).await {
+                Ok(pvc) => match pvc
+                    .spec
+                    .and_then(|s| s.volume_name)
+                    .filter(|v| !v.is_empty())
+                {
+                    Some(v) => match pv_api.get(&v).await {
+                        Ok(pv) => Some(pv),
+                        Err(e) if e.is_not_found() => None,
+                        Err(e) => return Err(e.to_string()),
+                    },
+                    None => None,
+                },
+                Err(e) if e.is_not_found() => {
+                    return Err(format!("persistentvolumeclaim \"{name}\" not found"))
+                }
+                Err(e) => return Err(e.to_string()),
+            };
+            objects.claims.insert(name, pv);
+        }
+        let services = Vec::new();
+        let sources = crate::env::Sources::default();
+        let pod_ips = self.pod_ips(uid);
+        let cx = crate::env::Context {
+            pod,
+            node_ip: &self.node_ip,
+            pod_ips: &pod_ips,
+            allocatable: &self.allocatable,
+            services: &services,
+            sources: &sources,
+        };
+        let paths = crate::volumes::setup(&self.pod_dir(uid), pod, &objects, &cx)
+            .map_err(|e| e.to_string())?;
+        self.volumes
+            .lock()
+            .expect("lock")
+            .insert(uid.to_string(), (Instant::now(), paths.clone()));
+        Ok(paths)
     }
 
     fn waiting_status(&self, c: &Container, restarts: u32, reason: &str, message: &str) -> Value {

@@ -19,7 +19,7 @@ pub fn netns_path(root: &Path, pod_uid: &str) -> PathBuf {
 /// Creates the pod's network namespace (with loopback up) unless it exists.
 pub fn create_netns(root: &Path, pod_uid: &str) -> std::io::Result<PathBuf> {
     let path = netns_path(root, pod_uid);
-    if is_mounted(&path) {
+    if crate::runtime::rootfs::is_mounted(&path) {
         return Ok(path);
     }
     std::fs::create_dir_all(path.parent().expect("netns files have a parent"))?;
@@ -50,15 +50,6 @@ pub fn create_netns(root: &Path, pod_uid: &str) -> std::io::Result<PathBuf> {
     .join()
     .map_err(|_| std::io::Error::other("netns thread panicked"))??;
     Ok(path)
-}
-
-fn is_mounted(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let p = path.display().to_string();
-    info.lines()
-        .any(|l| l.split_whitespace().nth(4) == Some(p.as_str()))
 }
 
 /// Removes a pod's network namespace.

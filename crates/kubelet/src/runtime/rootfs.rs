@@ -51,3 +51,13 @@ pub fn unmount(target: &Path) -> std::io::Result<()> {
         Err(e) => Err(e.into()),
     }
 }
+
+/// Whether something is mounted at `path` (an exact mount point).
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    let p = path.display().to_string();
+    info.lines()
+        .any(|l| l.split_whitespace().nth(4) == Some(p.as_str()))
+}

@@ -1,0 +1,322 @@
+//! A container's configuration as upstream's kubelet makes it, through stock kubectl:
+//! environment (env/envFrom, fieldRef, resourceFieldRef, ConfigMap and Secret keys,
+//! service variables, `$(VAR)` in command and args) and volumes (emptyDir on disk and in
+//! memory, hostPath with its type checks, configMap with live update and a subPath that
+//! does not update, secret with modes, downwardAPI, projected), plus the upstream errors
+//! for what is missing. The containers write what they see into an emptyDir, which the
+//! test reads on the node.
+
+use std::path::{Path, PathBuf};
+
+use integration_tests::apiserver::ApiServer;
+use integration_tests::node::*;
+
+fn apply(api: &ApiServer, yaml: &str) {
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
+}
+
+/// The host directory of a pod's emptyDir volume.
+fn empty_dir(root: &Path, api: &ApiServer, pod_name: &str, volume: &str) -> PathBuf {
+    let uid = pod(api, pod_name)["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    root.join("pods")
+        .join(uid)
+        .join("volumes/kubernetes.io~empty-dir")
+        .join(volume)
+}
+
+fn events_for(api: &ApiServer, pod_name: &str) -> String {
+    api.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={pod_name}"),
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+        "--no-headers",
+    ])
+}
+
+#[test]
+fn environment_and_volumes_as_upstream() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    let node = start_node(&w, &root);
+    let host_dir = w.dir.path().join("host-data");
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: cfg}
+data:
+  who: world
+  app.conf: "x=1"
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: odd}
+data: {1st: skipped, fine: kept}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: creds}
+stringData: {password: s3cret, user: admin}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-front}
+spec:
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"#,
+    );
+    // (Backslashes doubled twice: once for Rust, once for the YAML string.)
+    let script = "tr '\\\\0' '\\\\n' < /proc/1/environ > /out/env; echo '$(GREETING) $(MY_NODE) $$(MY_NODE)' > /out/args; \
+        cat /cfg/app.conf > /out/cfg; cat /sec/password > /out/sec; \
+        stat -Lc %a /sec/password > /out/sec-mode; cat /dw/labels > /out/labels; \
+        cat /dw/cpu > /out/cpu; cat /all/who /all/user /all/ns > /out/projected; \
+        grep ' /mem ' /proc/mounts > /out/mem; echo hi > /host/hello; \
+        while true; do cat /cfg/who > /out/live; cat /pinned > /out/pinned; sleep 1; done";
+    apply(
+        api,
+        &format!(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: conf, labels: {{app: web}}}}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "{script}"]
+    resources: {{limits: {{cpu: 500m, memory: 64Mi}}}}
+    envFrom:
+    - configMapRef: {{name: cfg}}
+      prefix: CM_
+    - configMapRef: {{name: odd}}
+    env:
+    - {{name: GREETING, value: "hello $(CM_who) $$(CM_who)"}}
+    - name: MY_POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - name: MY_NODE
+      valueFrom: {{fieldRef: {{fieldPath: spec.nodeName}}}}
+    - name: MEM_LIMIT
+      valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}
+    - name: PASS
+      valueFrom: {{secretKeyRef: {{name: creds, key: password}}}}
+    volumeMounts:
+    - {{name: out, mountPath: /out}}
+    - {{name: cfg, mountPath: /cfg, readOnly: true}}
+    - {{name: cfg, mountPath: /pinned, subPath: who}}
+    - {{name: sec, mountPath: /sec}}
+    - {{name: dw, mountPath: /dw}}
+    - {{name: all, mountPath: /all}}
+    - {{name: mem, mountPath: /mem}}
+    - {{name: host, mountPath: /host}}
+  volumes:
+  - {{name: out, emptyDir: {{}}}}
+  - {{name: mem, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
+  - {{name: cfg, configMap: {{name: cfg}}}}
+  - name: sec
+    secret:
+      secretName: creds
+      items: [{{key: password, path: password, mode: 0400}}]
+  - name: dw
+    downwardAPI:
+      items:
+      - {{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}
+      - {{path: cpu, resourceFieldRef: {{containerName: c, resource: limits.cpu, divisor: 1m}}}}
+  - name: all
+    projected:
+      sources:
+      - configMap: {{name: cfg, items: [{{key: who, path: who}}]}}
+      - secret: {{name: creds, items: [{{key: user, path: user}}]}}
+      - downwardAPI: {{items: [{{path: ns, fieldRef: {{fieldPath: metadata.namespace}}}}]}}
+  - name: host
+    hostPath: {{path: {host}, type: DirectoryOrCreate}}
+"#,
+            host = host_dir.display()
+        ),
+    );
+    wait_for(
+        "conf to run",
+        60,
+        || pod(api, "conf")["status"]["phase"] == "Running",
+        &node,
+    );
+    let out = empty_dir(&root, api, "conf", "out");
+    let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
+    wait_for("the container's files", 30, || !read("pinned").is_empty(), &node);
+    let env = read("env");
+    let pod_ip = pod(api, "conf")["status"]["podIP"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let svc_ip = api.ok(&["get", "svc", "web-front", "-o", "jsonpath={.spec.clusterIP}"]);
+    for want in [
+        "CM_who=world".to_string(),
+        "CM_app.conf=x=1".to_string(),
+        "fine=kept".to_string(),
+        format!("MY_POD_IP={pod_ip}"),
+        "MY_NODE=node-1".to_string(),
+        "MEM_LIMIT=64".to_string(),
+        "PASS=s3cret".to_string(),
+        "GREETING=hello world $(CM_who)".to_string(),
+        format!("WEB_FRONT_SERVICE_HOST={svc_ip}"),
+        "WEB_FRONT_SERVICE_PORT_HTTP=80".to_string(),
+        format!("WEB_FRONT_PORT_80_TCP=tcp://{svc_ip}:80"),
+        "KUBERNETES_SERVICE_HOST=10.96.0.1".to_string(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "{want} not in:\n{env}");
+    }
+    assert!(!env.contains("1st"), "{env}");
+    assert!(
+        events_for(api, "conf").contains(
+            "Keys [1st] from the EnvFrom configMap default/odd were skipped since they are considered invalid environment variable names."
+        ),
+        "{}",
+        events_for(api, "conf")
+    );
+    assert_eq!(read("args").trim(), "hello world $(CM_who) node-1 $(MY_NODE)");
+    assert_eq!(read("cfg"), "x=1");
+    assert_eq!(read("sec"), "s3cret");
+    assert_eq!(read("sec-mode").trim(), "400");
+    assert_eq!(read("labels").trim(), "app=\"web\"");
+    assert_eq!(read("cpu").trim(), "500");
+    assert_eq!(read("projected"), "worldadmindefault");
+    assert!(read("mem").contains("tmpfs"), "{}", read("mem"));
+    assert!(read("mem").contains("size=8192k"), "{}", read("mem"));
+    assert_eq!(
+        std::fs::read_to_string(host_dir.join("hello")).unwrap(),
+        "hi\n"
+    );
+    // The secret volume is a tmpfs on the node.
+    let uid = pod(api, "conf")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let sec_dir = root.join(format!("pods/{uid}/volumes/kubernetes.io~secret/sec"));
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(&format!(" {} ", sec_dir.display())),
+        "secret volume not on tmpfs"
+    );
+    // A ConfigMap change reaches the mounted files, not the subPath one.
+    assert_eq!(read("live").trim(), "world");
+    api.ok(&["patch", "configmap", "cfg", "-p", r#"{"data":{"who":"everyone"}}"#]);
+    wait_for(
+        "the configMap update in the volume",
+        60,
+        || read("live").trim() == "everyone",
+        &node,
+    );
+    assert_eq!(read("pinned").trim(), "world", "subPath mounts do not update");
+
+    // What is missing, as upstream reports it.
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: nokey}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: busybox
+    command: ["sleep", "3600"]
+    env:
+    - name: X
+      valueFrom: {configMapKeyRef: {name: cfg, key: nokey}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nomap}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: ["sleep", "3600"], volumeMounts: [{name: v, mountPath: /v}]}
+  volumes:
+  - {name: v, configMap: {name: later}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nodir}
+spec:
+  nodeName: node-1
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox, command: ["sleep", "3600"], volumeMounts: [{name: v, mountPath: /v}]}
+  volumes:
+  - {name: v, hostPath: {path: /nonexistent/ferrokube-test, type: Directory}}
+"#,
+    );
+    wait_for(
+        "nokey's CreateContainerConfigError",
+        30,
+        || {
+            pod(api, "nokey")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CreateContainerConfigError"
+        },
+        &node,
+    );
+    let waiting = pod(api, "nokey")["status"]["containerStatuses"][0]["state"]["waiting"].clone();
+    assert_eq!(
+        waiting["message"], "couldn't find key nokey in ConfigMap default/cfg",
+        "{waiting}"
+    );
+    assert!(events_for(api, "nokey").contains("Error: couldn't find key nokey in ConfigMap default/cfg"));
+    wait_for(
+        "the FailedMount events",
+        30,
+        || {
+            events_for(api, "nomap").contains("FailedMount")
+                && events_for(api, "nodir").contains("FailedMount")
+        },
+        &node,
+    );
+    assert!(events_for(api, "nomap")
+        .contains("MountVolume.SetUp failed for volume \"v\" : configmap \"later\" not found"));
+    assert!(events_for(api, "nodir").contains(
+        "MountVolume.SetUp failed for volume \"v\" : hostPath type check failed: /nonexistent/ferrokube-test is not a directory"
+    ));
+    let shown = api.ok(&["get", "pod", "nomap", "--no-headers"]);
+    assert!(shown.contains("ContainerCreating"), "{shown}");
+    // Once the ConfigMap is there, the pod starts.
+    api.ok(&["create", "configmap", "later", "--from-literal=k=v"]);
+    wait_for(
+        "nomap to run once its ConfigMap exists",
+        60,
+        || pod(api, "nomap")["status"]["phase"] == "Running",
+        &node,
+    );
+    // The other pods were never disturbed.
+    assert_eq!(pod(api, "conf")["status"]["phase"], "Running");
+    for p in ["conf", "nokey", "nomap", "nodir"] {
+        api.ok(&["delete", "pod", p, "--wait=false"]);
+    }
+    wait_for(
+        "the pods to go",
+        60,
+        || api.ok(&["get", "pods", "--no-headers"]).trim().is_empty(),
+        &node,
+    );
+    // Their volumes' mounts went with them.
+    wait_for(
+        "the volume mounts to go",
+        30,
+        || {
+            let m = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+            !m.contains(&format!("{}/pods/", root.display()))
+        },
+        &node,
+    );
+}
