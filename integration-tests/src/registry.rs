@@ -129,9 +129,17 @@ impl LocalRegistry {
         let rootfs = self.dir.join("busybox-rootfs");
         std::fs::create_dir_all(rootfs.join("bin")).unwrap();
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
-        for link in ["sh", "echo", "sleep", "cat", "ls"] {
+        for link in [
+            "sh", "echo", "sleep", "cat", "ls", "touch", "rm", "test", "mkdir", "grep", "tr",
+            "stat", "env", "true", "false",
+        ] {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(link));
         }
+        // A writable /tmp, as images have.
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::create_dir_all(rootfs.join("tmp")).unwrap();
+        std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+            .unwrap();
         let mut cmd = self.here(binary("ferrokube-image"));
         cmd.args(["build", "--rootfs"]).arg(&rootfs).args([
             "--registry",

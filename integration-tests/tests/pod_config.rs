@@ -152,13 +152,24 @@ spec:
     );
     let out = empty_dir(&root, api, "conf", "out");
     let read = |f: &str| std::fs::read_to_string(out.join(f)).unwrap_or_default();
-    wait_for("the container's files", 30, || !read("pinned").is_empty(), &node);
+    wait_for(
+        "the container's files",
+        30,
+        || !read("pinned").is_empty(),
+        &node,
+    );
     let env = read("env");
     let pod_ip = pod(api, "conf")["status"]["podIP"]
         .as_str()
         .unwrap()
         .to_string();
-    let svc_ip = api.ok(&["get", "svc", "web-front", "-o", "jsonpath={.spec.clusterIP}"]);
+    let svc_ip = api.ok(&[
+        "get",
+        "svc",
+        "web-front",
+        "-o",
+        "jsonpath={.spec.clusterIP}",
+    ]);
     for want in [
         "CM_who=world".to_string(),
         "CM_app.conf=x=1".to_string(),
@@ -183,7 +194,10 @@ spec:
         "{}",
         events_for(api, "conf")
     );
-    assert_eq!(read("args").trim(), "hello world $(CM_who) node-1 $(MY_NODE)");
+    assert_eq!(
+        read("args").trim(),
+        "hello world $(CM_who) node-1 $(MY_NODE)"
+    );
     assert_eq!(read("cfg"), "x=1");
     assert_eq!(read("sec"), "s3cret");
     assert_eq!(read("sec-mode").trim(), "400");
@@ -209,14 +223,24 @@ spec:
     );
     // A ConfigMap change reaches the mounted files, not the subPath one.
     assert_eq!(read("live").trim(), "world");
-    api.ok(&["patch", "configmap", "cfg", "-p", r#"{"data":{"who":"everyone"}}"#]);
+    api.ok(&[
+        "patch",
+        "configmap",
+        "cfg",
+        "-p",
+        r#"{"data":{"who":"everyone"}}"#,
+    ]);
     wait_for(
         "the configMap update in the volume",
         60,
         || read("live").trim() == "everyone",
         &node,
     );
-    assert_eq!(read("pinned").trim(), "world", "subPath mounts do not update");
+    assert_eq!(
+        read("pinned").trim(),
+        "world",
+        "subPath mounts do not update"
+    );
 
     // What is missing, as upstream reports it.
     apply(
@@ -273,7 +297,8 @@ spec:
         waiting["message"], "couldn't find key nokey in ConfigMap default/cfg",
         "{waiting}"
     );
-    assert!(events_for(api, "nokey").contains("Error: couldn't find key nokey in ConfigMap default/cfg"));
+    assert!(events_for(api, "nokey")
+        .contains("Error: couldn't find key nokey in ConfigMap default/cfg"));
     wait_for(
         "the FailedMount events",
         30,

@@ -12,6 +12,7 @@ pub mod network;
 pub mod node;
 pub mod pods;
 pub mod pressure;
+pub mod probes;
 pub mod routes;
 pub mod runtime;
 pub mod sandbox;

@@ -67,6 +67,10 @@ pub struct Pods {
     volumes: std::sync::Mutex<HashMap<String, (Instant, VolumePaths)>>,
     /// Per pod: the last `FailedMount`-style message and when it was reported.
     reported: std::sync::Mutex<HashMap<String, (String, Instant)>>,
+    /// Per running container (by id): its probe results.
+    probes: std::sync::Mutex<HashMap<String, crate::probes::State>>,
+    /// Per container being stopped (by id): when its grace period ends.
+    killing: std::sync::Mutex<HashMap<String, Instant>>,
     /// Per container: when it may restart, and why it waits.
     waiting: std::sync::Mutex<HashMap<String, (Instant, String)>>,
     /// The pod workers: per pod UID, a generation and the channel its latest spec (or
@@ -130,6 +134,8 @@ impl Pods {
             log_max_size: 10 << 20,
             log_max_files: 5,
             waiting: Default::default(),
+            probes: Default::default(),
+            killing: Default::default(),
             volumes: Default::default(),
             reported: Default::default(),
             workers: Default::default(),
@@ -820,7 +826,10 @@ impl Pods {
 
     /// Removes a finished attempt's container and mount.
     fn remove_attempt(&self, uid: &str, name: &str, attempt: u32) {
-        let _ = self.runc.delete(&Self::container_id(uid, name, attempt));
+        let id = Self::container_id(uid, name, attempt);
+        self.probes.lock().expect("lock").remove(&id);
+        self.killing.lock().expect("lock").remove(&id);
+        let _ = self.runc.delete(&id);
         let dir = self.container_dir(uid, name).join(attempt.to_string());
         let _ = rootfs::unmount(&dir.join("bundle/rootfs"));
     }
@@ -1184,89 +1193,383 @@ impl Pods {
             .restart_policy
             .clone()
             .unwrap_or_else(|| "Always".into());
+        // Init containers in order: each regular one must complete before the next
+        // starts; a sidecar (restartPolicy: Always) must have started.
+        let mut initialized = true;
+        let mut init_statuses = Vec::new();
+        for c in spec.init_containers.iter().flatten() {
+            let sidecar = c.restart_policy.as_deref() == Some("Always");
+            if !initialized {
+                let restarts = self.attempts(&uid, &c.name).len().saturating_sub(1) as u32;
+                init_statuses.push(self.waiting_status(c, restarts, "PodInitializing", ""));
+                continue;
+            }
+            let own = if sidecar {
+                "Always"
+            } else if policy == "Never" {
+                "Never"
+            } else {
+                "OnFailure"
+            };
+            let st = self
+                .sync_container(pod, c, own, &netns, infra, &volumes)
+                .await;
+            let done = if sidecar {
+                st["state"].get("running").is_some() && st["started"] == true
+            } else {
+                st["state"]["terminated"]["exitCode"] == 0
+            };
+            initialized &= done;
+            init_statuses.push(st);
+        }
         let mut statuses = Vec::new();
         for c in &spec.containers {
-            let (n, state) = self.latest(&uid, &c.name);
-            let key = format!("{uid}/{}", c.name);
-            let restart = match &state {
-                Attempt::None => true,
-                Attempt::Running { .. } => false,
-                Attempt::Exited { exit, .. } => match policy.as_str() {
-                    "Always" => true,
-                    "OnFailure" => exit.exit_code != 0,
-                    _ => false,
-                },
+            if initialized {
+                statuses.push(
+                    self.sync_container(pod, c, &policy, &netns, infra, &volumes)
+                        .await,
+                );
+            } else {
+                let restarts = self.attempts(&uid, &c.name).len().saturating_sub(1) as u32;
+                statuses.push(self.waiting_status(c, restarts, "PodInitializing", ""));
+            }
+        }
+        self.post_status(pod, &api, &policy, statuses, initialized, init_statuses)
+            .await
+    }
+
+    /// Syncs one container under `policy` (the pod's, or an init container's own):
+    /// starts or restarts it when due, runs its probes while it runs; its status.
+    #[allow(clippy::too_many_arguments)]
+    async fn sync_container(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        policy: &str,
+        netns: &Path,
+        infra: i32,
+        volumes: &VolumePaths,
+    ) -> Value {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let ns = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let (n, state) = self.latest(&uid, &c.name);
+        let key = format!("{uid}/{}", c.name);
+        let restart = match &state {
+            Attempt::None => true,
+            Attempt::Running { .. } => false,
+            Attempt::Exited { exit, .. } => match policy {
+                "Always" => true,
+                "OnFailure" => exit.exit_code != 0,
+                _ => false,
+            },
+        };
+        if restart {
+            let next = if matches!(state, Attempt::None) {
+                0
+            } else {
+                n + 1
             };
-            if restart {
-                let next = if matches!(state, Attempt::None) {
-                    0
-                } else {
-                    n + 1
-                };
-                let wait = self.waiting.lock().expect("lock").get(&key).cloned();
-                let due = wait.as_ref().is_none_or(|(at, _)| Instant::now() >= *at);
-                if !due && next > 0 {
-                    let msg = format!(
-                        "Back-off restarting failed container {} in pod {name}_{ns}({uid})",
-                        c.name
-                    );
-                    self.events
-                        .pod(pod, Some(&c.name), Kind::Warning, "BackOff", &msg)
-                        .await;
+            let wait = self.waiting.lock().expect("lock").get(&key).cloned();
+            let due = wait.as_ref().is_none_or(|(at, _)| Instant::now() >= *at);
+            if !due && next > 0 {
+                let msg = format!(
+                    "Back-off restarting failed container {} in pod {name}_{ns}({uid})",
+                    c.name
+                );
+                self.events
+                    .pod(pod, Some(&c.name), Kind::Warning, "BackOff", &msg)
+                    .await;
+            }
+            if due {
+                if next > 0 {
+                    self.remove_attempt(&uid, &c.name, n);
                 }
-                if due {
-                    if next > 0 {
-                        self.remove_attempt(&uid, &c.name, n);
+                match self.start(pod, c, next, netns, infra, volumes).await {
+                    Ok(()) => {
+                        self.post_start(pod, c, next).await;
+                        // The next restart, if any, waits out the back-off.
+                        self.waiting.lock().expect("lock").insert(
+                            key.clone(),
+                            (
+                                Instant::now() + backoff(next + 1),
+                                "CrashLoopBackOff".into(),
+                            ),
+                        );
                     }
-                    match self.start(pod, c, next, &netns, infra, &volumes).await {
-                        Ok(()) => {
-                            // The next restart, if any, waits out the back-off.
-                            self.waiting.lock().expect("lock").insert(
-                                key.clone(),
-                                (
-                                    Instant::now() + backoff(next + 1),
-                                    "CrashLoopBackOff".into(),
-                                ),
-                            );
+                    Err((reason, message)) => {
+                        tracing::warn!(pod = %name, container = %c.name, "{reason}: {message}");
+                        // As upstream: image errors by their reason (the pull's own
+                        // event already said it for ErrImagePull), others by message.
+                        let shown = match reason.as_str() {
+                            "ErrImagePull" => None,
+                            "ErrImageNeverPull" | "InvalidImageName" => Some(&reason),
+                            _ => Some(&message),
+                        };
+                        if let Some(shown) = shown {
+                            self.events
+                                .pod(
+                                    pod,
+                                    Some(&c.name),
+                                    Kind::Warning,
+                                    "Failed",
+                                    &format!("Error: {shown}"),
+                                )
+                                .await;
                         }
-                        Err((reason, message)) => {
-                            tracing::warn!(pod = %name, container = %c.name, "{reason}: {message}");
-                            // As upstream: image errors by their reason (the pull's own
-                            // event already said it for ErrImagePull), others by message.
-                            let shown = match reason.as_str() {
-                                "ErrImagePull" => None,
-                                "ErrImageNeverPull" | "InvalidImageName" => Some(&reason),
-                                _ => Some(&message),
-                            };
-                            if let Some(shown) = shown {
-                                self.events
-                                    .pod(
-                                        pod,
-                                        Some(&c.name),
-                                        Kind::Warning,
-                                        "Failed",
-                                        &format!("Error: {shown}"),
-                                    )
-                                    .await;
-                            }
-                            let back = if reason == "ErrImagePull" {
-                                "ImagePullBackOff"
-                            } else {
-                                reason.as_str()
-                            };
-                            self.waiting.lock().expect("lock").insert(
-                                key.clone(),
-                                (Instant::now() + backoff(next + 1), back.to_string()),
-                            );
-                            statuses.push(self.waiting_status(c, n, &reason, &message));
-                            continue;
-                        }
+                        let back = if reason == "ErrImagePull" {
+                            "ImagePullBackOff"
+                        } else {
+                            reason.as_str()
+                        };
+                        self.waiting.lock().expect("lock").insert(
+                            key.clone(),
+                            (Instant::now() + backoff(next + 1), back.to_string()),
+                        );
+                        return self.waiting_status(c, n, &reason, &message);
                     }
                 }
             }
-            statuses.push(self.container_status(&uid, c, &policy));
         }
-        self.post_status(pod, &api, &policy, statuses).await
+        if let (n, Attempt::Running { id, .. }) = self.latest(&uid, &c.name) {
+            self.probe(pod, c, &id, n).await;
+        }
+        let mut st = self.container_status(&uid, c, policy);
+        if st["state"].get("running").is_some() {
+            let id = st["containerID"]
+                .as_str()
+                .unwrap_or_default()
+                .trim_start_matches("runc://")
+                .to_string();
+            let probes = self.probes.lock().expect("lock");
+            let (started, ready) = probes
+                .get(&id)
+                .map_or((c.startup_probe.is_none(), false), |p| (p.started, p.ready));
+            st["started"] = json!(started);
+            st["ready"] = json!(ready);
+        }
+        st
+    }
+
+    /// The address probes and HTTP hooks reach a pod at.
+    fn probe_ip(&self, pod: &Pod) -> String {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let host_network = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.host_network)
+            .unwrap_or(false);
+        if host_network {
+            return self.node_ip.clone();
+        }
+        self.pod_ips(&uid).into_iter().next().unwrap_or_default()
+    }
+
+    /// Runs the container's due probes (startup first, then liveness and readiness) and
+    /// acts on their verdicts: readiness, or a restart-causing kill. A container being
+    /// killed is only killed harder once its grace period is over.
+    async fn probe(&self, pod: &Pod, c: &Container, id: &str, attempt: u32) {
+        use crate::probes::{Kind as P, State, Timing, Verdict};
+        let killing = self.killing.lock().expect("lock").get(id).copied();
+        if let Some(deadline) = killing {
+            if Instant::now() >= deadline {
+                let _ = self.runc.kill(id, "KILL");
+            }
+            return;
+        }
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = self.container_dir(&uid, &c.name).join(attempt.to_string());
+        if !shim::running_file(&dir.join("bundle")).exists() {
+            return; // runc has not started it yet
+        }
+        let started_at = std::fs::metadata(
+            self.container_dir(&uid, &c.name)
+                .join(attempt.to_string())
+                .join("started"),
+        )
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .and_then(|ago| Instant::now().checked_sub(ago))
+        .unwrap_or_else(Instant::now);
+        let pod_ip = self.probe_ip(pod);
+        let mut state = self
+            .probes
+            .lock()
+            .expect("lock")
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| State::new(c.startup_probe.is_none()));
+        let now = Instant::now();
+        for (kind, probe) in [
+            (P::Startup, &c.startup_probe),
+            (P::Liveness, &c.liveness_probe),
+            (P::Readiness, &c.readiness_probe),
+        ] {
+            let Some(probe) = probe else { continue };
+            if (kind == P::Startup) == state.started {
+                continue;
+            }
+            let t = Timing::of(probe);
+            if !state.due(kind, &t, started_at, now) {
+                continue;
+            }
+            let outcome = match crate::probes::probe_action(probe, c, &pod_ip) {
+                Ok(action) => crate::probes::run(&action, &self.runc, id, t.timeout).await,
+                Err(e) => Err(e),
+            };
+            if let Err(msg) = &outcome {
+                let text = format!("{} probe failed: {msg}", kind.title());
+                self.events
+                    .pod(pod, Some(&c.name), Kind::Warning, "Unhealthy", &text)
+                    .await;
+            }
+            match (kind, state.record(kind, &t, outcome.is_ok(), now)) {
+                (P::Startup, Verdict::Succeeded) => state.started = true,
+                (P::Readiness, Verdict::Succeeded) => state.ready = true,
+                (P::Readiness, Verdict::Failed) => state.ready = false,
+                (P::Startup | P::Liveness, Verdict::Failed) => {
+                    state.ready = false;
+                    self.probes
+                        .lock()
+                        .expect("lock")
+                        .insert(id.to_string(), state);
+                    let why = format!(
+                        "Container {} failed {} probe, will be restarted",
+                        c.name,
+                        kind.title().to_ascii_lowercase()
+                    );
+                    let grace = probe.termination_grace_period_seconds;
+                    self.kill_container(pod, c, id, &why, grace).await;
+                    return;
+                }
+                _ => {}
+            }
+        }
+        if c.readiness_probe.is_none() {
+            state.ready = state.started;
+        }
+        self.probes
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), state);
+    }
+
+    /// The pod's grace period for stopping a container.
+    fn grace(pod: &Pod, given: Option<i64>) -> Duration {
+        let secs = given
+            .or_else(|| {
+                pod.spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30);
+        Duration::from_secs(secs.max(0) as u64)
+    }
+
+    /// Stops a running container as upstream does: the `Killing` event, its preStop
+    /// hook (within the grace period), SIGTERM; SIGKILL follows when the grace period
+    /// ends (see [`Pods::probe`]) unless it exited.
+    async fn kill_container(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        id: &str,
+        why: &str,
+        grace: Option<i64>,
+    ) {
+        let grace = Self::grace(pod, grace);
+        let deadline = Instant::now() + grace;
+        self.killing
+            .lock()
+            .expect("lock")
+            .insert(id.to_string(), deadline);
+        self.events
+            .pod(pod, Some(&c.name), Kind::Normal, "Killing", why)
+            .await;
+        self.pre_stop(pod, c, id, grace).await;
+        let signal = if Instant::now() >= deadline {
+            "KILL"
+        } else {
+            "TERM"
+        };
+        let _ = self.runc.kill(id, signal);
+    }
+
+    /// A lifecycle hook's failure, worded as upstream's handler runner words it.
+    fn hook_failure(pod: &Pod, c: &Container, action: &crate::probes::Action, err: &str) -> String {
+        let who = format!(
+            "{}_{}({})",
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            pod.metadata.namespace.as_deref().unwrap_or_default(),
+            pod.metadata.uid.as_deref().unwrap_or_default()
+        );
+        match action {
+            crate::probes::Action::Exec(argv) => format!(
+                "Exec lifecycle hook ([{}]) for Container \"{}\" in Pod \"{who}\" failed - error: {err}, message: \"\"",
+                argv.join(" "),
+                c.name
+            ),
+            crate::probes::Action::Http { path, .. } => format!(
+                "HTTP lifecycle hook ({path}) for Container \"{}\" in Pod \"{who}\" failed - error: {err}",
+                c.name
+            ),
+            _ => format!("lifecycle hook for Container \"{}\" in Pod \"{who}\" failed - error: {err}", c.name),
+        }
+    }
+
+    /// Runs the container's postStart hook; a failure kills the container.
+    async fn post_start(&self, pod: &Pod, c: &Container, attempt: u32) {
+        let Some(h) = c.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) else {
+            return;
+        };
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let id = Self::container_id(&uid, &c.name, attempt);
+        let dir = self.container_dir(&uid, &c.name).join(attempt.to_string());
+        if !shim::wait_running(
+            &dir.join("bundle"),
+            &dir.join("exit.json"),
+            Duration::from_secs(30),
+        ) {
+            return; // it never ran: its status says why
+        }
+        let outcome = match crate::probes::hook_action(h, c, &self.probe_ip(pod)) {
+            Ok(action) => crate::probes::run(&action, &self.runc, &id, Self::grace(pod, None))
+                .await
+                .map_err(|e| Self::hook_failure(pod, c, &action, &e)),
+            Err(e) => Err(e),
+        };
+        if let Err(msg) = outcome {
+            self.events
+                .pod(
+                    pod,
+                    Some(&c.name),
+                    Kind::Warning,
+                    "FailedPostStartHook",
+                    &msg,
+                )
+                .await;
+            self.kill_container(pod, c, &id, "FailedPostStartHook", None)
+                .await;
+        }
+    }
+
+    /// Runs the container's preStop hook, for at most `grace`.
+    async fn pre_stop(&self, pod: &Pod, c: &Container, id: &str, grace: Duration) {
+        let Some(h) = c.lifecycle.as_ref().and_then(|l| l.pre_stop.as_ref()) else {
+            return;
+        };
+        let outcome = match crate::probes::hook_action(h, c, &self.probe_ip(pod)) {
+            Ok(action) => crate::probes::run(&action, &self.runc, id, grace)
+                .await
+                .map_err(|e| Self::hook_failure(pod, c, &action, &e)),
+            Err(e) => Err(e),
+        };
+        if let Err(msg) = outcome {
+            self.events
+                .pod(pod, Some(&c.name), Kind::Warning, "FailedPreStopHook", &msg)
+                .await;
+        }
     }
 
     /// A pod that cannot start its containers yet (no sandbox, volumes that cannot be
@@ -1297,15 +1600,20 @@ impl Pods {
                 .await;
         }
         let policy = spec.restart_policy.as_deref().unwrap_or("Always");
-        let statuses = spec
-            .containers
-            .iter()
-            .map(|c| {
-                let restarts = self.attempts(uid, &c.name).len().saturating_sub(1) as u32;
-                self.waiting_status(c, restarts, "ContainerCreating", "")
-            })
-            .collect();
-        self.post_status(pod, api, policy, statuses).await?;
+        let initialized = spec.init_containers.as_ref().is_none_or(|i| i.is_empty());
+        let waiting = |c: &Container| {
+            let restarts = self.attempts(uid, &c.name).len().saturating_sub(1) as u32;
+            let reason = if initialized {
+                "ContainerCreating"
+            } else {
+                "PodInitializing"
+            };
+            self.waiting_status(c, restarts, reason, "")
+        };
+        let statuses = spec.containers.iter().map(waiting).collect();
+        let init_statuses = spec.init_containers.iter().flatten().map(waiting).collect();
+        self.post_status(pod, api, policy, statuses, initialized, init_statuses)
+            .await?;
         Err(crate::Error::Runtime(msg))
     }
 
@@ -1503,7 +1811,16 @@ impl Pods {
         api: &Api<Pod>,
         policy: &str,
         statuses: Vec<Value>,
+        initialized: bool,
+        init_statuses: Vec<Value>,
     ) -> Result<(), crate::Error> {
+        // As upstream: container statuses by name, init containers in spec order.
+        let mut statuses = statuses;
+        statuses.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        // A regular init container that failed for good fails the pod.
+        let init_failed = init_statuses.iter().any(|s| {
+            s["state"]["terminated"].is_object() && s["state"]["terminated"]["exitCode"] != 0
+        }) && policy == "Never";
         let running = statuses
             .iter()
             .filter(|s| s["state"].get("running").is_some())
@@ -1513,7 +1830,11 @@ impl Pods {
             .filter_map(|s| s["state"].get("terminated"))
             .collect();
         let all = statuses.len();
-        let phase = if terminated.len() == all && all > 0 && policy != "Always" {
+        let phase = if init_failed {
+            "Failed"
+        } else if !initialized {
+            "Pending"
+        } else if terminated.len() == all && all > 0 && policy != "Always" {
             if terminated.iter().all(|t| t["exitCode"] == 0) {
                 "Succeeded"
             } else if policy == "Never" {
@@ -1531,7 +1852,15 @@ impl Pods {
         } else {
             "Pending"
         };
-        let all_ready = all > 0 && statuses.iter().all(|s| s["ready"] == true);
+        // Sidecars (init containers still running) count towards readiness.
+        let sidecars: Vec<&Value> = init_statuses
+            .iter()
+            .filter(|s| s["state"].get("running").is_some())
+            .collect();
+        let all_ready = initialized
+            && all > 0
+            && statuses.iter().all(|s| s["ready"] == true)
+            && sidecars.iter().all(|s| s["ready"] == true);
         let now = ferrokube_time_now();
         let prev = pod.status.clone().unwrap_or_default();
         let prev_conditions: BTreeMap<String, Value> = prev
@@ -1548,6 +1877,21 @@ impl Pods {
                 .and_then(|c| c.get("lastTransitionTime").cloned())
                 .unwrap_or_else(|| json!(now));
             let mut c = json!({"type": ty, "status": status, "lastProbeTime": null, "lastTransitionTime": since});
+            if !ok && ty == "Initialized" {
+                let names: Vec<&str> = init_statuses
+                    .iter()
+                    .filter(|s| {
+                        s["state"]["terminated"]["exitCode"] != 0
+                            && s["state"].get("running").is_none()
+                    })
+                    .filter_map(|s| s["name"].as_str())
+                    .collect();
+                c["reason"] = json!("ContainersNotInitialized");
+                c["message"] = json!(format!(
+                    "containers with incomplete status: [{}]",
+                    names.join(" ")
+                ));
+            }
             if !ok && (ty == "Ready" || ty == "ContainersReady") {
                 let names: Vec<&str> = statuses
                     .iter()
@@ -1586,13 +1930,16 @@ impl Pods {
             "startTime": prev.start_time.as_ref().map(|t| json!(t)).unwrap_or_else(|| json!(now)),
             "conditions": [
                 cond("PodReadyToStartContainers", true),
-                cond("Initialized", true),
+                cond("Initialized", initialized),
                 cond("Ready", all_ready),
                 cond("ContainersReady", all_ready),
                 cond("PodScheduled", true),
             ],
             "containerStatuses": statuses,
         });
+        if !init_statuses.is_empty() {
+            status["initContainerStatuses"] = json!(init_statuses);
+        }
         if let Some(first) = ips.first() {
             status["podIP"] = json!(first);
             status["podIPs"] = json!(ips.iter().map(|i| json!({"ip": i})).collect::<Vec<_>>());
@@ -1602,6 +1949,8 @@ impl Pods {
         let same = old["phase"] == status["phase"]
             && old["podIP"] == status["podIP"]
             && strip_times(&old["containerStatuses"]) == strip_times(&status["containerStatuses"])
+            && strip_times(&old["initContainerStatuses"])
+                == strip_times(&status["initContainerStatuses"])
             && strip_times(&old["conditions"]) == strip_times(&status["conditions"]);
         if same {
             return Ok(());
@@ -1631,21 +1980,23 @@ impl Pods {
             .unwrap_or_else(jiff::Timestamp::now);
         let overdue = jiff::Timestamp::now() >= deadline || grace == 0;
         let mut running = false;
-        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+        let spec = pod.spec.clone().unwrap_or_default();
+        for c in spec
+            .containers
+            .iter()
+            .chain(spec.init_containers.iter().flatten())
+        {
             if let (_, Attempt::Running { id, .. }) = self.latest(&uid, &c.name) {
                 running = true;
-                if !overdue {
-                    self.events
-                        .pod(
-                            pod,
-                            Some(&c.name),
-                            Kind::Normal,
-                            "Killing",
-                            &format!("Stopping container {}", c.name),
-                        )
+                let stopping = self.killing.lock().expect("lock").contains_key(&id);
+                if overdue {
+                    let _ = self.runc.kill(&id, "KILL");
+                } else if !stopping {
+                    // Once per container: the event, preStop, SIGTERM.
+                    let why = format!("Stopping container {}", c.name);
+                    self.kill_container(pod, c, &id, &why, Some(grace as i64))
                         .await;
                 }
-                let _ = self.runc.kill(&id, if overdue { "KILL" } else { "TERM" });
             }
         }
         if running {

@@ -147,6 +147,56 @@ impl Runc {
         self.run(&["kill", id, signal]).map(|_| ())
     }
 
+    /// `runc exec` of `argv` in a running container (its environment, directory and
+    /// user), stdin closed; returns the exit code and the combined output (at most
+    /// 10 KiB), or an error when it runs longer than `timeout` (it is then killed).
+    pub fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: std::time::Duration,
+    ) -> Result<(i32, String), RuncError> {
+        use std::io::Read as _;
+        let fail = |message: String| RuncError {
+            command: format!("exec {id}"),
+            message,
+        };
+        let (mut reader, writer) = std::io::pipe().map_err(|e| fail(e.to_string()))?;
+        let writer2 = writer.try_clone().map_err(|e| fail(e.to_string()))?;
+        let mut child = self
+            .command(&["exec", id])
+            .args(argv)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(writer2)
+            .spawn()
+            .map_err(|e| fail(e.to_string()))?;
+        // The pipe's write ends live only in the child now: reading ends when it does.
+        let collector = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = (&mut reader).take(10 << 10).read_to_end(&mut out);
+            let _ = std::io::copy(&mut reader, &mut std::io::sink());
+            out
+        });
+        let deadline = std::time::Instant::now() + timeout;
+        let status = loop {
+            match child.try_wait().map_err(|e| fail(e.to_string()))? {
+                Some(status) => break status,
+                None if std::time::Instant::now() >= deadline => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(fail(format!("command timed out after {timeout:?}")));
+                }
+                None => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        };
+        let out = collector.join().unwrap_or_default();
+        Ok((
+            status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out).into_owned(),
+        ))
+    }
+
     /// `runc delete --force`: the container is gone afterwards, running or not.
     pub fn delete(&self, id: &str) -> Result<(), RuncError> {
         match self.run(&["delete", "--force", id]) {

@@ -77,6 +77,26 @@ pub struct Exit {
 }
 
 /// Where the shim of a container records its pid: beside the exit file.
+/// Written once `runc start` has returned: the container's process runs.
+pub fn running_file(bundle: &Path) -> PathBuf {
+    bundle.join("running")
+}
+
+/// Waits (at most `limit`) until the container's process runs or it has ended; whether
+/// it runs.
+pub fn wait_running(bundle: &Path, exit_file: &Path, limit: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if running_file(bundle).exists() {
+            return true;
+        }
+        if exit_file.exists() || std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}
+
 pub fn pid_file(exit_file: &Path) -> PathBuf {
     exit_file.with_file_name("shim.pid")
 }
@@ -434,6 +454,8 @@ pub fn run(a: &ShimArgs) -> i32 {
         let _ = runc.delete(&a.id);
         return fail(e.to_string());
     }
+    // The kubelet waits for this before running hooks and probes in the container.
+    let _ = std::fs::write(running_file(&a.bundle), pid.to_string());
     let started = now_nanos();
     let (code, signal) = loop {
         match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(pid), None) {
