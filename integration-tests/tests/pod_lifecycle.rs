@@ -52,6 +52,19 @@ fn probes_and_hooks() {
     let api = &w.api;
     let root = w.dir.path().join("kubelet");
     let node = start_node(&w, &root);
+    // Bad probes are refused at create, as upstream's validation refuses them.
+    let refused = api
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(
+                "apiVersion: v1\nkind: Pod\nmetadata: {name: badprobe}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    livenessProbe: {httpGet: {path: /, port: Bad_Name}}\n",
+            ),
+        )
+        .unwrap_err();
+    assert!(
+        refused.contains("spec.containers[0].livenessProbe.httpGet.port: Invalid value: \"Bad_Name\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)"),
+        "{refused}"
+    );
     let host_dir = w.dir.path().join("hooks");
     std::fs::create_dir_all(&host_dir).unwrap();
     apply(

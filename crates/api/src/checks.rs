@@ -121,6 +121,82 @@ fn go_map(m: &BTreeMap<String, String>) -> String {
     format!("map[string]string{{{}}}", parts.join(", "))
 }
 
+/// Upstream's `IsValidPortName`.
+fn port_name(p: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if p.len() > 15 {
+        errs.push("must be no more than 15 characters".to_string());
+    }
+    if !p
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || p.is_empty()
+    {
+        errs.push("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)".into());
+    }
+    if !p.chars().any(|c| c.is_ascii_lowercase()) {
+        errs.push("must contain at least one letter (a-z)".into());
+    }
+    if p.contains("--") {
+        errs.push("must not contain consecutive hyphens".into());
+    }
+    if p.starts_with('-') || p.ends_with('-') {
+        errs.push("must not begin or end with a hyphen".into());
+    }
+    errs
+}
+
+/// A port given by number or name (`ValidatePortNumOrName`).
+fn port_num_or_name(v: Option<&Value>, field: String) -> Errors {
+    let mut errs = Errors::new();
+    match v {
+        Some(Value::String(name)) => {
+            for e in port_name(name) {
+                errs.push(FieldError::invalid(field.clone(), name, e));
+            }
+        }
+        Some(Value::Number(n)) => {
+            let n = n.as_i64().unwrap_or(0);
+            if !(1..=65535).contains(&n) {
+                errs.push(FieldError::invalid_raw(
+                    field,
+                    n.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                ));
+            }
+        }
+        _ => errs.push(FieldError::required(field, "")),
+    }
+    errs
+}
+
+/// A probe or lifecycle handler: exactly one of `kinds`, with valid ports.
+fn handler(h: &Value, at: &str, kinds: &[&str]) -> Errors {
+    let mut errs = Errors::new();
+    let given: Vec<&str> = kinds
+        .iter()
+        .copied()
+        .filter(|k| h.get(*k).is_some_and(|v| !v.is_null()))
+        .collect();
+    match given.len() {
+        0 => errs.push(FieldError::required(at, "must specify a handler type")),
+        1 => {}
+        _ => errs.push(FieldError::forbidden(
+            format!("{at}.{}", given[1]),
+            "may not specify more than 1 handler type",
+        )),
+    }
+    for kind in ["httpGet", "tcpSocket"] {
+        if let Some(a) = h.get(kind).filter(|v| !v.is_null()) {
+            errs.extend(port_num_or_name(a.get("port"), format!("{at}.{kind}.port")));
+        }
+    }
+    if let Some(g) = h.get("grpc").filter(|v| !v.is_null()) {
+        errs.extend(port_num_or_name(g.get("port"), format!("{at}.grpc.port")));
+    }
+    errs
+}
+
 /// Checks a pod spec at `path` (`spec` or `spec.template.spec`).
 pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Errors {
     let mut errs = Errors::new();
@@ -164,6 +240,32 @@ pub fn pod_spec(spec: &Value, path: &str, restart_policies: &[&str]) -> Errors {
                         format!("{at}.ports[{j}].protocol"),
                         proto,
                         &["SCTP", "TCP", "UDP"],
+                    ));
+                }
+            }
+            for kind in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                if let Some(probe) = c.get(kind) {
+                    errs.extend(handler(
+                        probe,
+                        &format!("{at}.{kind}"),
+                        &["exec", "httpGet", "tcpSocket", "grpc"],
+                    ));
+                    let success = probe.get("successThreshold").and_then(Value::as_i64);
+                    if kind != "readinessProbe" && success.is_some_and(|n| n != 1) {
+                        errs.push(FieldError::invalid_raw(
+                            format!("{at}.{kind}.successThreshold"),
+                            success.unwrap_or_default().to_string(),
+                            "must be 1",
+                        ));
+                    }
+                }
+            }
+            for hook in ["postStart", "preStop"] {
+                if let Some(h) = c.pointer(&format!("/lifecycle/{hook}")) {
+                    errs.extend(handler(
+                        h,
+                        &format!("{at}.lifecycle.{hook}"),
+                        &["exec", "httpGet", "tcpSocket", "sleep"],
                     ));
                 }
             }
@@ -535,6 +637,35 @@ mod tests {
             object("Job", &job)[0].field,
             "spec.template.spec.restartPolicy"
         );
+    }
+
+    #[test]
+    fn probes_and_hooks_need_one_handler_and_valid_ports() {
+        let pod = json!({"spec": {"restartPolicy": "Always", "containers": [{
+            "name": "c", "image": "i", "imagePullPolicy": "Always",
+            "livenessProbe": {"httpGet": {"path": "/", "port": "Bad_Name"}, "successThreshold": 2},
+            "readinessProbe": {"tcpSocket": {"port": 0}},
+            "startupProbe": {"periodSeconds": 1},
+            "lifecycle": {"preStop": {"exec": {"command": ["true"]}, "sleep": {"seconds": 1}}}
+        }]}});
+        let shown: Vec<String> = object("Pod", &pod).iter().map(|e| e.to_string()).collect();
+        assert_eq!(
+            shown,
+            vec![
+                "spec.containers[0].livenessProbe.httpGet.port: Invalid value: \"Bad_Name\": must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)",
+                "spec.containers[0].livenessProbe.successThreshold: Invalid value: 2: must be 1",
+                "spec.containers[0].readinessProbe.tcpSocket.port: Invalid value: 0: must be between 1 and 65535, inclusive",
+                "spec.containers[0].startupProbe: Required value: must specify a handler type",
+                "spec.containers[0].lifecycle.preStop.sleep: Forbidden: may not specify more than 1 handler type",
+            ]
+        );
+        let ok = json!({"spec": {"restartPolicy": "Always", "containers": [{
+            "name": "c", "image": "i", "imagePullPolicy": "Always",
+            "ports": [{"name": "http", "containerPort": 80, "protocol": "TCP"}],
+            "livenessProbe": {"httpGet": {"path": "/", "port": "http"}},
+            "readinessProbe": {"tcpSocket": {"port": 80}, "successThreshold": 3}
+        }]}});
+        assert!(object("Pod", &ok).is_empty(), "{:?}", object("Pod", &ok));
     }
 
     #[test]

@@ -1342,9 +1342,14 @@ impl Pods {
                 .trim_start_matches("runc://")
                 .to_string();
             let probes = self.probes.lock().expect("lock");
+            // Before the prober has seen it: a container without startup and readiness
+            // probes is started and ready as soon as it runs.
+            let unprobed = c.startup_probe.is_none() && c.readiness_probe.is_none();
             let (started, ready) = probes
                 .get(&id)
-                .map_or((c.startup_probe.is_none(), false), |p| (p.started, p.ready));
+                .map_or((c.startup_probe.is_none(), unprobed), |p| {
+                    (p.started, p.ready)
+                });
             st["started"] = json!(started);
             st["ready"] = json!(ready);
         }
