@@ -331,6 +331,16 @@ spec:
 ---
 apiVersion: v1
 kind: Pod
+metadata: {name: last-words}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  containers:
+  - {name: written, image: busybox, command: [sh, -c, "echo bye > /dev/termination-log; exit 3"]}
+  - {name: logged, image: busybox, terminationMessagePolicy: FallbackToLogsOnError, command: [sh, -c, "echo from the logs; exit 4"]}
+---
+apiVersion: v1
+kind: Pod
 metadata: {name: init-retries}
 spec:
   nodeName: node-1
@@ -405,6 +415,21 @@ spec:
         pod(api, "init-fails")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"],
         "PodInitializing"
     );
+    // Termination messages: the file the container wrote, or its log's end.
+    wait_for(
+        "last-words to end",
+        30,
+        || pod(api, "last-words")["status"]["phase"] == "Failed",
+        &node,
+    );
+    let st = pod(api, "last-words")["status"]["containerStatuses"].clone();
+    assert_eq!(st[0]["name"], "logged");
+    assert_eq!(
+        st[0]["state"]["terminated"]["message"], "from the logs\n",
+        "{st}"
+    );
+    assert_eq!(st[1]["state"]["terminated"]["message"], "bye\n", "{st}");
+    assert_eq!(st[1]["state"]["terminated"]["exitCode"], 3);
     // Otherwise it is retried with back-off.
     wait_for(
         "init-retries to back off",
@@ -413,7 +438,7 @@ spec:
         &node,
     );
     assert_eq!(pod(api, "init-retries")["status"]["phase"], "Pending");
-    for p in ["ordered", "init-fails", "init-retries"] {
+    for p in ["ordered", "init-fails", "init-retries", "last-words"] {
         api.ok(&["delete", "pod", p, "--wait=false"]);
     }
     wait_for(

@@ -706,6 +706,28 @@ impl Pods {
                 format!("pod /etc files: {e}"),
             )
         })?;
+        // The termination message file (`terminationMessagePath`), written by the
+        // container, read by the kubelet when it ends.
+        let message_path = c
+            .termination_message_path
+            .clone()
+            .unwrap_or_else(|| "/dev/termination-log".into());
+        if !message_path.is_empty() {
+            let file = dir.join("termination-log");
+            std::fs::create_dir_all(&dir)
+                .and_then(|()| std::fs::write(&file, b""))
+                .and_then(|()| {
+                    use std::os::unix::fs::PermissionsExt as _;
+                    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o666))
+                })
+                .map_err(|e| {
+                    (
+                        "CreateContainerError".to_string(),
+                        format!("termination message file: {e}"),
+                    )
+                })?;
+            binds.push((message_path, file, false));
+        }
         binds.extend(
             crate::volumes::mounts(c, volumes, &environment)
                 .map_err(|e| ("CreateContainerConfigError".to_string(), e))?,
@@ -1334,7 +1356,7 @@ impl Pods {
         if let (n, Attempt::Running { id, .. }) = self.latest(&uid, &c.name) {
             self.probe(pod, c, &id, n).await;
         }
-        let mut st = self.container_status(&uid, c, policy);
+        let mut st = self.container_status(pod, c, policy);
         if st["state"].get("running").is_some() {
             let id = st["containerID"]
                 .as_str()
@@ -1702,7 +1724,19 @@ impl Pods {
                "restartCount": restarts, "state": {"waiting": waiting}})
     }
 
-    fn terminated(id: &str, exit: &Exit, started: &str) -> Value {
+    /// A terminated state; its message is the runtime's error, else what the container
+    /// wrote to its termination message file, else (`FallbackToLogsOnError`, failed)
+    /// the end of its log, as upstream.
+    #[allow(clippy::too_many_arguments)]
+    fn terminated(
+        &self,
+        pod: &Pod,
+        c: &Container,
+        attempt: u32,
+        id: &str,
+        exit: &Exit,
+        started: &str,
+    ) -> Value {
         let reason = if exit.lost {
             "Unknown"
         } else if exit.error.is_some() {
@@ -1716,8 +1750,28 @@ impl Pods {
         };
         let mut t = json!({"exitCode": exit.exit_code, "reason": reason, "startedAt": exit.started_at.as_deref().map(trim_time).unwrap_or_else(|| trim_time(started)),
                            "finishedAt": trim_time(&exit.finished_at), "containerID": format!("runc://{id}")});
-        if let Some(e) = &exit.error {
-            t["message"] = json!(e);
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let written = std::fs::read(
+            self.container_dir(&uid, &c.name)
+                .join(attempt.to_string())
+                .join("termination-log"),
+        )
+        .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())
+        .unwrap_or_default();
+        let fallback = c.termination_message_policy.as_deref() == Some("FallbackToLogsOnError")
+            && exit.exit_code != 0;
+        let message = if let Some(e) = &exit.error {
+            Some(e.clone())
+        } else if !written.is_empty() {
+            Some(written)
+        } else if fallback {
+            let log = self.log_dir(pod, &c.name).join(format!("{attempt}.log"));
+            Some(shim::log_tail(&log, 80, 2048)).filter(|m| !m.is_empty())
+        } else {
+            None
+        };
+        if let Some(m) = message {
+            t["message"] = json!(m);
         }
         if let Some(s) = exit.signal {
             t["signal"] = json!(s);
@@ -1725,7 +1779,8 @@ impl Pods {
         json!({"terminated": t})
     }
 
-    fn container_status(&self, uid: &str, c: &Container, policy: &str) -> Value {
+    fn container_status(&self, pod: &Pod, c: &Container, policy: &str) -> Value {
+        let uid = &pod.metadata.uid.clone().unwrap_or_default();
         let attempts = self.attempts(uid, &c.name);
         let n = attempts.last().copied().unwrap_or(0);
         let dir = self.container_dir(uid, &c.name).join(n.to_string());
@@ -1754,7 +1809,7 @@ impl Pods {
                     .expect("lock")
                     .get(&key)
                     .is_some_and(|(at, _)| Instant::now() < *at);
-                let term = Self::terminated(&id, &exit, &started);
+                let term = self.terminated(pod, c, n, &id, &exit, &started);
                 let restarts = policy == "Always" || (policy == "OnFailure" && exit.exit_code != 0);
                 if restarting && restarts {
                     let msg = format!(
@@ -1795,13 +1850,13 @@ impl Pods {
             if let Attempt::Exited { id, exit } = self.attempt_state(uid, &c.name, n - 1) {
                 let prev_dir = self.container_dir(uid, &c.name).join((n - 1).to_string());
                 let started = std::fs::read_to_string(prev_dir.join("started")).unwrap_or_default();
-                st["lastState"] = Self::terminated(&id, &exit, &started);
+                st["lastState"] = self.terminated(pod, c, n - 1, &id, &exit, &started);
             }
         }
         if st["state"].get("waiting").is_some() {
             if let Attempt::Exited { id, exit } = self.attempt_state(uid, &c.name, n) {
                 let started = std::fs::read_to_string(dir.join("started")).unwrap_or_default();
-                st["lastState"] = Self::terminated(&id, &exit, &started);
+                st["lastState"] = self.terminated(pod, c, n, &id, &exit, &started);
             }
         }
         if st["containerID"].is_null() {

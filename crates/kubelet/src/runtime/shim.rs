@@ -495,6 +495,37 @@ pub fn read_exit(path: &Path) -> Option<Exit> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// The end of a CRI-format log as the container wrote it: its last `lines` lines, at
+/// most `max_bytes` bytes (what upstream's `FallbackToLogsOnError` reports).
+pub fn log_tail(path: &Path, lines: usize, max_bytes: usize) -> String {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return String::new();
+    };
+    let mut out = String::new();
+    for record in text.lines() {
+        // `<time> <stream> <P|F> <content>`
+        let mut f = record.splitn(4, ' ');
+        let (_, _, tag, content) = (f.next(), f.next(), f.next(), f.next().unwrap_or_default());
+        out.push_str(content);
+        if tag != Some("P") {
+            out.push('\n');
+        }
+    }
+    let kept: Vec<&str> = out.lines().collect();
+    let mut tail = kept[kept.len().saturating_sub(lines)..].join("\n");
+    if !tail.is_empty() {
+        tail.push('\n');
+    }
+    if tail.len() > max_bytes {
+        let mut cut = tail.len() - max_bytes;
+        while !tail.is_char_boundary(cut) {
+            cut += 1;
+        }
+        tail = tail[cut..].to_string();
+    }
+    tail
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
