@@ -131,7 +131,7 @@ impl LocalRegistry {
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
         for link in [
             "sh", "echo", "sleep", "cat", "ls", "touch", "rm", "test", "mkdir", "grep", "tr",
-            "stat", "env", "true", "false",
+            "stat", "env", "true", "false", "dd",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(link));
         }

@@ -323,9 +323,46 @@ spec:
         || pod(api, "nomap")["status"]["phase"] == "Running",
         &node,
     );
+    // An emptyDir over its sizeLimit: the pod is evicted, as upstream's kubelet does it.
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hog}
+spec:
+  nodeName: node-1
+  containers:
+  - name: c
+    image: busybox
+    command: [sh, -c, "dd if=/dev/zero of=/data/big bs=1024 count=2048; sleep 3600"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes:
+  - {name: data, emptyDir: {sizeLimit: 1Mi}}
+"#,
+    );
+    wait_for(
+        "hog's eviction",
+        60,
+        || pod(api, "hog")["status"]["reason"] == "Evicted",
+        &node,
+    );
+    let hog = pod(api, "hog");
+    assert_eq!(hog["status"]["phase"], "Failed");
+    assert_eq!(
+        hog["status"]["message"],
+        "Usage of EmptyDir volume \"data\" exceeds the limit \"1Mi\". "
+    );
+    assert!(events_for(api, "hog").contains("Evicted"));
+    wait_for(
+        "hog's container to be killed",
+        30,
+        || pod(api, "hog")["status"]["containerStatuses"][0]["state"]["terminated"].is_object(),
+        &node,
+    );
     // The other pods were never disturbed.
     assert_eq!(pod(api, "conf")["status"]["phase"], "Running");
-    for p in ["conf", "nokey", "nomap", "nodir"] {
+    for p in ["conf", "nokey", "nomap", "nodir", "hog"] {
         api.ok(&["delete", "pod", p, "--wait=false"]);
     }
     wait_for(

@@ -65,6 +65,8 @@ pub struct Pods {
     pub log_max_files: u32,
     /// Per pod: its volumes' host paths and when they were last refreshed from the API.
     volumes: std::sync::Mutex<HashMap<String, (Instant, VolumePaths)>>,
+    /// Per pod: when its emptyDir usage was last measured against the size limits.
+    usage_checked: std::sync::Mutex<HashMap<String, Instant>>,
     /// Per pod: the last `FailedMount`-style message and when it was reported.
     reported: std::sync::Mutex<HashMap<String, (String, Instant)>>,
     /// Per running container (by id): its probe results.
@@ -138,6 +140,7 @@ impl Pods {
             killing: Default::default(),
             volumes: Default::default(),
             reported: Default::default(),
+            usage_checked: Default::default(),
             workers: Default::default(),
             next_worker: Default::default(),
             burstable_shares: Default::default(),
@@ -1149,6 +1152,9 @@ impl Pods {
         if pod.metadata.deletion_timestamp.is_some() {
             return self.terminate(pod, &api).await;
         }
+        if let Ok(msg) = std::fs::read_to_string(self.pod_dir(&uid).join("evicted")) {
+            return self.evicted(pod, &api, &msg).await;
+        }
         let host_network = spec.host_network.unwrap_or(false);
         // No runtime, no new sandbox: the pod waits, as upstream's do while the runtime
         // is down.
@@ -1211,6 +1217,26 @@ impl Pods {
                     .await
             }
         };
+        // emptyDir size limits, measured every so often; over one, the pod is evicted.
+        let due = self
+            .usage_checked
+            .lock()
+            .expect("lock")
+            .get(&uid)
+            .is_none_or(|at| at.elapsed() >= VOLUME_REFRESH);
+        if due {
+            self.usage_checked
+                .lock()
+                .expect("lock")
+                .insert(uid.clone(), Instant::now());
+            if let Some(msg) = crate::volumes::over_limit(&self.pod_dir(&uid), pod) {
+                std::fs::write(self.pod_dir(&uid).join("evicted"), &msg).ok();
+                self.events
+                    .pod(pod, None, Kind::Warning, "Evicted", &msg)
+                    .await;
+                return self.evicted(pod, &api, &msg).await;
+            }
+        }
         let policy = spec
             .restart_policy
             .clone()
@@ -1597,6 +1623,71 @@ impl Pods {
                 .pod(pod, Some(&c.name), Kind::Warning, "FailedPreStopHook", &msg)
                 .await;
         }
+    }
+
+    /// An evicted pod: its containers killed at once and never restarted, the pod
+    /// `Failed` with reason `Evicted` and a DisruptionTarget condition, as upstream's
+    /// eviction manager leaves it (the pod object stays).
+    async fn evicted(&self, pod: &Pod, api: &Api<Pod>, msg: &str) -> Result<(), crate::Error> {
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let spec = pod.spec.clone().unwrap_or_default();
+        let all: Vec<&Container> = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .chain(spec.containers.iter())
+            .collect();
+        for c in &all {
+            if let (_, Attempt::Running { id, .. }) = self.latest(&uid, &c.name) {
+                let _ = self.runc.kill(&id, "KILL");
+            }
+        }
+        let mut statuses: Vec<Value> = spec
+            .containers
+            .iter()
+            .map(|c| self.container_status(pod, c, "Never"))
+            .collect();
+        statuses.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+        for st in &mut statuses {
+            st["ready"] = json!(false);
+        }
+        let now = ferrokube_time_now();
+        let prev = pod.status.clone().unwrap_or_default();
+        let mut conditions: Vec<Value> = prev
+            .conditions
+            .iter()
+            .flatten()
+            .filter(|c| c.type_ != "DisruptionTarget")
+            .map(|c| serde_json::to_value(c).unwrap_or_default())
+            .collect();
+        for c in &mut conditions {
+            if c["type"] == "Ready" || c["type"] == "ContainersReady" {
+                if c["status"] != "False" {
+                    c["lastTransitionTime"] = json!(now);
+                }
+                c["status"] = json!("False");
+                c["reason"] = json!("PodFailed");
+            }
+        }
+        conditions.push(
+            json!({"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet",
+                               "message": msg, "lastProbeTime": null, "lastTransitionTime": now}),
+        );
+        let status = json!({"phase": "Failed", "reason": "Evicted", "message": msg,
+                            "conditions": conditions, "containerStatuses": statuses});
+        let old = serde_json::to_value(&prev).unwrap_or_default();
+        if old["phase"] == "Failed"
+            && old["reason"] == "Evicted"
+            && strip_times(&old["containerStatuses"]) == strip_times(&status["containerStatuses"])
+        {
+            return Ok(());
+        }
+        api.patch_status(
+            pod.metadata.name.as_deref().unwrap_or_default(),
+            &Patch::Merge(json!({"status": status})),
+        )
+        .await?;
+        Ok(())
     }
 
     /// A pod that cannot start its containers yet (no sandbox, volumes that cannot be

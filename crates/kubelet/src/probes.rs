@@ -1,6 +1,6 @@
 //! Container probes and lifecycle hook actions as upstream's prober runs them: exec
-//! (through `runc exec`), httpGet (HTTP/1.1 from the node to the pod's address, success
-//! on 200–399), tcpSocket (a connection), and, for hooks, sleep; and the per-container
+//! (through `runc exec`), httpGet (HTTP/1.1 or HTTPS from the node to the pod's address,
+//! success on 200–399), tcpSocket (a connection), and, for hooks, sleep; and the per-container
 //! probe state (initial delay, period, success and failure thresholds, startup gating).
 
 use std::collections::HashMap;
@@ -17,6 +17,7 @@ use crate::runtime::runc::Runc;
 pub enum Action {
     Exec(Vec<String>),
     Http {
+        https: bool,
         host: String,
         port: u16,
         path: String,
@@ -48,14 +49,13 @@ fn port(p: &IntOrString, c: &Container) -> Result<u16, String> {
 }
 
 fn http(h: &HTTPGetAction, c: &Container, pod_ip: &str) -> Result<Action, String> {
-    if h.scheme
+    let https = h
+        .scheme
         .as_deref()
-        .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"))
-    {
-        return Err("HTTPS probes and hooks are not supported yet".into());
-    }
+        .is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
     let path = h.path.clone().unwrap_or_default();
     Ok(Action::Http {
+        https,
         host: h
             .host
             .clone()
@@ -150,13 +150,15 @@ pub async fn run(
             }
         }
         Action::Http {
+            https,
             host,
             port,
             path,
             headers,
         } => {
-            let url = format!("http://{}{path}", host_port(host, *port));
-            match tokio::time::timeout(timeout, http_get(host, *port, path, headers)).await {
+            let scheme = if *https { "https" } else { "http" };
+            let url = format!("{scheme}://{}{path}", host_port(host, *port));
+            match tokio::time::timeout(timeout, http_get(*https, host, *port, path, headers)).await {
                 Ok(Ok(code)) if (200..400).contains(&code) => Ok(()),
                 Ok(Ok(code)) => Err(format!("HTTP probe failed with statuscode: {code}")),
                 Ok(Err(e)) => Err(format!("Get \"{url}\": {e}")),
@@ -204,15 +206,17 @@ fn dial_error(e: &std::io::Error) -> String {
     }
 }
 
-/// A GET as upstream's prober sends it (`User-Agent: kube-probe/1.32`); the status code.
+/// A GET as upstream's prober sends it (`User-Agent: kube-probe/1.32`; over HTTPS
+/// without verifying the server's certificate, as upstream); the status code.
 async fn http_get(
+    https: bool,
     host: &str,
     port: u16,
     path: &str,
     headers: &[(String, String)],
 ) -> Result<u16, String> {
     let addr = host_port(host, port);
-    let mut s = tokio::net::TcpStream::connect(&addr)
+    let tcp = tokio::net::TcpStream::connect(&addr)
         .await
         .map_err(|e| format!("dial tcp {addr}: connect: {}", dial_error(&e)))?;
     let mut req = format!("GET {path} HTTP/1.1\r\n");
@@ -230,6 +234,24 @@ async fn http_get(
         req.push_str(&format!("{k}: {v}\r\n"));
     }
     req.push_str("Connection: close\r\n\r\n");
+    if https {
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| format!("invalid host {host:?}: {e}"))?;
+        let tls = tls_connector()
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("tls: {e}"))?;
+        status_code(tls, &req).await
+    } else {
+        status_code(tcp, &req).await
+    }
+}
+
+/// Sends `req` and reads the response's status code.
+async fn status_code<S>(mut s: S, req: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     s.write_all(req.as_bytes())
         .await
         .map_err(|e| e.to_string())?;
@@ -248,6 +270,72 @@ async fn http_get(
         .and_then(|c| c.parse::<u16>().ok())
         .filter(|_| line.starts_with("HTTP/"))
         .ok_or_else(|| "malformed HTTP response".to_string())
+}
+
+/// A TLS client that accepts any server certificate (signatures still checked), as
+/// upstream's prober does.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONNECTOR: std::sync::OnceLock<tokio_rustls::TlsConnector> = std::sync::OnceLock::new();
+    CONNECTOR
+        .get_or_init(|| {
+            let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+            let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+                .with_safe_default_protocol_versions()
+                .expect("ring supports the default protocol versions")
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+                .with_no_client_auth();
+            tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        })
+        .clone()
+}
+
+#[derive(Debug)]
+struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The three probe kinds.
@@ -419,6 +507,7 @@ mod tests {
         assert_eq!(
             probe_action(&p, &c, "10.244.0.9").unwrap(),
             Action::Http {
+                https: false,
                 host: "10.244.0.9".into(),
                 port: 8080,
                 path: "/healthz".into(),
@@ -457,6 +546,7 @@ mod tests {
         });
         let runc = Runc::new(std::path::Path::new("/nonexistent"));
         let get = |path: &str| Action::Http {
+            https: false,
             host: "127.0.0.1".into(),
             port,
             path: path.into(),
@@ -501,6 +591,55 @@ mod tests {
             Err(format!(
                 "dial tcp 127.0.0.1:{closed}: connect: connection refused"
             ))
+        );
+    }
+
+    #[tokio::test]
+    async fn https_probes_do_not_verify_the_certificate() {
+        let cert = rcgen::generate_simple_self_signed(vec!["pod.local".to_string()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.cert.der().clone()], key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let Ok(mut tls) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = vec![0u8; 1024];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let ok = String::from_utf8_lossy(&buf[..n]).starts_with("GET /secure ");
+                let code = if ok { 204 } else { 404 };
+                let _ = tls
+                    .write_all(format!("HTTP/1.1 {code} X\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+                let _ = tls.shutdown().await;
+            }
+        });
+        let runc = Runc::new(std::path::Path::new("/nonexistent"));
+        let get = |path: &str| Action::Http {
+            https: true,
+            host: "127.0.0.1".into(),
+            port,
+            path: path.into(),
+            headers: vec![],
+        };
+        let t = Duration::from_secs(2);
+        assert_eq!(run(&get("/secure"), &runc, "x", t).await, Ok(()));
+        assert_eq!(
+            run(&get("/other"), &runc, "x", t).await,
+            Err("HTTP probe failed with statuscode: 404".into())
         );
     }
 }

@@ -280,6 +280,45 @@ fn mount_tmpfs(dir: &Path, size: Option<&str>) -> std::io::Result<()> {
     .map_err(std::io::Error::from)
 }
 
+/// Bytes a directory tree takes on disk (symlinks not followed).
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt as _;
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => m.blocks() * 512 + disk_usage(&e.path()),
+            Ok(m) => m.blocks() * 512,
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// The eviction message when a disk-backed emptyDir holds more than its `sizeLimit`
+/// (upstream's wording), else `None`.
+pub fn over_limit(pod_dir: &Path, pod: &Pod) -> Option<String> {
+    for v in pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()) {
+        let Some(e) = &v.empty_dir else { continue };
+        let Some(limit) = &e.size_limit else { continue };
+        if e.medium.as_deref() == Some("Memory") {
+            continue; // the tmpfs is that size: writes fail first
+        }
+        let Ok(bytes) = ferrokube_api::quantity::Quantity::parse(&limit.0).map(|q| q.value())
+        else {
+            continue;
+        };
+        let used = disk_usage(&volume_dir(pod_dir, "empty-dir", &v.name));
+        if i128::from(used) > bytes {
+            return Some(format!(
+                "Usage of EmptyDir volume \"{}\" exceeds the limit \"{}\". ",
+                v.name, limit.0
+            ));
+        }
+    }
+    None
+}
+
 /// Unmounts what a pod's volumes mounted (tmpfs, NFS); the files go with the pod dir.
 pub fn teardown(pod_dir: &Path) {
     let root = pod_dir.join("volumes");
