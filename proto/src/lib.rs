@@ -4,6 +4,7 @@
 //!   with upstream's package names and field numbers so that `etcdctl` works unchanged.
 //! - [`raftpeer`]: the transport between store members and the replicated command format.
 //! - [`resources`]: the resource service components use to reach kube-apiserver.
+//! - [`grpc_health_v1`]: gRPC's standard health check, which gRPC probes call.
 
 #![allow(clippy::all, missing_docs)]
 
@@ -31,3 +32,8 @@ pub mod ferrokube {
 }
 
 pub use ferrokube::{raftpeer, resources};
+
+/// gRPC's health checking protocol (`grpc.health.v1`).
+pub mod grpc_health_v1 {
+    tonic::include_proto!("grpc.health.v1");
+}

@@ -27,6 +27,12 @@ pub enum Action {
         host: String,
         port: u16,
     },
+    /// gRPC's standard health check (`grpc.health.v1.Health/Check`).
+    Grpc {
+        host: String,
+        port: u16,
+        service: String,
+    },
     Sleep(Duration),
 }
 
@@ -94,8 +100,12 @@ pub fn probe_action(p: &Probe, c: &Container, pod_ip: &str) -> Result<Action, St
             port: port(&t.port, c)?,
         });
     }
-    if p.grpc.is_some() {
-        return Err("gRPC probes are not supported yet".into());
+    if let Some(g) = &p.grpc {
+        return Ok(Action::Grpc {
+            host: pod_ip.to_string(),
+            port: u16::try_from(g.port).map_err(|_| format!("invalid port {}", g.port))?,
+            service: g.service.clone().unwrap_or_default(),
+        });
     }
     Err("missing probe handler".into())
 }
@@ -175,10 +185,56 @@ pub async fn run(
                 Err(_) => Err(format!("dial tcp {addr}: i/o timeout")),
             }
         }
+        Action::Grpc {
+            host,
+            port,
+            service,
+        } => grpc_check(host, *port, service, timeout).await,
         Action::Sleep(d) => {
             tokio::time::sleep(*d).await;
             Ok(())
         }
+    }
+}
+
+/// A gRPC health check, worded as upstream's gRPC prober words its failures.
+async fn grpc_check(host: &str, port: u16, service: &str, timeout: Duration) -> Result<(), String> {
+    use ferrokube_proto::grpc_health_v1::health_check_response::ServingStatus;
+    use ferrokube_proto::grpc_health_v1::{health_client::HealthClient, HealthCheckRequest};
+    let addr = host_port(host, port);
+    let secs = timeout.as_secs();
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    let channel = match tokio::time::timeout(timeout, endpoint.connect()).await {
+        Ok(Ok(c)) => c,
+        _ => {
+            return Err(format!(
+                "timeout: failed to connect service \"{addr}\" within {secs}s"
+            ))
+        }
+    };
+    let request = HealthCheckRequest {
+        service: service.to_string(),
+    };
+    match HealthClient::new(channel).check(request).await {
+        Ok(r) => match ServingStatus::try_from(r.into_inner().status) {
+            Ok(ServingStatus::Serving) => Ok(()),
+            Ok(other) => Err(format!(
+                "service unhealthy (responded with \"{}\")",
+                other.as_str_name()
+            )),
+            Err(_) => Err("service unhealthy (responded with an unknown status)".into()),
+        },
+        Err(s) if s.code() == tonic::Code::DeadlineExceeded => Err(format!(
+            "timeout: health rpc did not complete within {secs}s"
+        )),
+        Err(s) => Err(format!(
+            "error: health rpc probe failed: rpc error: code = {:?} desc = {}",
+            s.code(),
+            s.message()
+        )),
     }
 }
 
@@ -640,6 +696,64 @@ mod tests {
         assert_eq!(
             run(&get("/other"), &runc, "x", t).await,
             Err("HTTP probe failed with statuscode: 404".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_call_the_health_service() {
+        use ferrokube_proto::grpc_health_v1::health_server::{Health, HealthServer};
+        use ferrokube_proto::grpc_health_v1::{HealthCheckRequest, HealthCheckResponse};
+        struct Server;
+        #[tonic::async_trait]
+        impl Health for Server {
+            async fn check(
+                &self,
+                r: tonic::Request<HealthCheckRequest>,
+            ) -> Result<tonic::Response<HealthCheckResponse>, tonic::Status> {
+                let status = match r.into_inner().service.as_str() {
+                    "" => 1,
+                    "down" => 2,
+                    _ => return Err(tonic::Status::not_found("unknown service")),
+                };
+                Ok(tonic::Response::new(HealthCheckResponse { status }))
+            }
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(HealthServer::new(Server))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        let runc = Runc::new(std::path::Path::new("/nonexistent"));
+        let check = |service: &str| Action::Grpc {
+            host: "127.0.0.1".into(),
+            port,
+            service: service.into(),
+        };
+        let t = Duration::from_secs(2);
+        assert_eq!(run(&check(""), &runc, "x", t).await, Ok(()));
+        assert_eq!(
+            run(&check("down"), &runc, "x", t).await,
+            Err("service unhealthy (responded with \"NOT_SERVING\")".into())
+        );
+        let other = run(&check("other"), &runc, "x", t).await.unwrap_err();
+        assert!(other.contains("code = NotFound"), "{other}");
+        let closed = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let gone = Action::Grpc {
+            host: "127.0.0.1".into(),
+            port: closed,
+            service: String::new(),
+        };
+        assert_eq!(
+            run(&gone, &runc, "x", Duration::from_secs(1)).await,
+            Err(format!(
+                "timeout: failed to connect service \"127.0.0.1:{closed}\" within 1s"
+            ))
         );
     }
 }
