@@ -257,3 +257,35 @@ pub fn run(api: &ApiServer, name: &str, restart: &str, args: &[&str]) {
     a.extend_from_slice(args);
     api.ok(&a);
 }
+
+/// `kubectl apply -f -` of `yaml`; fails the test on error.
+pub fn apply(api: &ApiServer, yaml: &str) {
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
+        .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
+}
+
+/// The events about one object: `REASON MESSAGE` lines.
+pub fn events_for(api: &ApiServer, name: &str) -> String {
+    api.ok(&[
+        "get",
+        "events",
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "custom-columns=REASON:.reason,MESSAGE:.message",
+        "--no-headers",
+    ])
+}
+
+/// Deletes the pods and waits until no pod is left.
+pub fn delete_all_pods(api: &ApiServer, names: &[&str], node: &Node) {
+    for p in names {
+        api.ok(&["delete", "pod", p, "--wait=false"]);
+    }
+    wait_for(
+        "the pods to go",
+        60,
+        || api.ok(&["get", "pods", "--no-headers"]).trim().is_empty(),
+        node,
+    );
+}

@@ -11,11 +11,6 @@ use std::path::{Path, PathBuf};
 use integration_tests::apiserver::ApiServer;
 use integration_tests::node::*;
 
-fn apply(api: &ApiServer, yaml: &str) {
-    api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
-        .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
-}
-
 /// The host directory of a pod's emptyDir volume.
 fn empty_dir(root: &Path, api: &ApiServer, pod_name: &str, volume: &str) -> PathBuf {
     let uid = pod(api, pod_name)["metadata"]["uid"]
@@ -26,18 +21,6 @@ fn empty_dir(root: &Path, api: &ApiServer, pod_name: &str, volume: &str) -> Path
         .join(uid)
         .join("volumes/kubernetes.io~empty-dir")
         .join(volume)
-}
-
-fn events_for(api: &ApiServer, pod_name: &str) -> String {
-    api.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={pod_name}"),
-        "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message",
-        "--no-headers",
-    ])
 }
 
 #[test]
@@ -362,15 +345,7 @@ spec:
     );
     // The other pods were never disturbed.
     assert_eq!(pod(api, "conf")["status"]["phase"], "Running");
-    for p in ["conf", "nokey", "nomap", "nodir", "hog"] {
-        api.ok(&["delete", "pod", p, "--wait=false"]);
-    }
-    wait_for(
-        "the pods to go",
-        60,
-        || api.ok(&["get", "pods", "--no-headers"]).trim().is_empty(),
-        &node,
-    );
+    delete_all_pods(api, &["conf", "nokey", "nomap", "nodir", "hog"], &node);
     // Their volumes' mounts went with them.
     wait_for(
         "the volume mounts to go",

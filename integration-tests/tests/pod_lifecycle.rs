@@ -9,23 +9,6 @@ use integration_tests::apiserver::ApiServer;
 use integration_tests::node::*;
 use serde_json::Value;
 
-fn apply(api: &ApiServer, yaml: &str) {
-    api.kubectl_stdin(&["apply", "-f", "-"], Some(yaml))
-        .unwrap_or_else(|e| panic!("kubectl apply: {e}"));
-}
-
-fn events_for(api: &ApiServer, pod_name: &str) -> String {
-    api.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        &format!("involvedObject.name={pod_name}"),
-        "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message",
-        "--no-headers",
-    ])
-}
-
 fn condition(p: &Value, ty: &str) -> String {
     p["status"]["conditions"]
         .as_array()
@@ -282,13 +265,9 @@ spec:
         || std::fs::read_to_string(host_dir.join("prestop")).is_ok_and(|s| s == "stopping\n"),
         &node,
     );
-    for p in ["liveness-exec", "readiness", "badhook", "web"] {
-        api.ok(&["delete", "pod", p, "--wait=false"]);
-    }
-    wait_for(
-        "the pods to go",
-        60,
-        || api.ok(&["get", "pods", "--no-headers"]).trim().is_empty(),
+    delete_all_pods(
+        api,
+        &["liveness-exec", "readiness", "badhook", "web"],
         &node,
     );
 }
@@ -438,13 +417,9 @@ spec:
         &node,
     );
     assert_eq!(pod(api, "init-retries")["status"]["phase"], "Pending");
-    for p in ["ordered", "init-fails", "init-retries", "last-words"] {
-        api.ok(&["delete", "pod", p, "--wait=false"]);
-    }
-    wait_for(
-        "the pods to go",
-        60,
-        || api.ok(&["get", "pods", "--no-headers"]).trim().is_empty(),
+    delete_all_pods(
+        api,
+        &["ordered", "init-fails", "init-retries", "last-words"],
         &node,
     );
 }

@@ -526,17 +526,7 @@ impl Pods {
             sources.secrets.insert(name, data);
         }
         let services = self.services.as_ref().map(|s| s.list()).unwrap_or_default();
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let host_network = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_network)
-            .unwrap_or(false);
-        let pod_ips = if host_network {
-            vec![self.node_ip.clone()]
-        } else {
-            self.pod_ips(&uid)
-        };
+        let pod_ips = self.pod_addresses(pod);
         let cx = crate::env::Context {
             pod,
             node_ip: &self.node_ip,
@@ -1404,18 +1394,25 @@ impl Pods {
         st
     }
 
-    /// The address probes and HTTP hooks reach a pod at.
-    fn probe_ip(&self, pod: &Pod) -> String {
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
+    /// A pod's addresses: the node's for `hostNetwork` pods, else those CNI gave it.
+    fn pod_addresses(&self, pod: &Pod) -> Vec<String> {
         let host_network = pod
             .spec
             .as_ref()
             .and_then(|s| s.host_network)
             .unwrap_or(false);
         if host_network {
-            return self.node_ip.clone();
+            return vec![self.node_ip.clone()];
         }
-        self.pod_ips(&uid).into_iter().next().unwrap_or_default()
+        self.pod_ips(pod.metadata.uid.as_deref().unwrap_or_default())
+    }
+
+    /// The address probes and HTTP hooks reach a pod at.
+    fn probe_ip(&self, pod: &Pod) -> String {
+        self.pod_addresses(pod)
+            .into_iter()
+            .next()
+            .unwrap_or_default()
     }
 
     /// Runs the container's due probes (startup first, then liveness and readiness) and
@@ -1788,7 +1785,7 @@ impl Pods {
         }
         let services = Vec::new();
         let sources = crate::env::Sources::default();
-        let pod_ips = self.pod_ips(uid);
+        let pod_ips = self.pod_addresses(pod);
         let cx = crate::env::Context {
             pod,
             node_ip: &self.node_ip,
@@ -2063,17 +2060,7 @@ impl Pods {
             }
             c
         };
-        let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let host_network = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.host_network)
-            .unwrap_or(false);
-        let ips = if host_network {
-            vec![self.node_ip.clone()]
-        } else {
-            self.pod_ips(&uid)
-        };
+        let ips = self.pod_addresses(pod);
         let mut status = json!({
             "phase": phase,
             "hostIP": self.node_ip,

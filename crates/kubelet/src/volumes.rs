@@ -432,22 +432,9 @@ fn key_files(
     Ok(())
 }
 
-fn config_map_files(
-    files: &mut Payload,
-    name: &str,
-    items: Option<&[KeyToPath]>,
-    optional: Option<bool>,
-    mode: u32,
-    objects: &Objects,
-) -> Result<(), String> {
-    let optional = optional == Some(true);
-    let Some(cm) = objects.config_maps.get(name).cloned().flatten() else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(format!("configmap \"{name}\" not found"))
-        };
-    };
+/// A ConfigMap's data and binary data as bytes, if it exists.
+fn config_map_data(objects: &Objects, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+    let cm = objects.config_maps.get(name).cloned().flatten()?;
     let mut data: BTreeMap<String, Vec<u8>> = cm
         .data
         .unwrap_or_default()
@@ -460,7 +447,33 @@ fn config_map_files(
             .into_iter()
             .map(|(k, v)| (k, v.0)),
     );
-    key_files(files, &data, items, optional, mode, &|k| {
+    Some(data)
+}
+
+/// A Secret's data, if it exists.
+fn secret_data(objects: &Objects, name: &str) -> Option<BTreeMap<String, Vec<u8>>> {
+    let s = objects.secrets.get(name).cloned().flatten()?;
+    Some(
+        s.data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect(),
+    )
+}
+
+fn config_map_files(
+    files: &mut Payload,
+    name: &str,
+    items: Option<&[KeyToPath]>,
+    optional: Option<bool>,
+    mode: u32,
+    objects: &Objects,
+) -> Result<(), String> {
+    let Some(data) = config_map_data(objects, name) else {
+        return missing(optional, format!("configmap \"{name}\" not found"));
+    };
+    key_files(files, &data, items, optional == Some(true), mode, &|k| {
         format!("configmap references non-existent config key: {k}")
     })
 }
@@ -473,23 +486,21 @@ fn secret_files(
     mode: u32,
     objects: &Objects,
 ) -> Result<(), String> {
-    let optional = optional == Some(true);
-    let Some(s) = objects.secrets.get(name).cloned().flatten() else {
-        return if optional {
-            Ok(())
-        } else {
-            Err(format!("secret \"{name}\" not found"))
-        };
+    let Some(data) = secret_data(objects, name) else {
+        return missing(optional, format!("secret \"{name}\" not found"));
     };
-    let data: BTreeMap<String, Vec<u8>> = s
-        .data
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    key_files(files, &data, items, optional, mode, &|k| {
+    key_files(files, &data, items, optional == Some(true), mode, &|k| {
         format!("references non-existent secret key: {k}")
     })
+}
+
+/// A missing source: nothing when optional, else the error.
+fn missing(optional: Option<bool>, error: String) -> Result<(), String> {
+    if optional == Some(true) {
+        Ok(())
+    } else {
+        Err(error)
+    }
 }
 
 fn downward_files(
