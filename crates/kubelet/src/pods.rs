@@ -65,6 +65,8 @@ pub struct Pods {
     pub log_max_files: u32,
     /// Per pod: its volumes' host paths and when they were last refreshed from the API.
     volumes: std::sync::Mutex<HashMap<String, (Instant, VolumePaths)>>,
+    /// Per container (`<uid>/<name>`): when its back-off was last reported.
+    backoff_reported: std::sync::Mutex<HashMap<String, Instant>>,
     /// Per pod: when its emptyDir usage was last measured against the size limits.
     usage_checked: std::sync::Mutex<HashMap<String, Instant>>,
     /// Per pod: the last `FailedMount`-style message and when it was reported.
@@ -96,6 +98,9 @@ const RESYNC: Duration = Duration::from_secs(1);
 /// How often the volumes backed by API objects (configMap, secret, projected,
 /// downwardAPI) are refreshed: "within about a minute" as upstream.
 const VOLUME_REFRESH: Duration = Duration::from_secs(10);
+
+/// How often a container waiting out its restart back-off is reported (`BackOff`).
+const BACKOFF_REPORT: Duration = Duration::from_secs(10);
 
 /// How often the same pod failure is reported again as an event.
 const REPORT_AGAIN: Duration = Duration::from_secs(60);
@@ -141,6 +146,7 @@ impl Pods {
             volumes: Default::default(),
             reported: Default::default(),
             usage_checked: Default::default(),
+            backoff_reported: Default::default(),
             workers: Default::default(),
             next_worker: Default::default(),
             burstable_shares: Default::default(),
@@ -880,6 +886,10 @@ impl Pods {
         crate::volumes::teardown(&self.pod_dir(uid));
         self.volumes.lock().expect("lock").remove(uid);
         self.reported.lock().expect("lock").remove(uid);
+        self.backoff_reported
+            .lock()
+            .expect("lock")
+            .retain(|k, _| !k.starts_with(&format!("{uid}/")));
         let _ = std::fs::remove_dir_all(self.pod_dir(uid));
         // Its logs: `<ns>_<name>_<uid>`.
         let suffix = format!("_{uid}");
@@ -1310,7 +1320,19 @@ impl Pods {
             };
             let wait = self.waiting.lock().expect("lock").get(&key).cloned();
             let due = wait.as_ref().is_none_or(|(at, _)| Instant::now() >= *at);
-            if !due && next > 0 {
+            // Reported about as often as upstream's pod workers retry (every 10 s), not
+            // on every one-second sync.
+            let report = {
+                let mut last = self.backoff_reported.lock().expect("lock");
+                let fresh = last
+                    .get(&key)
+                    .is_some_and(|at| at.elapsed() < BACKOFF_REPORT);
+                if !fresh && !due {
+                    last.insert(key.clone(), Instant::now());
+                }
+                !fresh
+            };
+            if !due && next > 0 && report {
                 let msg = format!(
                     "Back-off restarting failed container {} in pod {name}_{ns}({uid})",
                     c.name
