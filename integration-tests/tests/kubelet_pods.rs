@@ -800,30 +800,14 @@ fn image_pull_secrets_log_in_to_private_registries() {
         || pod(api, "authed")["status"]["phase"] == "Running",
         &node,
     );
-    let events = api.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=authed",
-        "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message",
-        "--no-headers",
-    ]);
+    let events = events_for(api, "authed");
     assert!(
         events.contains("FailedToRetrieveImagePullSecret")
             && events.contains("Unable to retrieve some image pull secrets (missing)"),
         "{events}"
     );
     // The refusals said why.
-    let events = api.ok(&[
-        "get",
-        "events",
-        "--field-selector",
-        "involvedObject.name=anonymous",
-        "-o",
-        "custom-columns=REASON:.reason,MESSAGE:.message",
-        "--no-headers",
-    ]);
+    let events = events_for(api, "anonymous");
     assert!(events.contains("401 Unauthorized"), "{events}");
 }
 

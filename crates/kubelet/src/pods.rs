@@ -65,11 +65,10 @@ pub struct Pods {
     pub log_max_files: u32,
     /// Per pod: its volumes' host paths and when they were last refreshed from the API.
     volumes: std::sync::Mutex<HashMap<String, (Instant, VolumePaths)>>,
-    /// Per container (`<uid>/<name>`): when its back-off was last reported.
-    backoff_reported: std::sync::Mutex<HashMap<String, Instant>>,
     /// Per pod: when its emptyDir usage was last measured against the size limits.
     usage_checked: std::sync::Mutex<HashMap<String, Instant>>,
-    /// Per pod: the last `FailedMount`-style message and when it was reported.
+    /// Repeating events by subject (`<uid>/` for a pod, `<uid>/<container>`): the last
+    /// message reported and when, so that a sync every second does not repeat it.
     reported: std::sync::Mutex<HashMap<String, (String, Instant)>>,
     /// Per running container (by id): its probe results.
     probes: std::sync::Mutex<HashMap<String, crate::probes::State>>,
@@ -146,7 +145,6 @@ impl Pods {
             volumes: Default::default(),
             reported: Default::default(),
             usage_checked: Default::default(),
-            backoff_reported: Default::default(),
             workers: Default::default(),
             next_worker: Default::default(),
             burstable_shares: Default::default(),
@@ -509,26 +507,27 @@ impl Pods {
         let mut sources = crate::env::Sources::default();
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         for name in cms {
-            let data = match cm_api.get(&name).await {
-                Ok(cm) => Some(cm.data.unwrap_or_default()),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(config_error(e.to_string())),
-            };
-            sources.config_maps.insert(name, data);
+            let cm = cm_api
+                .get_opt(&name)
+                .await
+                .map_err(|e| config_error(e.to_string()))?;
+            sources
+                .config_maps
+                .insert(name, cm.map(|cm| cm.data.unwrap_or_default()));
         }
         let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         for name in secrets {
-            let data = match secret_api.get(&name).await {
-                Ok(s) => Some(
-                    s.data
-                        .unwrap_or_default()
-                        .into_iter()
-                        .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
-                        .collect(),
-                ),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(config_error(e.to_string())),
-            };
+            let secret = secret_api
+                .get_opt(&name)
+                .await
+                .map_err(|e| config_error(e.to_string()))?;
+            let data = secret.map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).into_owned()))
+                    .collect()
+            });
             sources.secrets.insert(name, data);
         }
         let services = self.services.as_ref().map(|s| s.list()).unwrap_or_default();
@@ -885,8 +884,7 @@ impl Pods {
         }
         crate::volumes::teardown(&self.pod_dir(uid));
         self.volumes.lock().expect("lock").remove(uid);
-        self.reported.lock().expect("lock").remove(uid);
-        self.backoff_reported
+        self.reported
             .lock()
             .expect("lock")
             .retain(|k, _| !k.starts_with(&format!("{uid}/")));
@@ -1322,17 +1320,7 @@ impl Pods {
             let due = wait.as_ref().is_none_or(|(at, _)| Instant::now() >= *at);
             // Reported about as often as upstream's pod workers retry (every 10 s), not
             // on every one-second sync.
-            let report = {
-                let mut last = self.backoff_reported.lock().expect("lock");
-                let fresh = last
-                    .get(&key)
-                    .is_some_and(|at| at.elapsed() < BACKOFF_REPORT);
-                if !fresh && !due {
-                    last.insert(key.clone(), Instant::now());
-                }
-                !fresh
-            };
-            if !due && next > 0 && report {
+            if !due && next > 0 && self.report_due(&key, "BackOff", BACKOFF_REPORT) {
                 let msg = format!(
                     "Back-off restarting failed container {} in pod {name}_{ns}({uid})",
                     c.name
@@ -1709,6 +1697,19 @@ impl Pods {
         Ok(())
     }
 
+    /// Whether `message` about `subject` is due to be reported: it differs from the last
+    /// one, or that was `every` ago or more. Records it when due.
+    fn report_due(&self, subject: &str, message: &str, every: Duration) -> bool {
+        let mut reported = self.reported.lock().expect("lock");
+        let fresh = reported
+            .get(subject)
+            .is_some_and(|(m, at)| m == message && at.elapsed() < every);
+        if !fresh {
+            reported.insert(subject.to_string(), (message.to_string(), Instant::now()));
+        }
+        !fresh
+    }
+
     /// A pod that cannot start its containers yet (no sandbox, volumes that cannot be
     /// set up): the event (`reason`, repeated at most every minute for the same
     /// message), and containers waiting in `ContainerCreating`, as upstream shows them.
@@ -1721,17 +1722,7 @@ impl Pods {
         reason: &str,
         msg: String,
     ) -> Result<(), crate::Error> {
-        let again = {
-            let mut reported = self.reported.lock().expect("lock");
-            let fresh = reported
-                .get(uid)
-                .is_some_and(|(m, at)| *m == msg && at.elapsed() < REPORT_AGAIN);
-            if !fresh {
-                reported.insert(uid.to_string(), (msg.clone(), Instant::now()));
-            }
-            !fresh
-        };
-        if again {
+        if self.report_due(&format!("{uid}/"), &msg, REPORT_AGAIN) {
             self.events
                 .pod(pod, None, Kind::Warning, reason, &msg)
                 .await;
@@ -1766,42 +1757,29 @@ impl Pods {
         let mut objects = crate::volumes::Objects::default();
         let cm_api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         for name in cms {
-            let cm = match cm_api.get(&name).await {
-                Ok(cm) => Some(cm),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e.to_string()),
-            };
+            let cm = cm_api.get_opt(&name).await.map_err(|e| e.to_string())?;
             objects.config_maps.insert(name, cm);
         }
         let secret_api: Api<Secret> = Api::namespaced(self.client.clone(), &ns);
         for name in secrets {
-            let s = match secret_api.get(&name).await {
-                Ok(s) => Some(s),
-                Err(e) if e.is_not_found() => None,
-                Err(e) => return Err(e.to_string()),
-            };
-            objects.secrets.insert(name, s);
+            let secret = secret_api.get_opt(&name).await.map_err(|e| e.to_string())?;
+            objects.secrets.insert(name, secret);
         }
         let pvc_api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &ns);
         let pv_api: Api<PersistentVolume> = Api::all(self.client.clone());
         for name in claims {
-            let pv = match pvc_api.get(&name).await {
-                Ok(pvc) => match pvc
-                    .spec
-                    .and_then(|s| s.volume_name)
-                    .filter(|v| !v.is_empty())
-                {
-                    Some(v) => match pv_api.get(&v).await {
-                        Ok(pv) => Some(pv),
-                        Err(e) if e.is_not_found() => None,
-                        Err(e) => return Err(e.to_string()),
-                    },
-                    None => None,
-                },
-                Err(e) if e.is_not_found() => {
-                    return Err(format!("persistentvolumeclaim \"{name}\" not found"))
-                }
-                Err(e) => return Err(e.to_string()),
+            let pvc = pvc_api
+                .get_opt(&name)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("persistentvolumeclaim \"{name}\" not found"))?;
+            let bound = pvc
+                .spec
+                .and_then(|s| s.volume_name)
+                .filter(|v| !v.is_empty());
+            let pv = match bound {
+                Some(v) => pv_api.get_opt(&v).await.map_err(|e| e.to_string())?,
+                None => None,
             };
             objects.claims.insert(name, pv);
         }

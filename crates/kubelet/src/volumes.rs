@@ -342,8 +342,9 @@ fn payload(v: &Volume, objects: &Objects, cx: &Context) -> Result<Payload, Strin
     let mut files = Payload::new();
     if let Some(c) = &v.config_map {
         let mode = c.default_mode.unwrap_or(0o644) as u32;
-        config_map_files(
+        keyed_files(
             &mut files,
+            Keyed::ConfigMap,
             &c.name,
             c.items.as_deref(),
             c.optional,
@@ -353,8 +354,9 @@ fn payload(v: &Volume, objects: &Objects, cx: &Context) -> Result<Payload, Strin
     } else if let Some(s) = &v.secret {
         let mode = s.default_mode.unwrap_or(0o644) as u32;
         let name = s.secret_name.clone().unwrap_or_default();
-        secret_files(
+        keyed_files(
             &mut files,
+            Keyed::Secret,
             &name,
             s.items.as_deref(),
             s.optional,
@@ -368,8 +370,9 @@ fn payload(v: &Volume, objects: &Objects, cx: &Context) -> Result<Payload, Strin
         let mode = p.default_mode.unwrap_or(0o644) as u32;
         for src in p.sources.iter().flatten() {
             if let Some(c) = &src.config_map {
-                config_map_files(
+                keyed_files(
                     &mut files,
+                    Keyed::ConfigMap,
                     &c.name,
                     c.items.as_deref(),
                     c.optional,
@@ -378,8 +381,9 @@ fn payload(v: &Volume, objects: &Objects, cx: &Context) -> Result<Payload, Strin
                 )?;
             }
             if let Some(s) = &src.secret {
-                secret_files(
+                keyed_files(
                     &mut files,
+                    Keyed::Secret,
                     &s.name,
                     s.items.as_deref(),
                     s.optional,
@@ -462,45 +466,40 @@ fn secret_data(objects: &Objects, name: &str) -> Option<BTreeMap<String, Vec<u8>
     )
 }
 
-fn config_map_files(
+/// The kinds of object a volume takes keys from.
+#[derive(Clone, Copy)]
+enum Keyed {
+    ConfigMap,
+    Secret,
+}
+
+/// The files for the keys of a ConfigMap or Secret (all, or the listed `items`); a
+/// missing object or key is an error unless `optional`, worded as upstream.
+fn keyed_files(
     files: &mut Payload,
+    kind: Keyed,
     name: &str,
     items: Option<&[KeyToPath]>,
     optional: Option<bool>,
     mode: u32,
     objects: &Objects,
 ) -> Result<(), String> {
-    let Some(data) = config_map_data(objects, name) else {
-        return missing(optional, format!("configmap \"{name}\" not found"));
+    let optional = optional == Some(true);
+    let data = match kind {
+        Keyed::ConfigMap => config_map_data(objects, name),
+        Keyed::Secret => secret_data(objects, name),
     };
-    key_files(files, &data, items, optional == Some(true), mode, &|k| {
-        format!("configmap references non-existent config key: {k}")
-    })
-}
-
-fn secret_files(
-    files: &mut Payload,
-    name: &str,
-    items: Option<&[KeyToPath]>,
-    optional: Option<bool>,
-    mode: u32,
-    objects: &Objects,
-) -> Result<(), String> {
-    let Some(data) = secret_data(objects, name) else {
-        return missing(optional, format!("secret \"{name}\" not found"));
+    let Some(data) = data else {
+        return match (optional, kind) {
+            (true, _) => Ok(()),
+            (false, Keyed::ConfigMap) => Err(format!("configmap \"{name}\" not found")),
+            (false, Keyed::Secret) => Err(format!("secret \"{name}\" not found")),
+        };
     };
-    key_files(files, &data, items, optional == Some(true), mode, &|k| {
-        format!("references non-existent secret key: {k}")
+    key_files(files, &data, items, optional, mode, &|k| match kind {
+        Keyed::ConfigMap => format!("configmap references non-existent config key: {k}"),
+        Keyed::Secret => format!("references non-existent secret key: {k}"),
     })
-}
-
-/// A missing source: nothing when optional, else the error.
-fn missing(optional: Option<bool>, error: String) -> Result<(), String> {
-    if optional == Some(true) {
-        Ok(())
-    } else {
-        Err(error)
-    }
 }
 
 fn downward_files(
