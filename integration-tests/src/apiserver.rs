@@ -24,7 +24,12 @@ pub struct ApiServer {
 impl ApiServer {
     /// Starts one and waits until `/readyz` passes.
     pub fn start(dir: &Path) -> ApiServer {
-        let mut s = ApiServer::new(dir, "127.0.0.1", free_port(), free_port(), vec![]);
+        ApiServer::start_with(dir, vec![])
+    }
+
+    /// Starts one with extra flags and waits until `/readyz` passes.
+    pub fn start_with(dir: &Path, extra: Vec<String>) -> ApiServer {
+        let mut s = ApiServer::new(dir, "127.0.0.1", free_port(), free_port(), extra);
         s.spawn();
         s.wait_ready();
         s

@@ -4,20 +4,11 @@
 use std::time::{Duration, Instant};
 
 use integration_tests::apiserver::ApiServer;
-use integration_tests::free_port;
 
 #[test]
 fn events_are_served_twice_and_expire() {
     let dir = tempfile::tempdir().unwrap();
-    let mut api = ApiServer::new(
-        dir.path(),
-        "127.0.0.1",
-        free_port(),
-        free_port(),
-        vec!["--event-ttl".into(), "3s".into()],
-    );
-    api.spawn();
-    api.wait_ready();
+    let api = ApiServer::start_with(dir.path(), vec!["--event-ttl".into(), "3s".into()]);
     // Written through events.k8s.io (as the scheduler does), read as a core Event.
     let ev = r#"{"apiVersion":"events.k8s.io/v1","kind":"Event","metadata":{"name":"web.1","namespace":"default"},
         "eventTime":"2026-01-01T00:00:00.000000Z","reportingController":"default-scheduler","reportingInstance":"s1",

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use integration_tests::apiserver::ApiServer;
-use integration_tests::free_port;
 use serde_json::Value;
 
 fn events(out: &str) -> Vec<Value> {
@@ -17,15 +16,10 @@ fn events(out: &str) -> Vec<Value> {
 #[test]
 fn old_history_from_the_store_and_compacted_history_gone() {
     let dir = tempfile::tempdir().unwrap();
-    let mut api = ApiServer::new(
+    let mut api = ApiServer::start_with(
         dir.path(),
-        "127.0.0.1",
-        free_port(),
-        free_port(),
         vec!["--etcd-compaction-interval".into(), "2s".into()],
     );
-    api.spawn();
-    api.wait_ready();
     let list: Value =
         serde_json::from_str(&api.ok(&["get", "--raw", "/api/v1/namespaces/default/configmaps"]))
             .unwrap();

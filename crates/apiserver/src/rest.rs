@@ -1179,17 +1179,8 @@ impl Resources {
                 return Ok(Answer::ok(cur.object));
             }
             let derived = self.derived(r);
-            let (old_keys, new_keys) = (derived(&cur.object), derived(&new));
-            let claim: Vec<String> = new_keys
-                .iter()
-                .filter(|k| !old_keys.contains(k))
-                .cloned()
-                .collect();
-            let release: Vec<String> = old_keys
-                .iter()
-                .filter(|k| !new_keys.contains(k))
-                .cloned()
-                .collect();
+            let (claim, release) =
+                crate::storage::key_changes(&derived(&cur.object), &derived(&new));
             if let Some(rev) = self
                 .objects
                 .put_if(&key, cur.revision, &new, &claim, &release)

@@ -79,6 +79,15 @@ fn decode(key: &[u8], value: &[u8], revision: i64) -> Result<Stored, StatusError
     })
 }
 
+/// The derived keys (allocations) an update claims and releases: those only in the new
+/// object's set, and those only in the old one's.
+pub fn key_changes(old: &[String], new: &[String]) -> (Vec<String>, Vec<String>) {
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|k| !b.contains(k)).cloned().collect()
+    };
+    (only(new, old), only(old, new))
+}
+
 /// Serializes an object for storage: everything but `metadata.resourceVersion`.
 pub fn encode(object: &Value) -> Vec<u8> {
     let mut o = object.clone();
@@ -390,17 +399,7 @@ impl Objects {
                         .as_ref()
                         .map(|c| derived(&c.object))
                         .unwrap_or_default();
-                    let new_keys = derived(&obj);
-                    let claim: Vec<String> = new_keys
-                        .iter()
-                        .filter(|k| !old_keys.contains(k))
-                        .cloned()
-                        .collect();
-                    let release: Vec<String> = old_keys
-                        .iter()
-                        .filter(|k| !new_keys.contains(k))
-                        .cloned()
-                        .collect();
+                    let (claim, release) = key_changes(&old_keys, &derived(&obj));
                     if let Some(new_rev) = self.put_if(key, rev, &obj, &claim, &release).await? {
                         set_resource_version(&mut obj, new_rev);
                         return Ok(Outcome::Written(Stored {
