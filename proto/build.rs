@@ -4,6 +4,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "etcd/rpc.proto",
         "ferrokube/raftpeer.proto",
         "ferrokube/resources.proto",
+        "ferrokube/kubelet.proto",
         "grpc/health/v1/health.proto",
     ];
     for p in protos {

@@ -4,6 +4,7 @@
 //!   with upstream's package names and field numbers so that `etcdctl` works unchanged.
 //! - [`raftpeer`]: the transport between store members and the replicated command format.
 //! - [`resources`]: the resource service components use to reach kube-apiserver.
+//! - [`kubelet`]: the kubelet's streaming service kube-apiserver calls.
 //! - [`grpc_health_v1`]: gRPC's standard health check, which gRPC probes call.
 
 #![allow(clippy::all, missing_docs)]
@@ -29,9 +30,14 @@ pub mod ferrokube {
     pub mod resources {
         tonic::include_proto!("ferrokube.resources");
     }
+
+    /// The kubelet's streaming service (logs, exec, attach, port-forward).
+    pub mod kubelet {
+        tonic::include_proto!("ferrokube.kubelet");
+    }
 }
 
-pub use ferrokube::{raftpeer, resources};
+pub use ferrokube::{kubelet, raftpeer, resources};
 
 /// gRPC's health checking protocol (`grpc.health.v1`).
 pub mod grpc_health_v1 {
