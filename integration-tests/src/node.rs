@@ -192,6 +192,8 @@ pub fn spawn_node(
             "--registry-fallback=false",
         ])
         .args(["--cgroup-root", &cgroup_root()])
+        // Several kubelets may share a namespace: each serves on a port of its own.
+        .args(["--port", &free_port().to_string()])
         .arg("--cni-conf-dir")
         .arg(root.join("net.d"))
         .args(extra)

@@ -131,7 +131,7 @@ impl LocalRegistry {
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();
         for link in [
             "sh", "echo", "sleep", "cat", "ls", "touch", "rm", "test", "mkdir", "grep", "tr",
-            "stat", "env", "true", "false", "dd",
+            "stat", "env", "true", "false", "dd", "tar", "wc", "stty", "tty", "head", "seq",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(link));
         }

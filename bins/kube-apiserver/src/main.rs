@@ -35,6 +35,13 @@ struct Args {
     /// CA (PEM) that client certificates must chain to (default: the generated CA).
     #[arg(long)]
     client_ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to kubelets (default: the generated
+    /// apiserver-kubelet-client certificate).
+    #[arg(long, requires = "kubelet_client_key")]
+    kubelet_client_certificate: Option<PathBuf>,
+    /// Key (PEM) of --kubelet-client-certificate.
+    #[arg(long, requires = "kubelet_client_certificate")]
+    kubelet_client_key: Option<PathBuf>,
     /// The Services' virtual IP range; its first address is the `kubernetes` Service.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
@@ -221,6 +228,16 @@ async fn run() -> Result<()> {
         format!("{}:{}", args.advertise_address, args.secure_port),
         go_duration(&args.event_ttl).context("--event-ttl")?,
     );
+    let (kc_cert, kc_key) = match (&args.kubelet_client_certificate, &args.kubelet_client_key) {
+        (Some(c), Some(k)) => (c.clone(), k.clone()),
+        _ => (files.kubelet_client_cert.clone(), files.kubelet_client_key.clone()),
+    };
+    let read = |p: &std::path::Path| {
+        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
+    };
+    api.set_kubelet_client(&read(&kc_cert)?, &read(&kc_key)?)
+        .map_err(anyhow::Error::msg)
+        .context("--kubelet-client-certificate")?;
     api.bootstrap(args.advertise_address, args.secure_port)
         .await
         .context("creating the bootstrap objects")?;

@@ -20,6 +20,7 @@ use ferrokube_kubelet::node::{self, NodeConfig};
 use ferrokube_kubelet::pods::Pods;
 use ferrokube_kubelet::pressure::Thresholds;
 use ferrokube_kubelet::routes;
+use ferrokube_kubelet::server::{self, ServerConfig};
 use k8s_openapi::api::core::v1::{Pod, Service};
 
 #[derive(Parser, Debug)]
@@ -72,6 +73,19 @@ struct Args {
     /// ferrokube flag, so tests need not wait).
     #[arg(long, default_value = "5m", value_parser = gc_period)]
     image_gc_period: Duration,
+    /// The address the kubelet's server listens on (overrides `address`).
+    #[arg(long)]
+    address: Option<IpAddr>,
+    /// The kubelet server's port (overrides `port`).
+    #[arg(long)]
+    port: Option<u16>,
+    #[arg(long)]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long)]
+    tls_private_key_file: Option<PathBuf>,
+    /// Client certificates must chain to this CA (default: the kubeconfig's CA).
+    #[arg(long)]
+    client_ca_file: Option<PathBuf>,
 }
 
 fn gc_period(s: &str) -> Result<Duration, String> {
@@ -192,13 +206,40 @@ async fn run() -> Result<()> {
             .with_context(|| format!("--node-labels entry {kv:?} is not k=v"))?;
         labels.insert(k.to_string(), v.to_string());
     }
-    let client =
-        Client::new(&Config::from_kubeconfig(&args.kubeconfig)?)?.with_field_manager("kubelet");
+    let address: IpAddr = match args.address {
+        Some(a) => a,
+        None => cfg
+            .address
+            .parse()
+            .with_context(|| format!("address {:?} is not an IP address", cfg.address))?,
+    };
+    let port = args.port.unwrap_or(cfg.port);
+    anyhow::ensure!(port > 0, "port must be between 1 and 65535");
+    let api_config = Config::from_kubeconfig(&args.kubeconfig)?;
+    let client_ca_pem = match args
+        .client_ca_file
+        .as_ref()
+        .or(cfg.authentication.x509.client_ca_file.as_ref())
+    {
+        Some(p) => std::fs::read(p).with_context(|| format!("client CA file {}", p.display()))?,
+        None => api_config.ca_pem.clone(),
+    };
+    let server_cfg = ServerConfig {
+        address: std::net::SocketAddr::new(address, port),
+        cert_file: args.tls_cert_file.clone().or(cfg.tls_cert_file.clone()),
+        key_file: args
+            .tls_private_key_file
+            .clone()
+            .or(cfg.tls_private_key_file.clone()),
+        client_ca_pem,
+    };
+    let client = Client::new(&api_config)?.with_field_manager("kubelet");
     let node_cfg = NodeConfig {
         name,
         ip: args.node_ip.unwrap_or_else(default_ip),
         root_dir: args.root_dir.clone(),
         max_pods: cfg.max_pods,
+        port,
         labels,
         lease_duration_seconds: cfg.node_lease_duration_seconds,
         status_period: cfg.status_period(),
@@ -260,6 +301,17 @@ async fn run() -> Result<()> {
     pods.services = Some(services.store());
     tokio::spawn(services.run());
     let pods = Arc::new(pods);
+    let identity = server::serving_identity(
+        &server_cfg,
+        &args.root_dir.join("pki"),
+        &node_cfg.name,
+        node_cfg.ip,
+    )?;
+    // Bound before anything runs, so a port in use fails the start.
+    let listener = tokio::net::TcpListener::bind(server_cfg.address)
+        .await
+        .with_context(|| format!("listening on {}", server_cfg.address))?;
+    let server = tokio::spawn(server::run(pods.clone(), listener, server_cfg, identity));
     // The pods bound to this node, cached and watched.
     let mut informer = Informer::new(
         Api::<Pod>::all(client.clone()),
@@ -283,6 +335,10 @@ async fn run() -> Result<()> {
     tokio::select! {
         _ = workers => {}
         _ = routes::run(client.clone(), node_cfg.name.clone()) => {}
+        r = server => match r {
+            Ok(Err(e)) => return Err(e.into()),
+            _ => anyhow::bail!("the kubelet server stopped"),
+        },
         _ = node::run(client, node_cfg, cni) => {}
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),

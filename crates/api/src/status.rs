@@ -200,6 +200,11 @@ pub fn internal(message: impl std::fmt::Display) -> StatusError {
     )
 }
 
+/// 404 with a message that names no resource (a kubelet's answer).
+pub fn not_found_message(message: impl Into<String>) -> StatusError {
+    failure(404, "NotFound", message.into(), None)
+}
+
 /// 503 with a message.
 pub fn unavailable(message: impl Into<String>) -> StatusError {
     failure(503, "ServiceUnavailable", message.into(), None)

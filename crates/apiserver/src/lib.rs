@@ -10,7 +10,8 @@
 //! [`bootstrap`] creates what a new cluster starts with and [`endpoints`] keeps the
 //! `kubernetes` Service pointing at the live API servers; [`crds`] serves custom resources;
 //! [`metrics`] serves `/metrics`; [`grpc`] carries the components' requests over gRPC on
-//! the same port.
+//! the same port; [`pod_streams`] serves pod logs, exec, attach and port-forward through
+//! the kubelets ([`kubelet_client`]).
 
 pub mod alloc;
 pub mod apply;
@@ -21,8 +22,10 @@ pub mod discovery;
 pub mod endpoints;
 pub mod grpc;
 pub mod kubeconfig;
+pub mod kubelet_client;
 pub mod metrics;
 pub mod pki;
+pub mod pod_streams;
 pub mod request;
 pub mod rest;
 pub mod server;

@@ -1,6 +1,7 @@
 //! The certificates kube-apiserver needs when none are given: a cluster CA, a serving
-//! certificate for every name and address clients use, and an admin client certificate
-//! (`CN=kubernetes-admin`, `O=system:masters`), as kubeadm makes them. Generated once
+//! certificate for every name and address clients use, an admin client certificate
+//! (`CN=kubernetes-admin`, `O=system:masters`) and kube-apiserver's client certificate
+//! towards kubelets, as kubeadm makes them. Generated once
 //! under a directory and reused on later starts.
 
 use std::net::IpAddr;
@@ -34,6 +35,9 @@ pub struct PkiFiles {
     pub serving_key: PathBuf,
     pub admin_cert: PathBuf,
     pub admin_key: PathBuf,
+    /// kube-apiserver's client certificate towards kubelets.
+    pub kubelet_client_cert: PathBuf,
+    pub kubelet_client_key: PathBuf,
 }
 
 impl PkiFiles {
@@ -45,6 +49,8 @@ impl PkiFiles {
             serving_key: dir.join("apiserver.key"),
             admin_cert: dir.join("admin.crt"),
             admin_key: dir.join("admin.key"),
+            kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
+            kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
         }
     }
 }
@@ -124,14 +130,25 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<PkiFiles, PkiError> {
         write(&files.serving_key, &serving_key.serialize_pem(), true)?;
         write(&files.serving_cert, &serving_cert.pem(), false)?;
     }
-    if new_ca || !files.admin_cert.exists() {
-        let admin_key = KeyPair::generate()?;
-        let mut admin = CertificateParams::default();
-        admin.distinguished_name = name("kubernetes-admin", Some("system:masters"));
-        admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let admin_cert = admin.signed_by(&admin_key, &issuer)?;
-        write(&files.admin_key, &admin_key.serialize_pem(), true)?;
-        write(&files.admin_cert, &admin_cert.pem(), false)?;
+    // The administrator, and kube-apiserver itself towards kubelets (kubeadm's names).
+    for (cert, key, cn, org) in [
+        (&files.admin_cert, &files.admin_key, "kubernetes-admin", "system:masters"),
+        (
+            &files.kubelet_client_cert,
+            &files.kubelet_client_key,
+            "kube-apiserver-kubelet-client",
+            "kubeadm:cluster-admins",
+        ),
+    ] {
+        if new_ca || !cert.exists() {
+            let client_key = KeyPair::generate()?;
+            let mut client = CertificateParams::default();
+            client.distinguished_name = name(cn, Some(org));
+            client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let client_cert = client.signed_by(&client_key, &issuer)?;
+            write(key, &client_key.serialize_pem(), true)?;
+            write(cert, &client_cert.pem(), false)?;
+        }
     }
     if new_ca {
         write(&files.ca_key, &ca_key.serialize_pem(), true)?;

@@ -141,9 +141,10 @@ impl Verb {
     }
 }
 
-/// Query parameters, decoded (`+` is a space, as Go's `url.Values` encodes it).
+/// Query parameters, decoded (`+` is a space, as Go's `url.Values` encodes it), in
+/// order; a repeated parameter keeps every value.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Query(HashMap<String, String>);
+pub struct Query(Vec<(String, String)>);
 
 impl Query {
     pub fn parse(q: Option<&str>) -> Query {
@@ -166,11 +167,21 @@ impl Query {
 
     /// Parameters given as a map (the gRPC resource service).
     pub fn from_map(m: HashMap<String, String>) -> Query {
-        Query(m)
+        Query(m.into_iter().collect())
     }
 
+    /// A parameter's first value.
     pub fn get(&self, k: &str) -> Option<&str> {
-        self.0.get(k).map(String::as_str)
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+
+    /// Every value of a parameter, in order (`command=sh&command=-c`).
+    pub fn all(&self, k: &str) -> Vec<&str> {
+        self.0
+            .iter()
+            .filter(|(n, _)| n == k)
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// A parameter, empty when absent.

@@ -86,12 +86,14 @@ pub fn tls_config(
 /// The API server's shared state.
 pub struct ApiServer {
     store: Store,
-    resources: Arc<Resources>,
+    pub(crate) resources: Arc<Resources>,
     /// `host:port` clients reach this server at (for `/api`).
     server_address: String,
     /// OpenAPI v3 documents by index path (`apis/apps/v1`), with their hashes; built on
     /// first use.
     openapi: std::sync::OnceLock<std::collections::BTreeMap<String, (bytes::Bytes, String)>>,
+    /// The client towards kubelets (logs, exec, attach, port-forward), once configured.
+    pub(crate) kubelet: std::sync::OnceLock<crate::kubelet_client::KubeletClient>,
 }
 
 impl ApiServer {
@@ -117,7 +119,18 @@ impl ApiServer {
             resources,
             server_address,
             openapi: std::sync::OnceLock::new(),
+            kubelet: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Sets the client certificate and key (PEM) kube-apiserver presents to kubelets
+    /// (`--kubelet-client-certificate`, `--kubelet-client-key`); without them the
+    /// streaming pod subresources are unavailable.
+    pub fn set_kubelet_client(&self, cert: &[u8], key: &[u8]) -> Result<(), String> {
+        let client = crate::kubelet_client::KubeletClient::from_pem(cert, key)?;
+        self.kubelet
+            .set(client)
+            .map_err(|_| "the kubelet client is already set".to_string())
     }
 
     /// Creates the bootstrap objects (namespaces, the `kubernetes` Service, ...).
@@ -205,7 +218,7 @@ impl ApiServer {
                     }
                 });
                 let conn = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
+                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                     .await;
                 if let Err(e) = conn {
                     tracing::debug!(%peer, "connection ended: {e}");
@@ -386,6 +399,9 @@ impl ApiServer {
             Ok(x) => x,
             Err(e) => return error_response(&e),
         };
+        if crate::pod_streams::is_streaming(&rp) {
+            return self.pod_stream(req, &rp, &query).await;
+        }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),

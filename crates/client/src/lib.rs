@@ -12,6 +12,7 @@ mod api;
 mod config;
 pub mod informer;
 pub mod leader;
+pub mod tls;
 pub mod workqueue;
 
 pub use api::{Answer, Api, Client, ListParams, ObjectList, Patch};

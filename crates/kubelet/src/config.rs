@@ -37,6 +37,29 @@ pub struct KubeletConfiguration {
     /// Images younger than this are never collected (`2m`).
     #[serde(rename = "imageMinimumGCAge")]
     pub image_minimum_gc_age: String,
+    /// The address and port the kubelet's server listens on (`0.0.0.0`, 10250).
+    pub address: String,
+    pub port: u16,
+    /// The server's certificate and key; self-signed under the root directory if unset.
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_private_key_file: Option<PathBuf>,
+    pub authentication: Authentication,
+}
+
+/// `authentication`: who may call the kubelet's server.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct Authentication {
+    pub x509: X509Authentication,
+}
+
+/// `authentication.x509`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct X509Authentication {
+    /// Client certificates must chain to this CA (the kubeconfig's CA when unset).
+    #[serde(rename = "clientCAFile")]
+    pub client_ca_file: Option<PathBuf>,
 }
 
 impl Default for KubeletConfiguration {
@@ -56,6 +79,11 @@ impl Default for KubeletConfiguration {
             image_gc_high_threshold_percent: 85,
             image_gc_low_threshold_percent: 80,
             image_minimum_gc_age: "2m".into(),
+            address: "0.0.0.0".into(),
+            port: 10250,
+            tls_cert_file: None,
+            tls_private_key_file: None,
+            authentication: Authentication::default(),
         }
     }
 }

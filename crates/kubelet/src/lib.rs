@@ -1,13 +1,15 @@
 //! The kubelet: the agent on every node. Start at [`node`]: it registers the Node,
 //! posts its status and keeps its Lease; [`config`] reads the `KubeletConfiguration`
 //! file; [`pods`] runs the pods bound to the node: [`sandbox`] holds each pod's
-//! namespaces and [`runtime`] runs containers with runc.
+//! namespaces and [`runtime`] runs containers with runc; [`server`] serves logs, exec,
+//! attach and port-forward to kube-apiserver.
 
 pub mod cgroups;
 pub mod config;
 pub mod env;
 pub mod events;
 pub mod image_gc;
+pub mod logs;
 pub mod network;
 pub mod node;
 pub mod pods;
@@ -16,6 +18,7 @@ pub mod probes;
 pub mod routes;
 pub mod runtime;
 pub mod sandbox;
+pub mod server;
 pub mod static_pods;
 pub mod volumes;
 

@@ -27,6 +27,8 @@ pub struct NodeConfig {
     pub ip: IpAddr,
     pub root_dir: PathBuf,
     pub max_pods: u32,
+    /// The port the kubelet's server listens on (`daemonEndpoints`).
+    pub port: u16,
     pub labels: BTreeMap<String, String>,
     pub lease_duration_seconds: i32,
     pub status_period: Duration,
@@ -249,7 +251,9 @@ pub fn status(
             ready,
         ]),
         daemon_endpoints: Some(NodeDaemonEndpoints {
-            kubelet_endpoint: Some(DaemonEndpoint { port: 10250 }),
+            kubelet_endpoint: Some(DaemonEndpoint {
+                port: cfg.port as i32,
+            }),
         }),
         node_info: Some(system_info()),
         ..Default::default()

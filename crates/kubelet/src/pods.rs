@@ -834,14 +834,70 @@ impl Pods {
     /// Where a container's logs go (`<podLogsDir>/<ns>_<name>_<uid>/<container>`).
     pub fn log_dir(&self, pod: &Pod, container: &str) -> PathBuf {
         let m = &pod.metadata;
+        self.log_dir_of(
+            m.namespace.as_deref().unwrap_or_default(),
+            m.name.as_deref().unwrap_or_default(),
+            m.uid.as_deref().unwrap_or_default(),
+            container,
+        )
+    }
+
+    fn log_dir_of(&self, namespace: &str, pod: &str, uid: &str, container: &str) -> PathBuf {
         self.pod_logs_dir
-            .join(format!(
-                "{}_{}_{}",
-                m.namespace.as_deref().unwrap_or_default(),
-                m.name.as_deref().unwrap_or_default(),
-                m.uid.as_deref().unwrap_or_default()
-            ))
+            .join(format!("{namespace}_{pod}_{uid}"))
             .join(container)
+    }
+
+    /// The runc id of a container's running attempt.
+    pub fn running_id(&self, uid: &str, container: &str) -> Option<String> {
+        match self.latest(uid, container) {
+            (_, Attempt::Running { id, .. }) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The log file of a container attempt, by the container ID its status reports
+    /// (`runc://<id>`; the latest attempt when empty), and the file its exit is recorded
+    /// in.
+    pub fn attempt_log(
+        &self,
+        namespace: &str,
+        pod: &str,
+        uid: &str,
+        container: &str,
+        container_id: &str,
+    ) -> Result<(PathBuf, PathBuf), String> {
+        let not_found = || format!("container \"{container}\" in pod \"{pod}\" is not available");
+        let attempt = if container_id.is_empty() {
+            *self.attempts(uid, container).last().ok_or_else(not_found)?
+        } else {
+            let id = container_id.strip_prefix("runc://").unwrap_or(container_id);
+            let attempt: u32 = id
+                .rsplit_once('-')
+                .and_then(|(_, n)| n.parse().ok())
+                .ok_or_else(not_found)?;
+            if Self::container_id(uid, container, attempt) != id {
+                return Err(not_found());
+            }
+            attempt
+        };
+        Ok((
+            self.log_dir_of(namespace, pod, uid, container)
+                .join(format!("{attempt}.log")),
+            self.container_dir(uid, container)
+                .join(attempt.to_string())
+                .join("exit.json"),
+        ))
+    }
+
+    /// The network namespace of a pod running here: `Some(None)` when it uses the
+    /// node's (hostNetwork), `None` when the pod is not here.
+    pub fn pod_netns(&self, uid: &str) -> Option<Option<PathBuf>> {
+        if !self.pod_dir(uid).is_dir() {
+            return None;
+        }
+        let ns = sandbox::netns_path(&self.root, uid);
+        Some(rootfs::is_mounted(&ns).then_some(ns))
     }
 
     /// Removes a finished attempt's container and mount.

@@ -3,6 +3,7 @@
 //! container's output and exit status.
 
 pub mod bundle;
+pub mod console;
 pub mod rootfs;
 pub mod runc;
 pub mod shim;

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::console::ConsoleSocket;
 use super::runc::Runc;
 
 /// What a shim is told.
@@ -311,65 +312,6 @@ fn copy(
             }
         }
     })
-}
-
-/// The socket runc sends a terminal's master end over (`--console-socket`); removed
-/// when dropped. It lives in the temporary directory: socket paths are short.
-struct ConsoleSocket {
-    path: PathBuf,
-    listener: std::os::unix::net::UnixListener,
-}
-
-impl ConsoleSocket {
-    fn bind(id: &str) -> std::io::Result<ConsoleSocket> {
-        let path = std::env::temp_dir().join(format!(
-            "ferrokube-console-{}-{}.sock",
-            std::process::id(),
-            &id[..id.len().min(40)]
-        ));
-        let _ = std::fs::remove_file(&path);
-        let listener = std::os::unix::net::UnixListener::bind(&path)?;
-        Ok(ConsoleSocket { path, listener })
-    }
-
-    /// The master end runc sent (runc has connected by the time `runc create` returns).
-    fn receive(&self) -> Result<OwnedFd, String> {
-        use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-        use std::os::fd::{AsRawFd as _, FromRawFd as _, RawFd};
-        self.listener
-            .set_nonblocking(true)
-            .map_err(|e| e.to_string())?;
-        let (stream, _) = self
-            .listener
-            .accept()
-            .map_err(|e| format!("runc did not connect: {e}"))?;
-        stream.set_nonblocking(false).map_err(|e| e.to_string())?;
-        let mut buf = [0u8; 4096];
-        let mut iov = [std::io::IoSliceMut::new(&mut buf)];
-        let mut space = nix::cmsg_space!([RawFd; 1]);
-        let msg = recvmsg::<()>(
-            stream.as_raw_fd(),
-            &mut iov,
-            Some(&mut space),
-            MsgFlags::empty(),
-        )
-        .map_err(|e| e.to_string())?;
-        for c in msg.cmsgs().map_err(|e| e.to_string())? {
-            if let ControlMessageOwned::ScmRights(fds) = c {
-                if let Some(&fd) = fds.first() {
-                    // SAFETY: the kernel just gave us this descriptor; nothing else owns it.
-                    return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
-                }
-            }
-        }
-        Err("no terminal received".into())
-    }
-}
-
-impl Drop for ConsoleSocket {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
 }
 
 /// Runs the shim; returns the process exit status.

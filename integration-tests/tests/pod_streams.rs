@@ -1,0 +1,272 @@
+//! Streaming through kube-apiserver to the kubelet with stock kubectl: `logs` (with
+//! -f, --previous, --tail, --since, --timestamps, --limit-bytes, -c, --all-containers,
+//! label selectors), `exec` (stdin, TTY with its size, exit codes), `cp` both ways,
+//! `attach`, and `port-forward` (pod and service, several ports) — over WebSocket, as
+//! kubectl 1.32 speaks first, and over SPDY, its fallback.
+
+use std::io::{Read as _, Write as _};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::apiserver::ApiServer;
+use integration_tests::node::*;
+
+/// kubectl with the streaming protocol chosen: WebSocket (kubectl's default) or SPDY.
+fn kubectl(api: &ApiServer, spdy: bool, args: &[&str]) -> Command {
+    let mut c = api.kubectl_command(args);
+    c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", if spdy { "false" } else { "true" })
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", if spdy { "false" } else { "true" });
+    c
+}
+
+/// Runs kubectl with `stdin`; its exit code, stdout and stderr.
+fn run_io(mut c: Command, stdin: &[u8]) -> (i32, String, String) {
+    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let feeder = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let out = child.wait_with_output().unwrap();
+    feeder.join().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs a kubectl command in a pseudo-terminal (`script`), after `setup` there; its
+/// output.
+fn in_terminal(c: Command, setup: &str) -> String {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let mut line = quote(c.get_program());
+    for a in c.get_args() {
+        line.push(' ');
+        line.push_str(&quote(a));
+    }
+    let envs: String = c
+        .get_envs()
+        .filter_map(|(k, v)| Some(format!("{}={} ", k.to_string_lossy(), quote(v?))))
+        .collect();
+    let out = Command::new("script")
+        .args(["-qec", &format!("{setup}; {envs}{line}"), "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).replace('\r', "")
+}
+
+fn running(api: &ApiServer, name: &str, node: &Node) {
+    wait_for(
+        &format!("{name} to run"),
+        60,
+        || pod(api, name)["status"]["phase"] == "Running",
+        node,
+    );
+}
+
+#[test]
+fn logs_as_upstream() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    let node = start_node(&w, &root);
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: talk, labels: {app: talk}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: a
+    image: busybox
+    command: [sh, -c, 'for i in 1 2 3 4 5; do echo a-$i; done; echo err-line >&2; sleep 3600']
+  - name: b
+    image: busybox
+    command: [sh, -c, 'echo b-1; sleep 3600']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: restarts}
+spec:
+  nodeName: node-1
+  volumes: [{name: d, emptyDir: {}}]
+  containers:
+  - name: c
+    image: busybox
+    volumeMounts: [{name: d, mountPath: /data}]
+    command: [sh, -c, 'n=$(cat /data/n 2>/dev/null || echo 0); n=$((n+1)); echo $n > /data/n; echo attempt-$n; if [ $n -lt 2 ]; then exit 1; fi; sleep 3600']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  containers:
+  - name: t
+    image: busybox
+    command: [sh, -c, 'sleep 2; for i in 1 2 3 4; do echo tick-$i; sleep 0.5; done']
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: nowhere}
+spec:
+  nodeName: node-1
+  containers: [{name: x, image: "busybox:no-such-tag"}]
+"#,
+    );
+    running(api, "talk", &node);
+    wait_for(
+        "talk's output",
+        20,
+        || api.kubectl(&["logs", "talk", "-c", "a"]).unwrap_or_default().contains("a-5"),
+        &node,
+    );
+    // The follower started before the ticker writes; it ends when the container does.
+    let mut follow = api.kubectl_command(&["logs", "-f", "ticker"]);
+    follow.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut follower = follow.spawn().unwrap();
+
+    assert_eq!(api.ok(&["logs", "talk", "-c", "a"]), "a-1\na-2\na-3\na-4\na-5\nerr-line\n");
+    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--tail=2"]), "a-5\nerr-line\n");
+    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--limit-bytes=6"]), "a-1\na-");
+    assert_eq!(
+        api.ok(&["logs", "talk", "-c", "a", "--since=1h", "--tail=1"]),
+        "err-line\n"
+    );
+    let stamped = api.ok(&["logs", "talk", "-c", "b", "--timestamps"]);
+    let (stamp, text) = stamped.trim_end().split_once(' ').unwrap();
+    assert_eq!(text, "b-1");
+    // RFC 3339 with nanoseconds, trailing zeros dropped (Go's RFC3339Nano).
+    let b = stamp.as_bytes();
+    assert!(
+        stamp.len() >= 20 && b[4] == b'-' && b[10] == b'T' && stamp.ends_with('Z'),
+        "{stamped}"
+    );
+    // kubectl picks the first container itself; the API asks for one.
+    let raw = api
+        .kubectl(&["get", "--raw", "/api/v1/namespaces/default/pods/talk/log"])
+        .unwrap_err();
+    assert!(
+        raw.contains("a container name must be specified for pod talk, choose one of: [a b]"),
+        "{raw}"
+    );
+    let wrong = api.kubectl(&["logs", "talk", "-c", "zz"]).unwrap_err();
+    assert!(wrong.contains("container zz is not valid for pod talk"), "{wrong}");
+    let all = api.ok(&["logs", "talk", "--all-containers", "--prefix"]);
+    assert!(all.contains("[pod/talk/a] a-3") && all.contains("[pod/talk/b] b-1"), "{all}");
+    let by_label = api.ok(&["logs", "-l", "app=talk", "-c", "b"]);
+    assert_eq!(by_label, "b-1\n");
+    let none = api.kubectl(&["logs", "talk", "-c", "b", "--previous"]).unwrap_err();
+    assert!(
+        none.contains("previous terminated container \"b\" in pod \"talk\" not found"),
+        "{none}"
+    );
+    wait_for(
+        "the image pull to fail",
+        30,
+        || {
+            api.kubectl(&["logs", "nowhere"])
+                .err()
+                .is_some_and(|e| e.contains("is waiting to start"))
+        },
+        &node,
+    );
+
+    // The second attempt runs; --previous shows the first.
+    wait_for(
+        "the restarted container",
+        60,
+        || api.kubectl(&["logs", "restarts"]).unwrap_or_default() == "attempt-2\n",
+        &node,
+    );
+    assert_eq!(api.ok(&["logs", "restarts", "--previous"]), "attempt-1\n");
+
+    let mut out = String::new();
+    follower.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let status = follower.wait().unwrap();
+    assert!(status.success(), "logs -f: {out}");
+    assert_eq!(out, "tick-1\ntick-2\ntick-3\ntick-4\n");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    delete_all_pods(api, &["talk", "restarts", "ticker", "nowhere"], &node);
+}
+
+#[test]
+fn exec_and_cp_over_websocket_and_spdy() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    let node = start_node(&w, &root);
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: box}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: main, image: busybox, command: [sleep, "3600"]}
+  - {name: side, image: busybox, command: [sleep, "3600"]}
+"#,
+    );
+    running(api, "box", &node);
+    for spdy in [false, true] {
+        let proto = if spdy { "SPDY" } else { "WebSocket" };
+        let (code, out, err) = run_io(
+            kubectl(api, spdy, &["exec", "box", "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]),
+            b"",
+        );
+        assert_eq!((code, out.as_str()), (3, "out\n"), "{proto}: {err}");
+        assert!(err.contains("err\n"), "{proto}: {err}");
+        assert!(err.contains("command terminated with exit code 3"), "{proto}: {err}");
+
+        let (code, out, err) = run_io(
+            kubectl(api, spdy, &["exec", "-i", "box", "-c", "side", "--", "sh", "-c", "cat; echo done"]),
+            b"line one\nline two\n",
+        );
+        assert_eq!((code, out.as_str()), (0, "line one\nline two\ndone\n"), "{proto}: {err}");
+
+        // A terminal of the caller's size (kubectl under `script`, in a pty).
+        let out = in_terminal(
+            kubectl(api, spdy, &["exec", "-it", "box", "-c", "main", "--", "sh", "-c", "tty; stty size"]),
+            "stty cols 91 rows 37",
+        );
+        assert!(out.contains("/dev/pts/"), "{proto}: {out}");
+        assert!(out.contains("37 91"), "{proto}: {out}");
+
+        let (code, _, err) = run_io(kubectl(api, spdy, &["exec", "box", "-c", "nope", "--", "true"]), b"");
+        assert_ne!(code, 0);
+        assert!(err.contains("container nope is not valid for pod box"), "{proto}: {err}");
+        let (code, _, err) = run_io(kubectl(api, spdy, &["exec", "box", "-c", "main", "--", "no-such-command"]), b"");
+        assert_ne!(code, 0, "{proto}");
+        assert!(err.contains("executable file not found"), "{proto}: {err}");
+
+        // cp both ways (tar in the container), a file and a directory.
+        let local = w.dir.path().join(format!("cp-{spdy}"));
+        std::fs::create_dir_all(local.join("tree/sub")).unwrap();
+        let payload: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(local.join("tree/sub/blob.bin"), &payload).unwrap();
+        std::fs::write(local.join("note.txt"), "hello from the host\n").unwrap();
+        let file = local.join("note.txt").display().to_string();
+        let tree = local.join("tree").display().to_string();
+        let (code, _, err) = run_io(kubectl(api, spdy, &["cp", &file, "box:/tmp/note.txt", "-c", "main"]), b"");
+        assert_eq!(code, 0, "{proto}: {err}");
+        let (_, out, _) = run_io(kubectl(api, spdy, &["exec", "box", "-c", "main", "--", "cat", "/tmp/note.txt"]), b"");
+        assert_eq!(out, "hello from the host\n", "{proto}");
+        let (code, _, err) = run_io(kubectl(api, spdy, &["cp", &tree, "box:/tmp/tree", "-c", "main"]), b"");
+        assert_eq!(code, 0, "{proto}: {err}");
+        let back = local.join("back");
+        let back_s = back.display().to_string();
+        let (code, _, err) = run_io(kubectl(api, spdy, &["cp", "box:/tmp/tree", &back_s, "-c", "main"]), b"");
+        assert_eq!(code, 0, "{proto}: {err}");
+        assert_eq!(std::fs::read(back.join("sub/blob.bin")).unwrap(), payload, "{proto}");
+    }
+    delete_all_pods(api, &["box"], &node);
+}
