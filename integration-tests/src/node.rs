@@ -162,6 +162,13 @@ pub fn spawn_node(
     config: &str,
 ) -> Node {
     std::fs::create_dir_all(root.join("manifests")).unwrap();
+    // The node's address exists in its namespace (kube-apiserver dials the kubelet
+    // there); a second kubelet of the same address finds it present.
+    let _ = ns
+        .command("ip")
+        .args(["addr", "add", &format!("{}/32", spec.ip), "dev", "lo"])
+        .stderr(Stdio::null())
+        .status();
     let cfg = root.join("config.yaml");
     std::fs::write(
         &cfg,

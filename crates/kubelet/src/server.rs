@@ -368,9 +368,9 @@ fn resize(fd: &std::os::fd::OwnedFd, width: u32, height: u32) {
     let _ = unsafe { set_window_size(fd.as_raw_fd(), &ws) };
 }
 
-static EXEC_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-
-/// Runs `runc exec` for a session and returns its output stream.
+/// Runs `runc exec` for a session and returns its output stream. With a terminal,
+/// runc's stdio is the far end of a pseudo-terminal pair this side holds: runc proxies
+/// it to the container's own terminal and takes its size from it on SIGWINCH.
 async fn exec(
     pods: &Pods,
     id: &str,
@@ -379,127 +379,96 @@ async fn exec(
 ) -> Result<mpsc::Receiver<Result<StreamOutput, Status>>, Status> {
     use std::process::Stdio;
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let n = EXEC_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let console = if start.tty {
-        Some(
-            crate::runtime::console::ConsoleSocket::bind(&format!("exec-{n}"))
-                .map_err(|e| Status::internal(format!("console socket: {e}")))?,
-        )
-    } else {
-        None
+    let fail = |e: &dyn std::fmt::Display| {
+        Status::internal(format!("error executing command in container: {e}"))
     };
     let mut cmd = tokio::process::Command::new(&pods.runc.binary);
     cmd.arg("--root").arg(&pods.runc.root).arg("exec");
-    if let Some(c) = &console {
-        cmd.arg("--tty").arg("--console-socket").arg(&c.path);
-    }
+    let master = if start.tty {
+        let pty = nix::pty::openpty(None, None).map_err(|e| fail(&e))?;
+        let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().map_err(|e| fail(&e));
+        cmd.arg("--tty")
+            .stdin(Stdio::from(dup(&pty.slave)?))
+            .stdout(Stdio::from(dup(&pty.slave)?))
+            .stderr(Stdio::from(pty.slave));
+        Some(pty.master)
+    } else {
+        let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
+        // runc's own complaints come on stderr too: it is read even when not wanted.
+        cmd.stdin(piped(start.stdin))
+            .stdout(piped(start.stdout))
+            .stderr(Stdio::piped());
+        None
+    };
     cmd.arg(id).args(&start.command);
-    let piped = |on: bool| if on { Stdio::piped() } else { Stdio::null() };
-    let tty = console.is_some();
-    cmd.stdin(piped(start.stdin && !tty))
-        .stdout(piped(start.stdout && !tty))
-        // With a terminal, runc's own complaints are all that comes on its stderr.
-        .stderr(piped(start.stderr || tty));
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Status::internal(format!("error executing command in container: {e}")))?;
+    let mut child = cmd.spawn().map_err(|e| fail(&e))?;
+    // Until the size comes, none is set: runc reads it at start and on SIGWINCH.
+    let runc_pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let (tx, rx) = mpsc::channel(16);
-    // runc's last words on stderr tell a failed start from the command's own exit 255.
-    let stderr_tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    // The end of the error output tells a failed start from the command's own exit 255.
+    let tail = Arc::new(std::sync::Mutex::new(Vec::<u8>::new()));
+    let keep_tail = |t: &std::sync::Mutex<Vec<u8>>, data: &[u8]| {
+        if let Ok(mut t) = t.lock() {
+            t.extend_from_slice(data);
+            let excess = t.len().saturating_sub(4096);
+            t.drain(..excess);
+        }
+    };
     let mut readers = Vec::new();
-    let send = |tx: &mpsc::Sender<Result<StreamOutput, Status>>, o: stream_output::Output| {
-        let tx = tx.clone();
-        async move {
-            tx.send(Ok(StreamOutput { output: Some(o) }))
-                .await
-                .is_ok()
-        }
-    };
-    if let Some(mut out) = child.stdout.take() {
+    let out = |o: stream_output::Output| Ok(StreamOutput { output: Some(o) });
+    if let Some(mut pipe) = child.stdout.take() {
         let tx = tx.clone();
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 32 << 10];
-            while let Ok(n @ 1..) = out.read(&mut buf).await {
-                if !send(&tx, stream_output::Output::Stdout(buf[..n].to_vec())).await {
+            while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+                if tx.send(out(stream_output::Output::Stdout(buf[..n].to_vec()))).await.is_err() {
                     return;
                 }
             }
         }));
     }
-    if let Some(mut err) = child.stderr.take() {
-        let tx = tx.clone();
-        let tail = stderr_tail.clone();
-        let forward = start.stderr && !tty;
+    if let Some(mut pipe) = child.stderr.take() {
+        let (tx, tail) = (tx.clone(), tail.clone());
+        let forward = start.stderr;
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 32 << 10];
-            while let Ok(n @ 1..) = err.read(&mut buf).await {
-                if let Ok(mut t) = tail.lock() {
-                    t.extend_from_slice(&buf[..n]);
-                    let excess = t.len().saturating_sub(4096);
-                    t.drain(..excess);
-                }
-                if forward && !send(&tx, stream_output::Output::Stderr(buf[..n].to_vec())).await {
+            while let Ok(n @ 1..) = pipe.read(&mut buf).await {
+                keep_tail(&tail, &buf[..n]);
+                if forward
+                    && tx.send(out(stream_output::Output::Stderr(buf[..n].to_vec()))).await.is_err()
+                {
                     return;
                 }
             }
         }));
     }
-    // The terminal: runc hands its master end over while `runc exec` runs.
-    let master = match console {
-        Some(c) => {
-            let pid = child.id();
-            let got = tokio::task::spawn_blocking(move || {
-                c.receive_within(Duration::from_secs(10), || {
-                    pid.is_some_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
-                })
-            })
-            .await
-            .map_err(|e| Status::internal(e.to_string()))?;
-            match got {
-                Ok(fd) => Some(Arc::new(fd)),
-                Err(e) => {
-                    let _ = child.kill().await;
-                    let tail = String::from_utf8_lossy(&stderr_tail.lock().map(|t| t.clone()).unwrap_or_default()).trim().to_string();
-                    return Err(Status::internal(format!(
-                        "error executing command in container: {}",
-                        if tail.is_empty() { e } else { tail }
-                    )));
-                }
-            }
-        }
-        None => None,
-    };
+    let mut term_writer = None;
     if let Some(m) = &master {
-        let reader = m
-            .try_clone()
-            .map_err(|e| Status::internal(format!("terminal: {e}")))?;
-        let tx = tx.clone();
+        let reader = m.try_clone().map_err(|e| fail(&e))?;
+        term_writer = Some(tokio::fs::File::from_std(std::fs::File::from(
+            m.try_clone().map_err(|e| fail(&e))?,
+        )));
+        let (tx, tail) = (tx.clone(), tail.clone());
         readers.push(tokio::task::spawn_blocking(move || {
             use std::io::Read as _;
             let mut f = std::fs::File::from(reader);
             let mut buf = vec![0u8; 32 << 10];
+            // EIO once runc and the command have closed the terminal.
             while let Ok(n @ 1..) = f.read(&mut buf) {
-                let out = StreamOutput {
-                    output: Some(stream_output::Output::Stdout(buf[..n].to_vec())),
-                };
-                if tx.blocking_send(Ok(out)).is_err() {
+                keep_tail(&tail, &buf[..n]);
+                if tx
+                    .blocking_send(out(stream_output::Output::Stdout(buf[..n].to_vec())))
+                    .is_err()
+                {
                     return;
                 }
             }
         }));
     }
-    // Input: stdin into the pipe or terminal, resizes to the terminal.
+    // Input: stdin into the pipe or the terminal, sizes to the terminal.
     let mut stdin = child.stdin.take();
-    let term_writer = match &master {
-        Some(m) => Some(std::fs::File::from(
-            m.try_clone()
-                .map_err(|e| Status::internal(format!("terminal: {e}")))?,
-        )),
-        None => None,
-    };
-    let term = master.clone();
+    let term = master.as_ref().map(|m| m.try_clone()).transpose().map_err(|e| fail(&e))?;
     let input_task = tokio::spawn(async move {
-        let mut term_writer = term_writer.map(tokio::fs::File::from_std);
         while let Ok(Some(m)) = input.message().await {
             match m.input {
                 Some(stream_input::Input::Stdin(d)) => {
@@ -514,15 +483,16 @@ async fn exec(
                 }
                 Some(stream_input::Input::StdinClosed(_)) => {
                     stdin = None;
-                    // A terminal has no half close: end-of-file is its EOF character.
+                    // A terminal has no half close: its end-of-file is the EOF character.
                     if let Some(w) = term_writer.as_mut() {
                         let _ = w.write_all(&[4]).await;
                         let _ = w.flush().await;
                     }
                 }
                 Some(stream_input::Input::Resize(r)) => {
-                    if let Some(m) = &term {
+                    if let (Some(m), Some(pid)) = (&term, runc_pid) {
                         resize(m, r.width, r.height);
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
                     }
                 }
                 _ => {}
@@ -531,8 +501,9 @@ async fn exec(
     });
     tokio::spawn(async move {
         let status = child.wait().await;
-        // Output still in flight (or held by the command's children) gets a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(readers)).await;
+        // Output still in flight (or held open by the command's children) gets a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(readers))
+            .await;
         input_task.abort();
         drop(master);
         let code = match status {
@@ -545,24 +516,22 @@ async fn exec(
                 return;
             }
         };
-        let tail = stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
-        let tail = String::from_utf8_lossy(&tail);
-        if code == 255 {
-            if let Some(line) = tail.lines().rev().find(|l| l.contains("exec failed")) {
-                let _ = tx
-                    .send(Err(Status::internal(format!(
-                        "error executing command in container: failed to exec in container: OCI runtime exec failed: {}: unknown",
-                        line.trim()
-                    ))))
-                    .await;
-                return;
-            }
+        let tail = tail.lock().map(|t| t.clone()).unwrap_or_default();
+        let failed_start = String::from_utf8_lossy(&tail)
+            .lines()
+            .rev()
+            .find(|l| l.contains("exec failed: "))
+            .map(|l| l.trim().to_string());
+        if let (255, Some(line)) = (code, failed_start) {
+            let msg = line.split("exec failed: ").nth(1).unwrap_or(&line).trim_end_matches('"');
+            let _ = tx
+                .send(Err(Status::internal(format!(
+                    "error executing command in container: failed to exec in container: OCI runtime exec failed: exec failed: {msg}: unknown"
+                ))))
+                .await;
+            return;
         }
-        let _ = tx
-            .send(Ok(StreamOutput {
-                output: Some(stream_output::Output::ExitCode(code)),
-            }))
-            .await;
+        let _ = tx.send(out(stream_output::Output::ExitCode(code))).await;
     });
     Ok(rx)
 }

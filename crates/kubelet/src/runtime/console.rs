@@ -1,5 +1,5 @@
 //! The socket runc hands a terminal's master end over (`--console-socket`), for
-//! containers and exec sessions with a TTY.
+//! containers with a TTY.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -25,35 +25,15 @@ impl ConsoleSocket {
 
     /// The master end runc sent (runc has connected by the time `runc create` returns).
     pub fn receive(&self) -> Result<OwnedFd, String> {
-        self.receive_within(std::time::Duration::ZERO, || false)
-    }
-
-    /// The master end runc sends, waiting at most `limit` for runc to connect while
-    /// `waiting()` says it may still come (`runc exec` connects while it runs).
-    pub fn receive_within(
-        &self,
-        limit: std::time::Duration,
-        waiting: impl Fn() -> bool,
-    ) -> Result<OwnedFd, String> {
         use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
         use std::os::fd::{AsRawFd as _, FromRawFd as _, RawFd};
         self.listener
             .set_nonblocking(true)
             .map_err(|e| e.to_string())?;
-        let deadline = std::time::Instant::now() + limit;
-        let stream = loop {
-            match self.listener.accept() {
-                Ok((s, _)) => break s,
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        && std::time::Instant::now() < deadline
-                        && waiting() =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(5));
-                }
-                Err(e) => return Err(format!("runc did not connect: {e}")),
-            }
-        };
+        let (stream, _) = self
+            .listener
+            .accept()
+            .map_err(|e| format!("runc did not connect: {e}"))?;
         stream.set_nonblocking(false).map_err(|e| e.to_string())?;
         let mut buf = [0u8; 4096];
         let mut iov = [std::io::IoSliceMut::new(&mut buf)];
