@@ -84,7 +84,7 @@ spec:
   containers:
   - name: a
     image: busybox
-    command: [sh, -c, 'for i in 1 2 3 4 5; do echo a-$i; done; echo err-line >&2; sleep 3600']
+    command: [sh, -c, 'echo err-line >&2; sleep 0.5; for i in 1 2 3 4 5; do echo a-$i; done; sleep 3600']
   - name: b
     image: busybox
     command: [sh, -c, 'echo b-1; sleep 3600']
@@ -133,12 +133,12 @@ spec:
     let started = Instant::now();
     let mut follower = follow.spawn().unwrap();
 
-    assert_eq!(api.ok(&["logs", "talk", "-c", "a"]), "a-1\na-2\na-3\na-4\na-5\nerr-line\n");
-    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--tail=2"]), "a-5\nerr-line\n");
-    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--limit-bytes=6"]), "a-1\na-");
+    assert_eq!(api.ok(&["logs", "talk", "-c", "a"]), "err-line\na-1\na-2\na-3\na-4\na-5\n");
+    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--tail=2"]), "a-4\na-5\n");
+    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--limit-bytes=6"]), "err-li");
     assert_eq!(
         api.ok(&["logs", "talk", "-c", "a", "--since=1h", "--tail=1"]),
-        "err-line\n"
+        "a-5\n"
     );
     let stamped = api.ok(&["logs", "talk", "-c", "b", "--timestamps"]);
     let (stamp, text) = stamped.trim_end().split_once(' ').unwrap();
