@@ -270,3 +270,131 @@ spec:
     }
     delete_all_pods(api, &["box"], &node);
 }
+
+/// A `kubectl port-forward` running until dropped.
+struct Forwarding(std::process::Child);
+
+impl Drop for Forwarding {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `kubectl port-forward ARGS` and waits until it listens on every local port.
+fn port_forward(api: &ApiServer, spdy: bool, args: &[&str], ports: &[u16], node: &Node) -> Forwarding {
+    let mut a = vec!["port-forward"];
+    a.extend_from_slice(args);
+    let mut c = kubectl(api, spdy, &a);
+    // A forward lives longer than one request's timeout.
+    let program = c.get_program().to_owned();
+    let argv: Vec<std::ffi::OsString> = c
+        .get_args()
+        .filter(|a| *a != "--request-timeout=10s")
+        .map(|a| a.to_owned())
+        .collect();
+    let envs: Vec<(std::ffi::OsString, std::ffi::OsString)> = c
+        .get_envs()
+        .filter_map(|(k, v)| Some((k.to_owned(), v?.to_owned())))
+        .collect();
+    c = Command::new(program);
+    c.args(argv).envs(envs).env_remove("KUBECONFIG");
+    let log = tempfile::NamedTempFile::new().unwrap();
+    c.stdout(log.reopen().unwrap()).stderr(Stdio::null());
+    let f = Forwarding(c.spawn().unwrap());
+    wait_for(
+        "kubectl port-forward to listen",
+        20,
+        || {
+            let out = std::fs::read_to_string(log.path()).unwrap_or_default();
+            ports
+                .iter()
+                .all(|p| out.contains(&format!("Forwarding from 127.0.0.1:{p}")))
+        },
+        node,
+    );
+    f
+}
+
+/// `GET http://127.0.0.1:PORT/PATH` from inside the test namespace.
+fn get(w: &World, port: u16, path: &str) -> Result<String, String> {
+    let out = w
+        .ns
+        .command("curl")
+        .args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{port}{path}")])
+        .output()
+        .unwrap();
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+#[test]
+fn port_forward_to_pods_and_services() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    let node = start_node(&w, &root);
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: web, labels: {app: web}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: server
+    image: ferrokube/test-server
+    ports: [{containerPort: 8080, name: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: http}]
+"#,
+    );
+    running(api, "web", &node);
+    let mut port = 18080;
+    for spdy in [false, true] {
+        let proto = if spdy { "SPDY" } else { "WebSocket" };
+        // Two local ports to the same pod port, several requests each.
+        let (p1, p2) = (port, port + 1);
+        port += 2;
+        let a1 = format!("{p1}:8080");
+        let a2 = format!("{p2}:http");
+        let f = port_forward(api, spdy, &["pod/web", &a1, &a2], &[p1, p2], &node);
+        // The server may still be starting.
+        wait_for("the server to answer", 20, || get(&w, p1, "/hostname").is_ok(), &node);
+        for _ in 0..3 {
+            for p in [p1, p2] {
+                assert_eq!(get(&w, p, "/hostname").as_deref(), Ok("web\n"), "{proto} port {p}");
+            }
+        }
+        // A large answer comes through whole.
+        let env = get(&w, p1, "/env").unwrap();
+        assert!(env.contains("HOSTNAME") || env.contains("PATH"), "{proto}: {env}");
+        drop(f);
+
+        // A Service: kubectl picks a pod behind it and maps the port.
+        let p3 = port;
+        port += 1;
+        let a3 = format!("{p3}:80");
+        let f = port_forward(api, spdy, &["svc/web", &a3], &[p3], &node);
+        assert_eq!(get(&w, p3, "/hostname").as_deref(), Ok("web\n"), "{proto} service");
+        drop(f);
+
+        // Nothing listens: the connection fails, kubectl reports it.
+        let p4 = port;
+        port += 1;
+        let a4 = format!("{p4}:9999");
+        let f = port_forward(api, spdy, &["pod/web", &a4], &[p4], &node);
+        assert!(get(&w, p4, "/").is_err(), "{proto}: port 9999 answered");
+        drop(f);
+    }
+    delete_all_pods(api, &["web"], &node);
+}
