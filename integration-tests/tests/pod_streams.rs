@@ -14,14 +14,22 @@ use integration_tests::node::*;
 /// kubectl with the streaming protocol chosen: WebSocket (kubectl's default) or SPDY.
 fn kubectl(api: &ApiServer, spdy: bool, args: &[&str]) -> Command {
     let mut c = api.kubectl_command(args);
-    c.env("KUBECTL_REMOTE_COMMAND_WEBSOCKETS", if spdy { "false" } else { "true" })
-        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", if spdy { "false" } else { "true" });
+    c.env(
+        "KUBECTL_REMOTE_COMMAND_WEBSOCKETS",
+        if spdy { "false" } else { "true" },
+    )
+    .env(
+        "KUBECTL_PORT_FORWARD_WEBSOCKETS",
+        if spdy { "false" } else { "true" },
+    );
     c
 }
 
 /// Runs kubectl with `stdin`; its exit code, stdout and stderr.
 fn run_io(mut c: Command, stdin: &[u8]) -> (i32, String, String) {
-    c.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
     let mut input = child.stdin.take().unwrap();
     let data = stdin.to_vec();
@@ -124,7 +132,11 @@ spec:
     wait_for(
         "talk's output",
         20,
-        || api.kubectl(&["logs", "talk", "-c", "a"]).unwrap_or_default().contains("a-5"),
+        || {
+            api.kubectl(&["logs", "talk", "-c", "a"])
+                .unwrap_or_default()
+                .contains("a-5")
+        },
         &node,
     );
     // The follower started before the ticker writes; it ends when the container does.
@@ -133,9 +145,18 @@ spec:
     let started = Instant::now();
     let mut follower = follow.spawn().unwrap();
 
-    assert_eq!(api.ok(&["logs", "talk", "-c", "a"]), "err-line\na-1\na-2\na-3\na-4\na-5\n");
-    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--tail=2"]), "a-4\na-5\n");
-    assert_eq!(api.ok(&["logs", "talk", "-c", "a", "--limit-bytes=6"]), "err-li");
+    assert_eq!(
+        api.ok(&["logs", "talk", "-c", "a"]),
+        "err-line\na-1\na-2\na-3\na-4\na-5\n"
+    );
+    assert_eq!(
+        api.ok(&["logs", "talk", "-c", "a", "--tail=2"]),
+        "a-4\na-5\n"
+    );
+    assert_eq!(
+        api.ok(&["logs", "talk", "-c", "a", "--limit-bytes=6"]),
+        "err-li"
+    );
     assert_eq!(
         api.ok(&["logs", "talk", "-c", "a", "--since=1h", "--tail=1"]),
         "a-5\n"
@@ -158,12 +179,20 @@ spec:
         "{raw}"
     );
     let wrong = api.kubectl(&["logs", "talk", "-c", "zz"]).unwrap_err();
-    assert!(wrong.contains("container zz is not valid for pod talk"), "{wrong}");
+    assert!(
+        wrong.contains("container zz is not valid for pod talk"),
+        "{wrong}"
+    );
     let all = api.ok(&["logs", "talk", "--all-containers", "--prefix"]);
-    assert!(all.contains("[pod/talk/a] a-3") && all.contains("[pod/talk/b] b-1"), "{all}");
+    assert!(
+        all.contains("[pod/talk/a] a-3") && all.contains("[pod/talk/b] b-1"),
+        "{all}"
+    );
     let by_label = api.ok(&["logs", "-l", "app=talk", "-c", "b"]);
     assert_eq!(by_label, "b-1\n");
-    let none = api.kubectl(&["logs", "talk", "-c", "b", "--previous"]).unwrap_err();
+    let none = api
+        .kubectl(&["logs", "talk", "-c", "b", "--previous"])
+        .unwrap_err();
     assert!(
         none.contains("previous terminated container \"b\" in pod \"talk\" not found"),
         "{none}"
@@ -189,7 +218,12 @@ spec:
     assert_eq!(api.ok(&["logs", "restarts", "--previous"]), "attempt-1\n");
 
     let mut out = String::new();
-    follower.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    follower
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let status = follower.wait().unwrap();
     assert!(status.success(), "logs -f: {out}");
     assert_eq!(out, "tick-1\ntick-2\ntick-3\ntick-4\n");
@@ -220,31 +254,92 @@ spec:
     for spdy in [false, true] {
         let proto = if spdy { "SPDY" } else { "WebSocket" };
         let (code, out, err) = run_io(
-            kubectl(api, spdy, &["exec", "box", "-c", "main", "--", "sh", "-c", "echo out; echo err >&2; exit 3"]),
+            kubectl(
+                api,
+                spdy,
+                &[
+                    "exec",
+                    "box",
+                    "-c",
+                    "main",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo out; echo err >&2; exit 3",
+                ],
+            ),
             b"",
         );
         assert_eq!((code, out.as_str()), (3, "out\n"), "{proto}: {err}");
         assert!(err.contains("err\n"), "{proto}: {err}");
-        assert!(err.contains("command terminated with exit code 3"), "{proto}: {err}");
+        assert!(
+            err.contains("command terminated with exit code 3"),
+            "{proto}: {err}"
+        );
 
         let (code, out, err) = run_io(
-            kubectl(api, spdy, &["exec", "-i", "box", "-c", "side", "--", "sh", "-c", "cat; echo done"]),
+            kubectl(
+                api,
+                spdy,
+                &[
+                    "exec",
+                    "-i",
+                    "box",
+                    "-c",
+                    "side",
+                    "--",
+                    "sh",
+                    "-c",
+                    "cat; echo done",
+                ],
+            ),
             b"line one\nline two\n",
         );
-        assert_eq!((code, out.as_str()), (0, "line one\nline two\ndone\n"), "{proto}: {err}");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "line one\nline two\ndone\n"),
+            "{proto}: {err}"
+        );
 
         // A terminal of the caller's size (kubectl under `script`, in a pty).
         let out = in_terminal(
-            kubectl(api, spdy, &["exec", "-it", "box", "-c", "main", "--", "sh", "-c", "tty; stty size"]),
+            kubectl(
+                api,
+                spdy,
+                &[
+                    "exec",
+                    "-it",
+                    "box",
+                    "-c",
+                    "main",
+                    "--",
+                    "sh",
+                    "-c",
+                    "tty; stty size",
+                ],
+            ),
             "stty cols 91 rows 37",
         );
         assert!(out.contains("/dev/pts/"), "{proto}: {out}");
         assert!(out.contains("37 91"), "{proto}: {out}");
 
-        let (code, _, err) = run_io(kubectl(api, spdy, &["exec", "box", "-c", "nope", "--", "true"]), b"");
+        let (code, _, err) = run_io(
+            kubectl(api, spdy, &["exec", "box", "-c", "nope", "--", "true"]),
+            b"",
+        );
         assert_ne!(code, 0);
-        assert!(err.contains("container nope is not valid for pod box"), "{proto}: {err}");
-        let (code, _, err) = run_io(kubectl(api, spdy, &["exec", "box", "-c", "main", "--", "no-such-command"]), b"");
+        assert!(
+            err.contains("container nope is not valid for pod box"),
+            "{proto}: {err}"
+        );
+        let (code, _, err) = run_io(
+            kubectl(
+                api,
+                spdy,
+                &["exec", "box", "-c", "main", "--", "no-such-command"],
+            ),
+            b"",
+        );
         assert_ne!(code, 0, "{proto}");
         assert!(err.contains("executable file not found"), "{proto}: {err}");
 
@@ -256,17 +351,37 @@ spec:
         std::fs::write(local.join("note.txt"), "hello from the host\n").unwrap();
         let file = local.join("note.txt").display().to_string();
         let tree = local.join("tree").display().to_string();
-        let (code, _, err) = run_io(kubectl(api, spdy, &["cp", &file, "box:/tmp/note.txt", "-c", "main"]), b"");
+        let (code, _, err) = run_io(
+            kubectl(api, spdy, &["cp", &file, "box:/tmp/note.txt", "-c", "main"]),
+            b"",
+        );
         assert_eq!(code, 0, "{proto}: {err}");
-        let (_, out, _) = run_io(kubectl(api, spdy, &["exec", "box", "-c", "main", "--", "cat", "/tmp/note.txt"]), b"");
+        let (_, out, _) = run_io(
+            kubectl(
+                api,
+                spdy,
+                &["exec", "box", "-c", "main", "--", "cat", "/tmp/note.txt"],
+            ),
+            b"",
+        );
         assert_eq!(out, "hello from the host\n", "{proto}");
-        let (code, _, err) = run_io(kubectl(api, spdy, &["cp", &tree, "box:/tmp/tree", "-c", "main"]), b"");
+        let (code, _, err) = run_io(
+            kubectl(api, spdy, &["cp", &tree, "box:/tmp/tree", "-c", "main"]),
+            b"",
+        );
         assert_eq!(code, 0, "{proto}: {err}");
         let back = local.join("back");
         let back_s = back.display().to_string();
-        let (code, _, err) = run_io(kubectl(api, spdy, &["cp", "box:/tmp/tree", &back_s, "-c", "main"]), b"");
+        let (code, _, err) = run_io(
+            kubectl(api, spdy, &["cp", "box:/tmp/tree", &back_s, "-c", "main"]),
+            b"",
+        );
         assert_eq!(code, 0, "{proto}: {err}");
-        assert_eq!(std::fs::read(back.join("sub/blob.bin")).unwrap(), payload, "{proto}");
+        assert_eq!(
+            std::fs::read(back.join("sub/blob.bin")).unwrap(),
+            payload,
+            "{proto}"
+        );
     }
     delete_all_pods(api, &["box"], &node);
 }
@@ -282,7 +397,13 @@ impl Drop for Forwarding {
 }
 
 /// Starts `kubectl port-forward ARGS` and waits until it listens on every local port.
-fn port_forward(api: &ApiServer, spdy: bool, args: &[&str], ports: &[u16], node: &Node) -> Forwarding {
+fn port_forward(
+    api: &ApiServer,
+    spdy: bool,
+    args: &[&str],
+    ports: &[u16],
+    node: &Node,
+) -> Forwarding {
     let mut a = vec!["port-forward"];
     a.extend_from_slice(args);
     let mut c = kubectl(api, spdy, &a);
@@ -318,12 +439,16 @@ fn port_forward(api: &ApiServer, spdy: bool, args: &[&str], ports: &[u16], node:
 
 /// `GET http://127.0.0.1:PORT/PATH` from inside the test namespace.
 fn get(w: &World, port: u16, path: &str) -> Result<String, String> {
-    let out = w
-        .ns
-        .command("curl")
-        .args(["-sS", "--max-time", "10", &format!("http://127.0.0.1:{port}{path}")])
-        .output()
-        .unwrap();
+    let out =
+        w.ns.command("curl")
+            .args([
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://127.0.0.1:{port}{path}"),
+            ])
+            .output()
+            .unwrap();
     if out.status.success() {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     } else {
@@ -369,15 +494,27 @@ spec:
         let a2 = format!("{p2}:http");
         let f = port_forward(api, spdy, &["pod/web", &a1, &a2], &[p1, p2], &node);
         // The server may still be starting.
-        wait_for("the server to answer", 20, || get(&w, p1, "/hostname").is_ok(), &node);
+        wait_for(
+            "the server to answer",
+            20,
+            || get(&w, p1, "/hostname").is_ok(),
+            &node,
+        );
         for _ in 0..3 {
             for p in [p1, p2] {
-                assert_eq!(get(&w, p, "/hostname").as_deref(), Ok("web\n"), "{proto} port {p}");
+                assert_eq!(
+                    get(&w, p, "/hostname").as_deref(),
+                    Ok("web\n"),
+                    "{proto} port {p}"
+                );
             }
         }
         // A large answer comes through whole.
         let env = get(&w, p1, "/env").unwrap();
-        assert!(env.contains("HOSTNAME") || env.contains("PATH"), "{proto}: {env}");
+        assert!(
+            env.contains("HOSTNAME") || env.contains("PATH"),
+            "{proto}: {env}"
+        );
         drop(f);
 
         // A Service: kubectl picks a pod behind it and maps the port.
@@ -385,7 +522,11 @@ spec:
         port += 1;
         let a3 = format!("{p3}:80");
         let f = port_forward(api, spdy, &["svc/web", &a3], &[p3], &node);
-        assert_eq!(get(&w, p3, "/hostname").as_deref(), Ok("web\n"), "{proto} service");
+        assert_eq!(
+            get(&w, p3, "/hostname").as_deref(),
+            Ok("web\n"),
+            "{proto} service"
+        );
         drop(f);
 
         // Nothing listens: the connection fails, kubectl reports it.

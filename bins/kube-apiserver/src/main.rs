@@ -230,11 +230,13 @@ async fn run() -> Result<()> {
     );
     let (kc_cert, kc_key) = match (&args.kubelet_client_certificate, &args.kubelet_client_key) {
         (Some(c), Some(k)) => (c.clone(), k.clone()),
-        _ => (files.kubelet_client_cert.clone(), files.kubelet_client_key.clone()),
+        _ => (
+            files.kubelet_client_cert.clone(),
+            files.kubelet_client_key.clone(),
+        ),
     };
-    let read = |p: &std::path::Path| {
-        std::fs::read(p).with_context(|| format!("reading {}", p.display()))
-    };
+    let read =
+        |p: &std::path::Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
     api.set_kubelet_client(&read(&kc_cert)?, &read(&kc_key)?)
         .map_err(anyhow::Error::msg)
         .context("--kubelet-client-certificate")?;

@@ -216,10 +216,11 @@ async fn run() -> Result<()> {
     let port = args.port.unwrap_or(cfg.port);
     anyhow::ensure!(port > 0, "port must be between 1 and 65535");
     let api_config = Config::from_kubeconfig(&args.kubeconfig)?;
-    let client_ca_pem = match args
+    let client_ca_pem = match args.client_ca_file.as_ref().or(cfg
+        .authentication
+        .x509
         .client_ca_file
-        .as_ref()
-        .or(cfg.authentication.x509.client_ca_file.as_ref())
+        .as_ref())
     {
         Some(p) => std::fs::read(p).with_context(|| format!("client CA file {}", p.display()))?,
         None => api_config.ca_pem.clone(),

@@ -34,6 +34,11 @@ fn subresource(
         "scale" => Some(("autoscaling", "v1", "Scale", GPU)),
         "binding" if r.kind == "Pod" => Some(("", "v1", "Binding", &["create"])),
         "eviction" if r.kind == "Pod" => Some(("policy", "v1", "Eviction", &["create"])),
+        "log" if r.kind == "Pod" => Some(("", "", "", &["get"])),
+        "exec" if r.kind == "Pod" => Some(("", "v1", "PodExecOptions", &["create", "get"])),
+        "portforward" if r.kind == "Pod" => {
+            Some(("", "v1", "PodPortForwardOptions", &["create", "get"]))
+        }
         _ => None,
     }
 }

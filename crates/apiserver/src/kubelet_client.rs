@@ -32,8 +32,8 @@ impl KubeletClient {
         let chain = CertificateDer::pem_slice_iter(cert)
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| format!("kubelet client certificate: {e}"))?;
-        let key = PrivateKeyDer::from_pem_slice(key)
-            .map_err(|e| format!("kubelet client key: {e}"))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(key).map_err(|e| format!("kubelet client key: {e}"))?;
         let cfg = ferrokube_client::tls::any_server_certificate(Some((chain, key)), &[b"h2"])
             .map_err(|e| format!("kubelet client TLS: {e}"))?;
         Ok(KubeletClient {

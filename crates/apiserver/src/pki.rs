@@ -132,7 +132,12 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<PkiFiles, PkiError> {
     }
     // The administrator, and kube-apiserver itself towards kubelets (kubeadm's names).
     for (cert, key, cn, org) in [
-        (&files.admin_cert, &files.admin_key, "kubernetes-admin", "system:masters"),
+        (
+            &files.admin_cert,
+            &files.admin_key,
+            "kubernetes-admin",
+            "system:masters",
+        ),
         (
             &files.kubelet_client_cert,
             &files.kubelet_client_key,

@@ -68,7 +68,10 @@ fn pick_container(pod: &Value, given: Option<&str>) -> Result<String, StatusErro
             }
         }
         None => {
-            let regular = pod["spec"]["containers"].as_array().cloned().unwrap_or_default();
+            let regular = pod["spec"]["containers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
             match regular.as_slice() {
                 [one] => Ok(one["name"].as_str().unwrap_or_default().to_string()),
                 [] => Err(status::bad_request(format!(
@@ -87,12 +90,20 @@ fn pick_container(pod: &Value, given: Option<&str>) -> Result<String, StatusErro
 /// messages when there is none (upstream's `validateContainerLogStatus`).
 fn log_container_id(pod: &Value, container: &str, previous: bool) -> Result<String, StatusError> {
     let name = pod["metadata"]["name"].as_str().unwrap_or_default();
-    let fail = |what: String| status::bad_request(format!("container \"{container}\" in pod \"{name}\" {what}"));
-    let st = ["initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses"]
-        .iter()
-        .flat_map(|k| pod["status"][k].as_array().cloned().unwrap_or_default())
-        .find(|s| s["name"] == container)
-        .ok_or_else(|| fail("is not available".into()))?;
+    let fail = |what: String| {
+        status::bad_request(format!(
+            "container \"{container}\" in pod \"{name}\" {what}"
+        ))
+    };
+    let st = [
+        "initContainerStatuses",
+        "containerStatuses",
+        "ephemeralContainerStatuses",
+    ]
+    .iter()
+    .flat_map(|k| pod["status"][k].as_array().cloned().unwrap_or_default())
+    .find(|s| s["name"] == container)
+    .ok_or_else(|| fail("is not available".into()))?;
     let id = |v: &Value| v["containerID"].as_str().unwrap_or_default().to_string();
     let last = &st["lastState"]["terminated"];
     if previous {
@@ -177,7 +188,10 @@ impl ApiServer {
         query: &Query,
     ) -> Result<Response<Body>, StatusError> {
         let reg = self.resources.registry();
-        let pods = reg.by_path("", "v1", "pods").copied().expect("pods are built in");
+        let pods = reg
+            .by_path("", "v1", "pods")
+            .copied()
+            .expect("pods are built in");
         let ns = rp.namespace.as_deref().unwrap_or_default();
         let name = rp.name.as_deref().unwrap_or_default();
         let pod = self
@@ -188,11 +202,17 @@ impl ApiServer {
             .ok_or_else(|| status::not_found(&pods, name))?
             .object;
         let sub = rp.subresource.as_deref().unwrap_or_default();
-        let node = pod["spec"]["nodeName"].as_str().unwrap_or_default().to_string();
+        let node = pod["spec"]["nodeName"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         let target = |container: &str, container_id: &str| Target {
             namespace: ns.to_string(),
             pod: name.to_string(),
-            uid: pod["metadata"]["uid"].as_str().unwrap_or_default().to_string(),
+            uid: pod["metadata"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
             container: container.to_string(),
             container_id: container_id.to_string(),
         };
@@ -216,9 +236,9 @@ impl ApiServer {
                     ));
                 }
                 let since_nanos = match (since_seconds, since_time) {
-                    (Some(s), _) => Some(
-                        jiff::Timestamp::now().as_nanosecond() as i64 - s * 1_000_000_000,
-                    ),
+                    (Some(s), _) => {
+                        Some(jiff::Timestamp::now().as_nanosecond() as i64 - s * 1_000_000_000)
+                    }
                     (_, Some(t)) => Some(
                         t.parse::<jiff::Timestamp>()
                             .map_err(|e| status::bad_request(format!("sinceTime {t:?}: {e}")))?
@@ -241,9 +261,11 @@ impl ApiServer {
                     .await
                     .map_err(|e| kubelet_error(&e))?
                     .into_inner();
-                let body = stream
-                    .take_while(Result::is_ok)
-                    .map(|c| Ok::<_, crate::rest::BoxError>(Frame::data(Bytes::from(c.map(|c| c.data).unwrap_or_default()))));
+                let body = stream.take_while(Result::is_ok).map(|c| {
+                    Ok::<_, crate::rest::BoxError>(Frame::data(Bytes::from(
+                        c.map(|c| c.data).unwrap_or_default(),
+                    )))
+                });
                 Ok(Response::builder()
                     .status(StatusCode::OK)
                     .header("content-type", "text/plain")
@@ -257,7 +279,8 @@ impl ApiServer {
                         "pod {name} does not have a host assigned"
                     )));
                 }
-                let command: Vec<String> = query.all("command").into_iter().map(String::from).collect();
+                let command: Vec<String> =
+                    query.all("command").into_iter().map(String::from).collect();
                 if sub == "exec" && command.is_empty() {
                     return Err(status::bad_request("you must specify at least 1 command"));
                 }
@@ -375,11 +398,15 @@ impl ApiServer {
 
     /// The kubelet of a node, at its first usable address and its daemon endpoint.
     async fn kubelet_of(&self, node: &str) -> Result<Kubelet, StatusError> {
-        let client = self.kubelet.get().ok_or_else(|| {
-            status::unavailable("no kubelet client certificate is configured")
-        })?;
+        let client = self
+            .kubelet
+            .get()
+            .ok_or_else(|| status::unavailable("no kubelet client certificate is configured"))?;
         let reg = self.resources.registry();
-        let nodes = reg.by_path("", "v1", "nodes").copied().expect("nodes are built in");
+        let nodes = reg
+            .by_path("", "v1", "nodes")
+            .copied()
+            .expect("nodes are built in");
         let obj = self
             .resources
             .objects
@@ -387,7 +414,10 @@ impl ApiServer {
             .await?
             .ok_or_else(|| status::not_found(&nodes, node))?
             .object;
-        let addresses = obj["status"]["addresses"].as_array().cloned().unwrap_or_default();
+        let addresses = obj["status"]["addresses"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         // kubeadm's --kubelet-preferred-address-types.
         let host = ["InternalIP", "ExternalIP", "Hostname"]
             .iter()
@@ -427,8 +457,12 @@ fn switching(u: &Upgrade) -> Response<Body> {
     for (k, v) in upgrade::switching_headers(u) {
         r = r.header(k, v);
     }
-    r.body(http_body_util::Empty::new().map_err(|never| match never {}).boxed_unsync())
-        .expect("valid upgrade headers")
+    r.body(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    )
+    .expect("valid upgrade headers")
 }
 
 /// Pumps an exec/attach session between the client and the kubelet.
@@ -448,30 +482,30 @@ async fn bridge_remotecommand(
                     height: height.into(),
                 }),
             };
-            if to_kubelet.send(StreamInput { input: Some(msg) }).await.is_err() {
+            if to_kubelet
+                .send(StreamInput { input: Some(msg) })
+                .await
+                .is_err()
+            {
                 return;
             }
         }
     });
     let outcome = loop {
-        match from_kubelet.message().await {
+        let sent = match from_kubelet.message().await {
             Ok(Some(m)) => match m.output {
-                Some(stream_output::Output::Stdout(d)) => {
-                    if output.stdout(d.into()).await.is_err() {
-                        return;
-                    }
-                }
-                Some(stream_output::Output::Stderr(d)) => {
-                    if output.stderr(d.into()).await.is_err() {
-                        return;
-                    }
-                }
+                Some(stream_output::Output::Stdout(d)) => output.stdout(d.into()).await,
+                Some(stream_output::Output::Stderr(d)) => output.stderr(d.into()).await,
                 Some(stream_output::Output::ExitCode(0)) => break Outcome::Success,
                 Some(stream_output::Output::ExitCode(c)) => break Outcome::ExitCode(c),
-                None => {}
+                None => Ok(()),
             },
             Ok(None) => break Outcome::Error("the kubelet ended the session".into()),
             Err(e) => break Outcome::Error(e.message().to_string()),
+        };
+        // The client has gone: dropping the call ends the kubelet's side.
+        if sent.is_err() {
+            return;
         }
     };
     output.finish(outcome).await;

@@ -238,7 +238,10 @@ mod tests {
             "one\ntw"
         );
         let tail = Formatter::new(LogOptions::default()).lines(LOG.as_bytes(), Some(2));
-        assert_eq!(tail, b"three\n", "the last two file lines are one partial line");
+        assert_eq!(
+            tail, b"three\n",
+            "the last two file lines are one partial line"
+        );
     }
 
     #[test]
@@ -256,7 +259,10 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.read_available().unwrap(), b"one\n");
-        let mut f = std::fs::OpenOptions::new().append(true).open(&path).unwrap();
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
         f.write_all(&LOG.as_bytes()[60..]).unwrap();
         assert_eq!(r.read_available().unwrap(), b"two\nthree\n");
         std::fs::rename(&path, dir.path().join("0.log.1")).unwrap();

@@ -408,6 +408,7 @@ mod tests {
             ip: "10.0.0.2".parse().unwrap(),
             root_dir: std::env::temp_dir(),
             max_pods: 110,
+            port: 10250,
             labels: BTreeMap::new(),
             lease_duration_seconds: 40,
             status_period: Duration::from_secs(10),

@@ -43,9 +43,8 @@ pub fn serving_identity(
     node: &str,
     ip: std::net::IpAddr,
 ) -> Result<(Vec<u8>, Vec<u8>), Error> {
-    let read = |p: &Path| {
-        std::fs::read(p).map_err(|e| Error::Config(format!("{}: {e}", p.display())))
-    };
+    let read =
+        |p: &Path| std::fs::read(p).map_err(|e| Error::Config(format!("{}: {e}", p.display())));
     match (&cfg.cert_file, &cfg.key_file) {
         (Some(c), Some(k)) => return Ok((read(c)?, read(k)?)),
         (None, None) => {}
@@ -86,7 +85,10 @@ pub async fn run(
     identity: (Vec<u8>, Vec<u8>),
 ) -> Result<(), Error> {
     let tls = tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(&identity.0, &identity.1))
+        .identity(tonic::transport::Identity::from_pem(
+            &identity.0,
+            &identity.1,
+        ))
         .client_ca_root(tonic::transport::Certificate::from_pem(&cfg.client_ca_pem));
     tonic::transport::Server::builder()
         .tls_config(tls)
@@ -180,7 +182,13 @@ impl Kubelet for Service {
                     }
                 };
                 for chunk in out.chunks(32 << 10) {
-                    if tx.send(Ok(LogChunk { data: chunk.to_vec() })).await.is_err() {
+                    if tx
+                        .send(Ok(LogChunk {
+                            data: chunk.to_vec(),
+                        }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -206,16 +214,19 @@ impl Kubelet for Service {
             Some(StreamInput {
                 input: Some(stream_input::Input::Start(s)),
             }) => s,
-            _ => return Err(Status::invalid_argument("the first message must start the session")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must start the session",
+                ))
+            }
         };
         let t = target(start.target.clone())?;
         if start.command.is_empty() {
             return Err(Status::invalid_argument("a command is required"));
         }
-        let id = self
-            .pods
-            .running_id(&t.uid, &t.container)
-            .ok_or_else(|| Status::not_found(format!("container not found (\"{}\")", t.container)))?;
+        let id = self.pods.running_id(&t.uid, &t.container).ok_or_else(|| {
+            Status::not_found(format!("container not found (\"{}\")", t.container))
+        })?;
         let rx = exec(&self.pods, &id, start, input).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -225,7 +236,9 @@ impl Kubelet for Service {
         req: Request<Streaming<StreamInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         authorize(&req)?;
-        Err(Status::unimplemented("attach"))
+        Err(Status::unimplemented(
+            "attach is not supported by this kubelet yet",
+        ))
     }
 
     async fn port_forward(
@@ -238,7 +251,11 @@ impl Kubelet for Service {
             Some(PortForwardInput {
                 input: Some(port_forward_input::Input::Start(s)),
             }) => s,
-            _ => return Err(Status::invalid_argument("the first message must name the port")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the first message must name the port",
+                ))
+            }
         };
         let t = start
             .target
@@ -278,7 +295,10 @@ async fn connect_in(netns: Option<PathBuf>, port: u16) -> std::io::Result<tokio:
                     .map_err(std::io::Error::from)?;
             }
             let limit = Duration::from_secs(5);
-            let v4 = std::net::TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), limit);
+            let v4 = std::net::TcpStream::connect_timeout(
+                &SocketAddr::from(([127, 0, 0, 1], port)),
+                limit,
+            );
             match v4 {
                 Ok(s) => Ok(s),
                 Err(e4) => std::net::TcpStream::connect_timeout(
@@ -311,7 +331,8 @@ async fn forward(
         while let Ok(Some(m)) = input.message().await {
             match m.input {
                 Some(port_forward_input::Input::Data(d)) => {
-                    if wr.write_all(&d).await.is_err() {
+                    let written = wr.write_all(&d).await;
+                    if written.is_err() {
                         break;
                     }
                 }
@@ -421,7 +442,11 @@ async fn exec(
         readers.push(tokio::spawn(async move {
             let mut buf = vec![0u8; 32 << 10];
             while let Ok(n @ 1..) = pipe.read(&mut buf).await {
-                if tx.send(out(stream_output::Output::Stdout(buf[..n].to_vec()))).await.is_err() {
+                if tx
+                    .send(out(stream_output::Output::Stdout(buf[..n].to_vec())))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -435,7 +460,10 @@ async fn exec(
             while let Ok(n @ 1..) = pipe.read(&mut buf).await {
                 keep_tail(&tail, &buf[..n]);
                 if forward
-                    && tx.send(out(stream_output::Output::Stderr(buf[..n].to_vec()))).await.is_err()
+                    && tx
+                        .send(out(stream_output::Output::Stderr(buf[..n].to_vec())))
+                        .await
+                        .is_err()
                 {
                     return;
                 }
@@ -467,7 +495,11 @@ async fn exec(
     }
     // Input: stdin into the pipe or the terminal, sizes to the terminal.
     let mut stdin = child.stdin.take();
-    let term = master.as_ref().map(|m| m.try_clone()).transpose().map_err(|e| fail(&e))?;
+    let term = master
+        .as_ref()
+        .map(|m| m.try_clone())
+        .transpose()
+        .map_err(|e| fail(&e))?;
     let input_task = tokio::spawn(async move {
         while let Ok(Some(m)) = input.message().await {
             match m.input {
@@ -502,8 +534,8 @@ async fn exec(
     tokio::spawn(async move {
         let status = child.wait().await;
         // Output still in flight (or held open by the command's children) gets a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(readers))
-            .await;
+        let _ =
+            tokio::time::timeout(Duration::from_secs(2), futures::future::join_all(readers)).await;
         input_task.abort();
         drop(master);
         let code = match status {
@@ -523,7 +555,11 @@ async fn exec(
             .find(|l| l.contains("exec failed: "))
             .map(|l| l.trim().to_string());
         if let (255, Some(line)) = (code, failed_start) {
-            let msg = line.split("exec failed: ").nth(1).unwrap_or(&line).trim_end_matches('"');
+            let msg = line
+                .split("exec failed: ")
+                .nth(1)
+                .unwrap_or(&line)
+                .trim_end_matches('"');
             let _ = tx
                 .send(Err(Status::internal(format!(
                     "error executing command in container: failed to exec in container: OCI runtime exec failed: exec failed: {msg}: unknown"

@@ -189,8 +189,9 @@ impl Session {
                         data,
                     } => {
                         if let Some(tx) = open.get(&stream_id) {
-                            if !data.is_empty() && tx.send(data).await.is_err() {
-                                // Nobody reads this stream: its data is dropped.
+                            // Dropped when nobody reads the stream.
+                            if !data.is_empty() {
+                                let _ = tx.send(data).await;
                             }
                         }
                         if fin {
@@ -201,7 +202,8 @@ impl Session {
                         open.remove(&stream_id);
                     }
                     Frame::Ping(id) => {
-                        if frames_tx.send(Frame::Ping(id)).await.is_err() {
+                        let echoed = frames_tx.send(Frame::Ping(id)).await;
+                        if echoed.is_err() {
                             break;
                         }
                     }

@@ -103,7 +103,8 @@ where
         while let Some(Ok(msg)) = source.next().await {
             match msg {
                 Message::Binary(b) => {
-                    if wr.write_all(&b).await.is_err() {
+                    let written = wr.write_all(&b).await;
+                    if written.is_err() {
                         break;
                     }
                 }
