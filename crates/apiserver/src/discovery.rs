@@ -226,7 +226,8 @@ mod tests {
                 && names.contains(&"pods/status")
                 && names.contains(&"pods/binding")
         );
-        assert!(!names.contains(&"pods/exec"), "not served yet");
+        assert!(names.contains(&"pods/exec") && names.contains(&"pods/log"));
+        assert!(!names.contains(&"pods/attach"), "not served yet");
         let apps = resource_list(&reg, "apps", "v1").unwrap();
         let scale = apps["resources"]
             .as_array()

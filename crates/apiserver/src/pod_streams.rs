@@ -327,16 +327,8 @@ impl ApiServer {
                     Ok(r) => r.into_inner(),
                     Err(e) => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, e.message())),
                 };
-                let upgrade_fut = hyper::upgrade::on(req);
                 let proto = negotiated.clone();
-                tokio::spawn(async move {
-                    let io = match upgrade_fut.await {
-                        Ok(io) => TokioIo::new(io),
-                        Err(e) => {
-                            tracing::debug!("upgrade failed: {e}");
-                            return;
-                        }
-                    };
+                on_upgrade(req, move |io| async move {
                     let streams = match proto {
                         Upgrade::Spdy { .. } => {
                             match remotecommand::spdy(Session::start(io), opts).await {
@@ -368,17 +360,9 @@ impl ApiServer {
                     &[portforward::WEBSOCKET_TUNNEL_PROTOCOL],
                 )?;
                 let kubelet = self.kubelet_of(&node).await?;
-                let upgrade_fut = hyper::upgrade::on(req);
                 let proto = negotiated.clone();
                 let target = target("", "");
-                tokio::spawn(async move {
-                    let io = match upgrade_fut.await {
-                        Ok(io) => TokioIo::new(io),
-                        Err(e) => {
-                            tracing::debug!("upgrade failed: {e}");
-                            return;
-                        }
-                    };
+                on_upgrade(req, move |io| async move {
                     let session = match proto {
                         Upgrade::Spdy { .. } => Session::start(io),
                         Upgrade::WebSocket { .. } => Session::start(upgrade::tunnel(
@@ -434,6 +418,21 @@ impl ApiServer {
             .unwrap_or(10250) as u16;
         client.kubelet(host, port).map_err(status::internal)
     }
+}
+
+/// Serves the upgraded connection once the `101` answer is out.
+fn on_upgrade<F, Fut>(req: Request<Incoming>, serve: F)
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(io) => serve(TokioIo::new(io)).await,
+            Err(e) => tracing::debug!("upgrade failed: {e}"),
+        }
+    });
 }
 
 fn plain(code: StatusCode, text: &str) -> Response<Body> {
