@@ -501,6 +501,7 @@ async fn exec(
         .transpose()
         .map_err(|e| fail(&e))?;
     let input_task = tokio::spawn(async move {
+        let mut sized = false;
         while let Ok(Some(m)) = input.message().await {
             match m.input {
                 Some(stream_input::Input::Stdin(d)) => {
@@ -524,7 +525,22 @@ async fn exec(
                 Some(stream_input::Input::Resize(r)) => {
                     if let (Some(m), Some(pid)) = (&term, runc_pid) {
                         resize(m, r.width, r.height);
-                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
+                        let winch = move || {
+                            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
+                        };
+                        winch();
+                        // runc applies a size only once it holds the container's
+                        // terminal, which may be after the first size came: the first
+                        // one is signalled again while the session starts.
+                        if !sized {
+                            sized = true;
+                            tokio::spawn(async move {
+                                for ms in [100, 300, 1000] {
+                                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                                    winch();
+                                }
+                            });
+                        }
                     }
                 }
                 _ => {}
