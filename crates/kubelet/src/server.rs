@@ -403,10 +403,34 @@ async fn exec(
     let fail = |e: &dyn std::fmt::Display| {
         Status::internal(format!("error executing command in container: {e}"))
     };
+    // With a terminal, kubectl sends its size first: the terminal is made with it, so
+    // runc (which applies sizes only once it holds the container's terminal) starts the
+    // command at that size. What else comes meanwhile is kept for later.
+    let mut early = Vec::new();
+    let mut size = None;
+    if start.tty {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while size.is_none() {
+            match tokio::time::timeout_at(deadline, input.message()).await {
+                Ok(Ok(Some(StreamInput {
+                    input: Some(stream_input::Input::Resize(r)),
+                }))) => {
+                    size = Some(nix::pty::Winsize {
+                        ws_row: r.height.min(u16::MAX as u32) as u16,
+                        ws_col: r.width.min(u16::MAX as u32) as u16,
+                        ws_xpixel: 0,
+                        ws_ypixel: 0,
+                    })
+                }
+                Ok(Ok(Some(m))) => early.push(m),
+                _ => break,
+            }
+        }
+    }
     let mut cmd = tokio::process::Command::new(&pods.runc.binary);
     cmd.arg("--root").arg(&pods.runc.root).arg("exec");
     let master = if start.tty {
-        let pty = nix::pty::openpty(None, None).map_err(|e| fail(&e))?;
+        let pty = nix::pty::openpty(size.as_ref(), None).map_err(|e| fail(&e))?;
         let dup = |fd: &std::os::fd::OwnedFd| fd.try_clone().map_err(|e| fail(&e));
         cmd.arg("--tty")
             .stdin(Stdio::from(dup(&pty.slave)?))
@@ -423,7 +447,6 @@ async fn exec(
     };
     cmd.arg(id).args(&start.command);
     let mut child = cmd.spawn().map_err(|e| fail(&e))?;
-    // Until the size comes, none is set: runc reads it at start and on SIGWINCH.
     let runc_pid = child.id().map(|p| nix::unistd::Pid::from_raw(p as i32));
     let (tx, rx) = mpsc::channel(16);
     // The end of the error output tells a failed start from the command's own exit 255.
@@ -501,8 +524,9 @@ async fn exec(
         .transpose()
         .map_err(|e| fail(&e))?;
     let input_task = tokio::spawn(async move {
-        let mut sized = false;
-        while let Ok(Some(m)) = input.message().await {
+        use futures::StreamExt as _;
+        let mut input = futures::stream::iter(early.into_iter().map(Ok)).chain(input);
+        while let Some(Ok(m)) = input.next().await {
             match m.input {
                 Some(stream_input::Input::Stdin(d)) => {
                     if let Some(s) = stdin.as_mut() {
@@ -525,22 +549,7 @@ async fn exec(
                 Some(stream_input::Input::Resize(r)) => {
                     if let (Some(m), Some(pid)) = (&term, runc_pid) {
                         resize(m, r.width, r.height);
-                        let winch = move || {
-                            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
-                        };
-                        winch();
-                        // runc applies a size only once it holds the container's
-                        // terminal, which may be after the first size came: the first
-                        // one is signalled again while the session starts.
-                        if !sized {
-                            sized = true;
-                            tokio::spawn(async move {
-                                for ms in [100, 300, 1000] {
-                                    tokio::time::sleep(Duration::from_millis(ms)).await;
-                                    winch();
-                                }
-                            });
-                        }
+                        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
                     }
                 }
                 _ => {}
