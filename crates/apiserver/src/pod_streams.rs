@@ -187,20 +187,9 @@ impl ApiServer {
         rp: &ResourcePath,
         query: &Query,
     ) -> Result<Response<Body>, StatusError> {
-        let reg = self.resources.registry();
-        let pods = reg
-            .by_path("", "v1", "pods")
-            .copied()
-            .expect("pods are built in");
         let ns = rp.namespace.as_deref().unwrap_or_default();
         let name = rp.name.as_deref().unwrap_or_default();
-        let pod = self
-            .resources
-            .objects
-            .get(&object_key(&pods, ns, name))
-            .await?
-            .ok_or_else(|| status::not_found(&pods, name))?
-            .object;
+        let pod = self.core_object("pods", ns, name).await?;
         let sub = rp.subresource.as_deref().unwrap_or_default();
         let node = pod["spec"]["nodeName"]
             .as_str()
@@ -380,24 +369,30 @@ impl ApiServer {
         }
     }
 
+    /// A stored object of a core `v1` resource, or upstream's 404.
+    async fn core_object(&self, plural: &str, ns: &str, name: &str) -> Result<Value, StatusError> {
+        let r = self
+            .resources
+            .registry()
+            .by_path("", "v1", plural)
+            .copied()
+            .expect("core v1 resources are built in");
+        Ok(self
+            .resources
+            .objects
+            .get(&object_key(&r, ns, name))
+            .await?
+            .ok_or_else(|| status::not_found(&r, name))?
+            .object)
+    }
+
     /// The kubelet of a node, at its first usable address and its daemon endpoint.
     async fn kubelet_of(&self, node: &str) -> Result<Kubelet, StatusError> {
         let client = self
             .kubelet
             .get()
             .ok_or_else(|| status::unavailable("no kubelet client certificate is configured"))?;
-        let reg = self.resources.registry();
-        let nodes = reg
-            .by_path("", "v1", "nodes")
-            .copied()
-            .expect("nodes are built in");
-        let obj = self
-            .resources
-            .objects
-            .get(&object_key(&nodes, "", node))
-            .await?
-            .ok_or_else(|| status::not_found(&nodes, node))?
-            .object;
+        let obj = self.core_object("nodes", "", node).await?;
         let addresses = obj["status"]["addresses"]
             .as_array()
             .cloned()

@@ -437,22 +437,15 @@ pub fn read_exit(path: &Path) -> Option<Exit> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// The end of a CRI-format log as the container wrote it: its last `lines` lines, at
+/// The end of a CRI-format log as the container wrote it (read as `kubectl logs` reads it): its last `lines` lines, at
 /// most `max_bytes` bytes (what upstream's `FallbackToLogsOnError` reports).
 pub fn log_tail(path: &Path, lines: usize, max_bytes: usize) -> String {
-    let Ok(text) = std::fs::read_to_string(path) else {
+    let Ok(data) = std::fs::read_to_string(path) else {
         return String::new();
     };
-    let mut out = String::new();
-    for record in text.lines() {
-        // `<time> <stream> <P|F> <content>`
-        let mut f = record.splitn(4, ' ');
-        let (_, _, tag, content) = (f.next(), f.next(), f.next(), f.next().unwrap_or_default());
-        out.push_str(content);
-        if tag != Some("P") {
-            out.push('\n');
-        }
-    }
+    let text = crate::logs::Formatter::new(crate::logs::LogOptions::default())
+        .lines(data.as_bytes(), None);
+    let out = String::from_utf8_lossy(&text);
     let kept: Vec<&str> = out.lines().collect();
     let mut tail = kept[kept.len().saturating_sub(lines)..].join("\n");
     if !tail.is_empty() {
