@@ -2,7 +2,8 @@
 //! -f, --previous, --tail, --since, --timestamps, --limit-bytes, -c, --all-containers,
 //! label selectors), `exec` (stdin, TTY with its size, exit codes), `cp` both ways,
 //! `attach`, and `port-forward` (pod and service, several ports) — over WebSocket, as
-//! kubectl 1.32 speaks first, and over SPDY, its fallback.
+//! kubectl 1.32 speaks first, and over SPDY, its fallback — and `kubectl top`, whose
+//! figures kube-apiserver also gets from the kubelet.
 
 use std::io::{Read as _, Write as _};
 use std::process::{Command, Stdio};
@@ -547,4 +548,161 @@ spec:
         drop(f);
     }
     delete_all_pods(api, &["web"], &node);
+}
+
+/// A quantity as `kubectl top` prints it (`199m`, `2`, `21Mi`, `1Gi`) in millicores or
+/// MiB.
+fn top_value(q: &str) -> f64 {
+    let (num, unit) = q.split_at(q.find(|c: char| !c.is_ascii_digit()).unwrap_or(q.len()));
+    let n: f64 = num.parse().unwrap_or_else(|_| panic!("quantity {q:?}"));
+    match unit {
+        "m" => n,
+        "" => n * 1000.0,
+        "Ki" => n / 1024.0,
+        "Mi" => n,
+        "Gi" => n * 1024.0,
+        u => panic!("unit {u:?} in {q:?}"),
+    }
+}
+
+#[test]
+fn top_nodes_and_pods() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    let node = start_node(&w, &root);
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: burn, labels: {app: burn}}
+spec:
+  nodeName: node-1
+  containers:
+  - name: loop
+    image: busybox
+    command: [sh, -c, 'while :; do :; done']
+    resources: {limits: {cpu: 200m, memory: 64Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: hog, labels: {app: hog}}
+spec:
+  nodeName: node-1
+  volumes: [{name: mem, emptyDir: {medium: Memory}}]
+  containers:
+  - name: hold
+    image: busybox
+    volumeMounts: [{name: mem, mountPath: /mem}]
+    command: [sh, -c, 'head -c 24000000 /dev/zero > /mem/blob; sleep 3600']
+  - name: idle
+    image: busybox
+    command: [sleep, '3600']
+"#,
+    );
+    running(api, "burn", &node);
+    running(api, "hog", &node);
+
+    // The kubelet samples every 10 s: metrics come within a couple of samples.
+    let mut nodes = String::new();
+    wait_for(
+        "node metrics",
+        40,
+        || {
+            nodes = api
+                .kubectl(&["top", "node", "--no-headers"])
+                .unwrap_or_default();
+            nodes.starts_with("node-1") && !nodes.contains("<unknown>")
+        },
+        &node,
+    );
+    let cols: Vec<&str> = nodes.split_whitespace().collect();
+    assert_eq!(cols.len(), 5, "{nodes}");
+    assert!(
+        top_value(cols[1]) >= 150.0,
+        "the node runs a 200m loop: {nodes}"
+    );
+    assert!(cols[2].ends_with('%') && cols[4].ends_with('%'), "{nodes}");
+    assert!(top_value(cols[3]) > 20.0, "{nodes}");
+    let one = api.ok(&["top", "node", "node-1"]);
+    assert!(
+        one.starts_with("NAME") && one.contains("CPU(cores)"),
+        "{one}"
+    );
+
+    let mut pods = String::new();
+    wait_for(
+        "pod metrics",
+        40,
+        || {
+            pods = api
+                .kubectl(&["top", "pod", "--no-headers"])
+                .unwrap_or_default();
+            pods.contains("burn") && pods.contains("hog")
+        },
+        &node,
+    );
+    let row = |name: &str| -> Vec<String> {
+        pods.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} in {pods}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    // The loop is held to its 200m quota.
+    let burn = row("burn");
+    let cpu = top_value(&burn[1]);
+    assert!((120.0..=260.0).contains(&cpu), "burn: {burn:?}");
+    // 24 MB written to memory (tmpfs pages count as the writer's).
+    let hog = row("hog");
+    assert!(top_value(&hog[2]) >= 20.0, "hog: {hog:?}");
+
+    // Per container, by label, one by name, as JSON from the API.
+    let containers = api.ok(&["top", "pod", "hog", "--containers", "--no-headers"]);
+    let names: Vec<&str> = containers
+        .lines()
+        .map(|l| l.split_whitespace().nth(1).unwrap_or_default())
+        .collect();
+    assert_eq!(names, ["hold", "idle"], "{containers}");
+    let by_label = api.ok(&["top", "pod", "-l", "app=burn", "--no-headers"]);
+    assert!(
+        by_label.starts_with("burn") && !by_label.contains("hog"),
+        "{by_label}"
+    );
+    let raw: serde_json::Value = serde_json::from_str(&api.ok(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burn",
+    ]))
+    .unwrap();
+    assert_eq!(raw["kind"], "PodMetrics");
+    assert_eq!(raw["metadata"]["labels"]["app"], "burn");
+    assert_eq!(raw["containers"][0]["name"], "loop");
+    assert!(raw["window"].as_str().unwrap().ends_with('s'), "{raw}");
+    let table = api.ok(&["get", "pods.metrics.k8s.io"]);
+    assert!(
+        table.starts_with("NAME") && table.contains("WINDOW") && table.contains("burn"),
+        "{table}"
+    );
+
+    // What has no metrics, and what the API does not do.
+    let e = api.fails(&["top", "pod", "nosuch"]);
+    assert!(
+        e.contains(r#"podmetrics.metrics.k8s.io "default/nosuch" not found"#),
+        "{e}"
+    );
+    let e = api.fails(&["top", "node", "nosuch"]);
+    assert!(
+        e.contains(r#"nodemetrics.metrics.k8s.io "nosuch" not found"#),
+        "{e}"
+    );
+    let e = api.fails(&[
+        "get",
+        "--raw",
+        "/apis/metrics.k8s.io/v1beta1/pods?watch=true",
+    ]);
+    assert!(e.contains("MethodNotAllowed"), "{e}");
+    delete_all_pods(api, &["burn", "hog"], &node);
 }

@@ -21,6 +21,7 @@ use ferrokube_kubelet::pods::Pods;
 use ferrokube_kubelet::pressure::Thresholds;
 use ferrokube_kubelet::routes;
 use ferrokube_kubelet::server::{self, ServerConfig};
+use ferrokube_kubelet::stats::Sampler;
 use k8s_openapi::api::core::v1::{Pod, Service};
 
 #[derive(Parser, Debug)]
@@ -312,7 +313,15 @@ async fn run() -> Result<()> {
     let listener = tokio::net::TcpListener::bind(server_cfg.address)
         .await
         .with_context(|| format!("listening on {}", server_cfg.address))?;
-    let server = tokio::spawn(server::run(pods.clone(), listener, server_cfg, identity));
+    let stats = Arc::new(Sampler::new(pods.clone()));
+    tokio::spawn(stats.clone().run());
+    let server = tokio::spawn(server::run(
+        pods.clone(),
+        stats,
+        listener,
+        server_cfg,
+        identity,
+    ));
     // The pods bound to this node, cached and watched.
     let mut informer = Informer::new(
         Api::<Pod>::all(client.clone()),

@@ -115,6 +115,47 @@ pub fn generate_name(prefix: &str) -> String {
     format!("{cut}{}", random_suffix(5))
 }
 
+/// Go's `time.Duration` text (`1h0m0s`, `1.5s`).
+pub fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let neg = ns < 0;
+    let mut n = ns.unsigned_abs();
+    let mut s = String::new();
+    if n < 1_000_000_000 {
+        s = if n < 1000 {
+            format!("{n}ns")
+        } else if n < 1_000_000 {
+            format!("{}µs", trim_frac(n as f64 / 1e3))
+        } else {
+            format!("{}ms", trim_frac(n as f64 / 1e6))
+        };
+    } else {
+        let h = n / 3_600_000_000_000;
+        n %= 3_600_000_000_000;
+        let m = n / 60_000_000_000;
+        n %= 60_000_000_000;
+        let secs = n as f64 / 1e9;
+        if h > 0 {
+            s.push_str(&format!("{h}h{m}m"));
+        } else if m > 0 {
+            s.push_str(&format!("{m}m"));
+        }
+        s.push_str(&format!("{}s", trim_frac(secs)));
+    }
+    if neg {
+        format!("-{s}")
+    } else {
+        s
+    }
+}
+
+fn trim_frac(f: f64) -> String {
+    let s = format!("{f:.9}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
 /// Upstream's human-readable age (`translateTimestampSince`: `5s`, `3m12s`, `4h`, `2d3h`,
 /// `400d`, `3y20d`).
 pub fn human_duration(secs: i64) -> String {
@@ -170,6 +211,14 @@ pub fn age(ts: Option<&str>, now: jiff::Timestamp) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_print_like_go() {
+        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        assert_eq!(go_duration(90_000_000_000), "1m30s");
+        assert_eq!(go_duration(1_500_000_000), "1.5s");
+        assert_eq!(go_duration(2_000_000), "2ms");
+    }
 
     #[test]
     fn durations_read_like_upstream() {

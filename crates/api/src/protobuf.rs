@@ -261,47 +261,6 @@ fn is_zero(v: &Value) -> bool {
     }
 }
 
-/// Go's `time.Duration` text (`1h0m0s`, `1.5s`).
-fn go_duration(ns: i64) -> String {
-    if ns == 0 {
-        return "0s".into();
-    }
-    let neg = ns < 0;
-    let mut n = ns.unsigned_abs();
-    let mut s = String::new();
-    if n < 1_000_000_000 {
-        s = if n < 1000 {
-            format!("{n}ns")
-        } else if n < 1_000_000 {
-            format!("{}µs", trim_frac(n as f64 / 1e3))
-        } else {
-            format!("{}ms", trim_frac(n as f64 / 1e6))
-        };
-    } else {
-        let h = n / 3_600_000_000_000;
-        n %= 3_600_000_000_000;
-        let m = n / 60_000_000_000;
-        n %= 60_000_000_000;
-        let secs = n as f64 / 1e9;
-        if h > 0 {
-            s.push_str(&format!("{h}h{m}m"));
-        } else if m > 0 {
-            s.push_str(&format!("{m}m"));
-        }
-        s.push_str(&format!("{}s", trim_frac(secs)));
-    }
-    if neg {
-        format!("-{s}")
-    } else {
-        s
-    }
-}
-
-fn trim_frac(f: f64) -> String {
-    let s = format!("{f:.9}");
-    s.trim_end_matches('0').trim_end_matches('.').to_string()
-}
-
 /// Messages with a JSON form of their own.
 fn special(name: &str, fields: &[(u32, Raw<'_>)]) -> Option<Result<Value, String>> {
     let int = |tag: u32| {
@@ -331,7 +290,9 @@ fn special(name: &str, fields: &[(u32, Raw<'_>)]) -> Option<Result<Value, String
                 }
             })
         }
-        "apimachinery.pkg.apis.meta.v1.Duration" => Ok(json!(go_duration(int(1).unwrap_or(0)))),
+        "apimachinery.pkg.apis.meta.v1.Duration" => {
+            Ok(json!(crate::meta::go_duration(int(1).unwrap_or(0))))
+        }
         "apimachinery.pkg.api.resource.Quantity" => {
             text(bytes(1).unwrap_or_default()).map(Value::String)
         }
@@ -544,13 +505,5 @@ mod tests {
             json!([{"name": "web", "image": "nginx"}])
         );
         assert!(decode(b"{}").is_err());
-    }
-
-    #[test]
-    fn durations_print_like_go() {
-        assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
-        assert_eq!(go_duration(90_000_000_000), "1m30s");
-        assert_eq!(go_duration(1_500_000_000), "1.5s");
-        assert_eq!(go_duration(2_000_000), "2ms");
     }
 }

@@ -538,7 +538,45 @@ pub static BUILTIN: &[ResourceInfo] = &[
             STATUS,
         )
     },
+    // metrics.k8s.io/v1beta1: resource usage read from the kubelets, never stored (what
+    // metrics-server serves upstream through the aggregation layer).
+    ResourceInfo {
+        verbs: METRICS_VERBS,
+        storage_prefix: "",
+        ..res(
+            METRICS_GROUP,
+            "v1beta1",
+            "NodeMetrics",
+            "nodes",
+            "",
+            false,
+            NONE,
+            NONE,
+            NONE,
+        )
+    },
+    ResourceInfo {
+        verbs: METRICS_VERBS,
+        storage_prefix: "",
+        ..res(
+            METRICS_GROUP,
+            "v1beta1",
+            "PodMetrics",
+            "pods",
+            "",
+            true,
+            NONE,
+            NONE,
+            NONE,
+        )
+    },
 ];
+
+/// The group of the resource metrics API (`kubectl top`).
+pub const METRICS_GROUP: &str = "metrics.k8s.io";
+
+/// What the resource metrics API allows.
+const METRICS_VERBS: &[&str] = &["get", "list"];
 
 /// A built-in resource by group and plural; panics on a name that is not built in
 /// (callers name resources of their own code).

@@ -104,6 +104,8 @@ pub fn columns(kind: &str) -> Vec<Column> {
         "ConfigMap" => vec![NAME, int("Data"), age],
         "Secret" => vec![NAME, col("Type"), int("Data"), age],
         "ServiceAccount" => vec![NAME, int("Secrets"), age],
+        // As metrics-server prints them.
+        "NodeMetrics" | "PodMetrics" => vec![NAME, col("CPU"), col("Memory"), col("Window")],
         "Node" => vec![
             NAME,
             col("Status"),
@@ -456,6 +458,35 @@ pub fn cells(kind: &str, obj: &Value, now: jiff::Timestamp) -> Vec<Value> {
             vec![json!(nm), json!(s(obj, "/type")), json!(count), json!(age)]
         }
         "ServiceAccount" => vec![json!(nm), json!(arr(obj, "/secrets").len()), json!(age)],
+        "NodeMetrics" => vec![
+            json!(nm),
+            json!(s(obj, "/usage/cpu")),
+            json!(s(obj, "/usage/memory")),
+            json!(s(obj, "/window")),
+        ],
+        "PodMetrics" => {
+            // The pod's usage: its containers' added up.
+            let total = |r: &str| {
+                let sum: i128 = arr(obj, "/containers")
+                    .iter()
+                    .filter_map(|c| {
+                        crate::quantity::Quantity::parse(&s(c, &format!("/usage/{r}"))).ok()
+                    })
+                    .map(|q| if r == "cpu" { q.nanos() } else { q.value() })
+                    .sum();
+                if r == "cpu" {
+                    format!("{sum}n")
+                } else {
+                    format!("{}Ki", sum / 1024)
+                }
+            };
+            vec![
+                json!(nm),
+                json!(total("cpu")),
+                json!(total("memory")),
+                json!(s(obj, "/window")),
+            ]
+        }
         "Node" => {
             let ready = arr(obj, "/status/conditions")
                 .iter()

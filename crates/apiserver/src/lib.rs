@@ -11,7 +11,8 @@
 //! `kubernetes` Service pointing at the live API servers; [`crds`] serves custom resources;
 //! [`metrics`] serves `/metrics`; [`grpc`] carries the components' requests over gRPC on
 //! the same port; [`pod_streams`] serves pod logs, exec, attach and port-forward through
-//! the kubelets ([`kubelet_client`]).
+//! the kubelets ([`kubelet_client`]), and [`resource_metrics`] the `metrics.k8s.io` API
+//! from their usage figures.
 
 pub mod alloc;
 pub mod apply;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod pki;
 pub mod pod_streams;
 pub mod request;
+pub mod resource_metrics;
 pub mod rest;
 pub mod server;
 pub mod storage;

@@ -31,7 +31,7 @@ use crate::request::{Query, ResourcePath};
 use crate::rest::{error_response, full, Body};
 use crate::server::ApiServer;
 
-type Kubelet = ferrokube_proto::kubelet::kubelet_client::KubeletClient<Channel>;
+pub(crate) type Kubelet = ferrokube_proto::kubelet::kubelet_client::KubeletClient<Channel>;
 
 /// Whether a pod subresource is one of these.
 pub fn is_streaming(rp: &ResourcePath) -> bool {
@@ -388,11 +388,17 @@ impl ApiServer {
 
     /// The kubelet of a node, at its first usable address and its daemon endpoint.
     async fn kubelet_of(&self, node: &str) -> Result<Kubelet, StatusError> {
+        let obj = self.core_object("nodes", "", node).await?;
+        self.kubelet_at(&obj)
+    }
+
+    /// The kubelet of a stored Node object.
+    pub(crate) fn kubelet_at(&self, obj: &Value) -> Result<Kubelet, StatusError> {
         let client = self
             .kubelet
             .get()
             .ok_or_else(|| status::unavailable("no kubelet client certificate is configured"))?;
-        let obj = self.core_object("nodes", "", node).await?;
+        let node = obj["metadata"]["name"].as_str().unwrap_or_default();
         let addresses = obj["status"]["addresses"]
             .as_array()
             .cloned()

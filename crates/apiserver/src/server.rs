@@ -402,6 +402,11 @@ impl ApiServer {
         if crate::pod_streams::is_streaming(&rp) {
             return self.pod_stream(req, &rp, &query).await;
         }
+        if r.group == ferrokube_api::registry::METRICS_GROUP {
+            return self
+                .resource_metrics(&r, verb, &rp, &query, req.headers())
+                .await;
+        }
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(b) => b.to_bytes(),

@@ -229,6 +229,49 @@ pub fn remove_pod(cgroup: &str) {
     }
 }
 
+/// The CPU time a cgroup's processes have used, in nanoseconds (`cpuacct.usage` on v1,
+/// `usage_usec` of `cpu.stat` on v2).
+pub fn cpu_usage_ns(cgroup: &str) -> std::io::Result<u64> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable CPU usage");
+    if unified() {
+        let stat = std::fs::read_to_string(dir("", cgroup).join("cpu.stat"))?;
+        return stat_value(&stat, "usage_usec")
+            .map(|us| us * 1000)
+            .ok_or_else(bad);
+    }
+    std::fs::read_to_string(dir("cpuacct", cgroup).join("cpuacct.usage"))?
+        .trim()
+        .parse()
+        .map_err(|_| bad())
+}
+
+/// A cgroup's memory working set: what it uses less the inactive file cache the kernel
+/// can drop, as cAdvisor and the kubelet's eviction count it.
+pub fn memory_working_set(cgroup: &str) -> std::io::Result<u64> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "unreadable memory usage");
+    let (usage_file, inactive_key, d) = if unified() {
+        ("memory.current", "inactive_file", dir("", cgroup))
+    } else {
+        (
+            "memory.usage_in_bytes",
+            "total_inactive_file",
+            dir("memory", cgroup),
+        )
+    };
+    let usage: u64 = std::fs::read_to_string(d.join(usage_file))?
+        .trim()
+        .parse()
+        .map_err(|_| bad())?;
+    let stat = std::fs::read_to_string(d.join("memory.stat"))?;
+    Ok(usage.saturating_sub(stat_value(&stat, inactive_key).unwrap_or(0)))
+}
+
+/// A value of a flat-keyed cgroup file (`key value` lines).
+fn stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -282,5 +325,17 @@ mod tests {
         );
         assert_eq!(shares_to_weight(2), 1);
         assert_eq!(shares_to_weight(262_144), 10_000);
+    }
+
+    #[test]
+    fn flat_keyed_files_read_by_key() {
+        let stat = "cache 4096\ninactive_file 8192\ntotal_inactive_file 12288\n";
+        assert_eq!(stat_value(stat, "inactive_file"), Some(8192));
+        assert_eq!(stat_value(stat, "total_inactive_file"), Some(12288));
+        assert_eq!(stat_value(stat, "active_file"), None);
+        assert_eq!(
+            stat_value("usage_usec 1500\nuser_usec 1000", "usage_usec"),
+            Some(1500)
+        );
     }
 }

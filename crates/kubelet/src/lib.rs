@@ -2,7 +2,8 @@
 //! posts its status and keeps its Lease; [`config`] reads the `KubeletConfiguration`
 //! file; [`pods`] runs the pods bound to the node: [`sandbox`] holds each pod's
 //! namespaces and [`runtime`] runs containers with runc; [`server`] serves logs, exec,
-//! attach and port-forward to kube-apiserver.
+//! attach and port-forward to kube-apiserver, and [`stats`] the usage `kubectl top`
+//! shows.
 
 pub mod cgroups;
 pub mod config;
@@ -20,6 +21,7 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod static_pods;
+pub mod stats;
 pub mod volumes;
 
 /// What can go wrong in the kubelet.

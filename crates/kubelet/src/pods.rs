@@ -621,11 +621,6 @@ impl Pods {
         let id = Self::container_id(&uid, &c.name, attempt);
         let dir = self.container_dir(&uid, &c.name).join(attempt.to_string());
         let bundle_dir = dir.join("bundle");
-        let qos = pod
-            .status
-            .as_ref()
-            .and_then(|s| s.qos_class.clone())
-            .unwrap_or_else(|| "BestEffort".into());
         let memory_limit = c
             .resources
             .as_ref()
@@ -743,10 +738,7 @@ impl Pods {
                 .as_ref()
                 .and_then(|s| s.host_network)
                 .unwrap_or(false),
-            cgroups_path: format!(
-                "{}/{id}",
-                cgroups::pod_cgroup(&self.cgroup_root, &qos, &uid)
-            ),
+            cgroups_path: format!("{}/{id}", self.pod_cgroup_of(pod)),
             memory_limit,
             cpu_shares,
             cpu_quota,
@@ -846,6 +838,57 @@ impl Pods {
         self.pod_logs_dir
             .join(format!("{namespace}_{pod}_{uid}"))
             .join(container)
+    }
+
+    /// A pod's cgroup, by the QoS class its status gives.
+    fn pod_cgroup_of(&self, pod: &Pod) -> String {
+        let qos = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.qos_class.as_deref())
+            .unwrap_or("BestEffort");
+        cgroups::pod_cgroup(
+            &self.cgroup_root,
+            qos,
+            pod.metadata.uid.as_deref().unwrap_or_default(),
+        )
+    }
+
+    /// The running containers of the pods this kubelet runs (app containers and
+    /// sidecars), with their cgroups: what [`crate::stats`] measures.
+    pub fn running_containers(&self) -> Vec<crate::stats::Running> {
+        let pods: Vec<Arc<Pod>> = self
+            .workers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|(_, tx)| tx.borrow().clone())
+            .collect();
+        let mut out = Vec::new();
+        for pod in pods {
+            let Some(spec) = &pod.spec else { continue };
+            let m = &pod.metadata;
+            let uid = m.uid.clone().unwrap_or_default();
+            let cgroup = self.pod_cgroup_of(&pod);
+            let sidecars = spec
+                .init_containers
+                .iter()
+                .flatten()
+                .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+            for c in sidecars.chain(&spec.containers) {
+                if let Some(id) = self.running_id(&uid, &c.name) {
+                    out.push(crate::stats::Running {
+                        namespace: m.namespace.clone().unwrap_or_default(),
+                        pod: m.name.clone().unwrap_or_default(),
+                        uid: uid.clone(),
+                        container: c.name.clone(),
+                        cgroup: format!("{cgroup}/{id}"),
+                        id,
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// The runc id of a container's running attempt.
@@ -1249,12 +1292,7 @@ impl Pods {
         // process in it.
         let marker = self.pod_dir(&uid).join("cgroup");
         if !marker.exists() {
-            let qos = pod
-                .status
-                .as_ref()
-                .and_then(|s| s.qos_class.as_deref())
-                .unwrap_or("BestEffort");
-            let cgroup = cgroups::pod_cgroup(&self.cgroup_root, qos, &uid);
+            let cgroup = self.pod_cgroup_of(pod);
             cgroups::ensure_pod(
                 &cgroup,
                 &cgroups::pod_resources(pod),

@@ -11,6 +11,7 @@ use std::path::Path;
 
 use ferrokube_api::quantity::Quantity;
 
+use crate::stats::{meminfo_value, node_memory_working_set};
 use crate::Error;
 
 /// The signals upstream knows.
@@ -102,33 +103,11 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
 
-fn meminfo(key: &str) -> Option<u64> {
-    read("/proc/meminfo")
-        .lines()
-        .find(|l| l.starts_with(key))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|n| n.parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-}
-
 /// Measures the node now.
 pub fn observe(root_dir: &Path, image_dir: &Path) -> Observed {
     let mut o = BTreeMap::new();
-    if let Some(capacity) = meminfo("MemTotal:") {
-        // The working set: the root memory cgroup's usage less its inactive files (v1),
-        // else what the kernel cannot give back (MemTotal - MemAvailable).
-        let usage = read("/sys/fs/cgroup/memory/memory.usage_in_bytes")
-            .trim()
-            .parse::<u64>()
-            .ok();
-        let inactive = read("/sys/fs/cgroup/memory/memory.stat")
-            .lines()
-            .find_map(|l| l.strip_prefix("total_inactive_file "))
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        let working_set = match (usage, inactive) {
-            (Some(u), Some(i)) => u.saturating_sub(i),
-            _ => capacity.saturating_sub(meminfo("MemAvailable:").unwrap_or(capacity)),
-        };
+    let capacity = meminfo_value(&read("/proc/meminfo"), "MemTotal:");
+    if let (Some(capacity), Some(working_set)) = (capacity, node_memory_working_set()) {
         o.insert(
             "memory.available",
             (capacity.saturating_sub(working_set), capacity),

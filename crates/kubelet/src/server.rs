@@ -1,5 +1,6 @@
 //! The kubelet's server (port 10250): the streaming service kube-apiserver calls for
-//! `kubectl logs`, `exec`, `attach` and `port-forward`. It speaks gRPC over TLS with a
+//! `kubectl logs`, `exec`, `attach` and `port-forward`, and the resource usage behind
+//! `kubectl top`. It speaks gRPC over TLS with a
 //! serving certificate of its own (self-signed under `<root-dir>/pki` unless given, as
 //! upstream's kubelet does) and requires a client certificate from the cluster CA that
 //! names kube-apiserver's kubelet client (`kube-apiserver-kubelet-client`) or an
@@ -14,7 +15,7 @@ use std::time::Duration;
 use ferrokube_proto::kubelet::kubelet_server::{Kubelet, KubeletServer};
 use ferrokube_proto::kubelet::{
     port_forward_input, stream_input, stream_output, LogChunk, LogRequest, PortForwardInput,
-    PortForwardOutput, StreamInput, StreamOutput, StreamStart, Target,
+    PortForwardOutput, StatsRequest, StatsResponse, StreamInput, StreamOutput, StreamStart, Target,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -22,6 +23,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::logs::{LogOptions, Reader, FOLLOW_POLL};
 use crate::pods::Pods;
+use crate::stats::Sampler;
 use crate::Error;
 
 /// Where the server listens and with which certificates.
@@ -80,6 +82,7 @@ pub fn serving_identity(
 /// Serves on `listener` until it fails.
 pub async fn run(
     pods: Arc<Pods>,
+    stats: Arc<Sampler>,
     listener: tokio::net::TcpListener,
     cfg: ServerConfig,
     identity: (Vec<u8>, Vec<u8>),
@@ -93,7 +96,7 @@ pub async fn run(
     tonic::transport::Server::builder()
         .tls_config(tls)
         .map_err(|e| Error::Config(format!("kubelet server TLS: {e}")))?
-        .add_service(KubeletServer::new(Service { pods }))
+        .add_service(KubeletServer::new(Service { pods, stats }))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
         .await
         .map_err(|e| Error::Config(format!("kubelet server on {}: {e}", cfg.address)))
@@ -131,6 +134,7 @@ fn authorize<T>(req: &Request<T>) -> Result<(), Status> {
 
 struct Service {
     pods: Arc<Pods>,
+    stats: Arc<Sampler>,
 }
 
 type OutStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
@@ -146,6 +150,11 @@ impl Kubelet for Service {
     type ExecStream = OutStream<StreamOutput>;
     type AttachStream = OutStream<StreamOutput>;
     type PortForwardStream = OutStream<PortForwardOutput>;
+
+    async fn stats(&self, req: Request<StatsRequest>) -> Result<Response<StatsResponse>, Status> {
+        authorize(&req)?;
+        Ok(Response::new(self.stats.current().await))
+    }
 
     async fn logs(&self, req: Request<LogRequest>) -> Result<Response<Self::LogsStream>, Status> {
         authorize(&req)?;
