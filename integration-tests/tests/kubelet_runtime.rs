@@ -89,6 +89,8 @@ fn run_container_with(
         exit_file: bundle_dir.join("exit.json"),
         log_max_size: 10 << 20,
         log_max_files: 5,
+        stdin: false,
+        stdin_once: false,
     };
     // The shim's own status says whether the container started; the exit file says how
     // it ended (or why it never started).

@@ -46,8 +46,8 @@ fn run_io(mut c: Command, stdin: &[u8]) -> (i32, String, String) {
 }
 
 /// Runs a kubectl command in a pseudo-terminal (`script`), after `setup` there; its
-/// output.
-fn in_terminal(c: Command, setup: &str) -> String {
+/// output. `typed` is typed into the terminal once the output shows its marker.
+fn in_terminal(c: Command, setup: &str, typed: Option<(&str, &str)>) -> String {
     let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
     let mut line = quote(c.get_program());
     for a in c.get_args() {
@@ -65,17 +65,45 @@ fn in_terminal(c: Command, setup: &str) -> String {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let keep_open = child.stdin.take();
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let _ = child.wait();
-    drop(keep_open);
-    out.replace('\r', "")
+    let mut keyboard = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let collected = out.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            collected
+                .lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut typed = typed;
+    loop {
+        if let Some((marker, text)) = typed {
+            if out.lock().unwrap().contains(marker) {
+                keyboard.write_all(text.as_bytes()).unwrap();
+                typed = None;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = reader.join();
+    drop(keyboard);
+    let text = out.lock().unwrap().replace('\r', "");
+    text
 }
 
 fn running(api: &ApiServer, name: &str, node: &Node) {
@@ -329,6 +357,7 @@ spec:
                 ],
             ),
             "stty cols 91 rows 37",
+            None,
         );
         assert!(out.contains("/dev/pts/"), "{proto}: {out}");
         assert!(out.contains("37 91"), "{proto}: {out}");
@@ -705,4 +734,200 @@ spec:
     ]);
     assert!(e.contains("MethodNotAllowed"), "{e}");
     delete_all_pods(api, &["burn", "hog"], &node);
+}
+
+/// Runs kubectl until its output shows `want` (or 60 s pass), then stops it; the
+/// output so far.
+fn output_until(mut c: Command, want: &str) -> String {
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut out = Vec::new();
+    while !String::from_utf8_lossy(&out).contains(want) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => out.extend(chunk),
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn attach_and_run_interactively() {
+    let w = world();
+    let api = &w.api;
+    let root = w.dir.path().join("kubelet");
+    let node = start_node(&w, &root);
+    let mut pods = String::new();
+    for i in 0..2 {
+        pods += &format!(
+            r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader-{i}}}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  containers:
+  - name: r
+    image: busybox
+    stdin: true
+    stdinOnce: true
+    command: [sh, -c, 'while read l; do echo got-$l; echo err-$l >&2; done; echo bye']
+"#
+        );
+    }
+    pods += r#"
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: ticker}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: t, image: busybox, command: [sh, -c, 'i=0; while true; do i=$((i+1)); echo tick-$i; sleep 0.2; done']}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: term}
+spec:
+  nodeName: node-1
+  restartPolicy: Never
+  containers:
+  - {name: sh, image: busybox, stdin: true, tty: true, command: [sh]}
+"#;
+    apply(api, &pods);
+    for p in ["reader-0", "reader-1", "ticker", "term"] {
+        running(api, p, &node);
+    }
+
+    // Output only: what the container writes from now on.
+    let out = output_until(kubectl(api, false, &["attach", "ticker"]), "\n");
+    let out = output_until(kubectl(api, false, &["attach", "ticker"]), &{
+        let first: u32 = out
+            .lines()
+            .find_map(|l| l.strip_prefix("tick-")?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no tick in {out:?}"));
+        format!("tick-{}\n", first + 3)
+    });
+    assert!(
+        out.lines().filter(|l| l.starts_with("tick-")).count() >= 3,
+        "{out}"
+    );
+
+    // stdin: the container reads what kubectl sends; with stdinOnce its input ends when
+    // kubectl's does, it finishes, and the session ends with it.
+    for (i, spdy) in [false, true].into_iter().enumerate() {
+        let proto = if spdy { "SPDY" } else { "WebSocket" };
+        let pod = format!("reader-{i}");
+        let (code, out, err) = run_io(kubectl(api, spdy, &["attach", "-i", &pod]), b"one\ntwo\n");
+        assert_eq!(
+            (code, out.as_str()),
+            (0, "got-one\ngot-two\nbye\n"),
+            "{proto}: {err}"
+        );
+        assert!(err.contains("err-one\nerr-two\n"), "{proto}: {err}");
+        wait_for(
+            "the reader to finish",
+            30,
+            || pod_phase(api, &pod) == "Succeeded",
+            &node,
+        );
+        let e = api.fails(&["attach", &pod]);
+        assert!(
+            e.contains("cannot attach a container in a completed pod; current phase is Succeeded"),
+            "{e}"
+        );
+    }
+
+    // A terminal: typed input echoes, the caller's size applies, `exit` ends it all.
+    let out = in_terminal(
+        kubectl(api, false, &["attach", "-it", "term"]),
+        "stty cols 83 rows 29",
+        Some((
+            "If you don't see a command prompt",
+            "sleep 1; stty size; echo tty-$((6*7)); exit\n",
+        )),
+    );
+    assert!(out.contains("29 83"), "{out}");
+    assert!(out.contains("tty-42"), "{out}");
+    wait_for(
+        "the shell to end",
+        30,
+        || pod_phase(api, "term") == "Succeeded",
+        &node,
+    );
+
+    // `kubectl run -i --rm`: attached from the start; the pod's exit code is kubectl's,
+    // and the pod is gone afterwards.
+    let (code, out, err) = run_io(
+        kubectl(
+            api,
+            false,
+            &[
+                "run",
+                "once",
+                "-i",
+                "--rm",
+                "--restart=Never",
+                "--image=busybox",
+                r#"--overrides={"apiVersion":"v1","spec":{"nodeName":"node-1"}}"#,
+                "--",
+                "sh",
+            ],
+        ),
+        b"echo hello-$((40+2)); exit 3\n",
+    );
+    assert_eq!(code, 3, "{out}\n{err}");
+    assert!(out.contains("hello-42"), "{out}\n{err}");
+    wait_for(
+        "the pod to go",
+        30,
+        || api.kubectl(&["get", "pod", "once"]).is_err(),
+        &node,
+    );
+
+    // Bad input: kubectl checks the container name itself; the API refuses it too.
+    let e = api.fails(&["attach", "ticker", "-c", "nosuch"]);
+    assert!(
+        e.contains("container nosuch not found in pod ticker"),
+        "{e}"
+    );
+    let e = api.fails(&[
+        "create",
+        "--raw",
+        "/api/v1/namespaces/default/pods/ticker/attach?container=nosuch&stdout=true",
+        "-f",
+        "/dev/null",
+    ]);
+    assert!(
+        e.contains("container nosuch is not valid for pod ticker"),
+        "{e}"
+    );
+    delete_all_pods(api, &["reader-0", "reader-1", "ticker", "term"], &node);
+}
+
+fn pod_phase(api: &ApiServer, name: &str) -> String {
+    pod(api, name)["status"]["phase"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }

@@ -122,7 +122,7 @@ fn main() {
     if argv.get(1).map(String::as_str) == Some("shim") {
         let Some(a) = ferrokube_kubelet::runtime::shim::ShimArgs::from_args(&argv[2..]) else {
             ferrokube_process::exit_with(
-                "usage: kubelet shim RUNC_ROOT ID BUNDLE LOG EXIT_FILE LOG_MAX_SIZE LOG_MAX_FILES",
+                "usage: kubelet shim RUNC_ROOT ID BUNDLE LOG EXIT_FILE LOG_MAX_SIZE LOG_MAX_FILES STDIN STDIN_ONCE",
             );
         };
         // Detach: the kubelet's call returns at once, the shim lives on in a session of

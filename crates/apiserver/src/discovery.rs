@@ -36,6 +36,7 @@ fn subresource(
         "eviction" if r.kind == "Pod" => Some(("policy", "v1", "Eviction", &["create"])),
         "log" if r.kind == "Pod" => Some(("", "", "", &["get"])),
         "exec" if r.kind == "Pod" => Some(("", "v1", "PodExecOptions", &["create", "get"])),
+        "attach" if r.kind == "Pod" => Some(("", "v1", "PodAttachOptions", &["create", "get"])),
         "portforward" if r.kind == "Pod" => {
             Some(("", "v1", "PodPortForwardOptions", &["create", "get"]))
         }
@@ -227,7 +228,8 @@ mod tests {
                 && names.contains(&"pods/binding")
         );
         assert!(names.contains(&"pods/exec") && names.contains(&"pods/log"));
-        assert!(!names.contains(&"pods/attach"), "not served yet");
+        assert!(names.contains(&"pods/attach") && names.contains(&"pods/portforward"));
+        assert!(!names.contains(&"pods/proxy"), "not served");
         let apps = resource_list(&reg, "apps", "v1").unwrap();
         let scale = apps["resources"]
             .as_array()

@@ -175,6 +175,23 @@ impl Pods {
         format!("{}-{name}-{attempt}", &uid[..uid.len().min(8)])
     }
 
+    /// The attempt a container id names, if it is one of this container's.
+    fn attempt_of(uid: &str, name: &str, id: &str) -> Option<u32> {
+        let attempt: u32 = id.rsplit_once('-')?.1.parse().ok()?;
+        (Self::container_id(uid, name, attempt) == id).then_some(attempt)
+    }
+
+    /// The attach socket of a container attempt, by its runc id.
+    pub fn attach_socket(&self, uid: &str, name: &str, id: &str) -> Option<PathBuf> {
+        let attempt = Self::attempt_of(uid, name, id)?;
+        Some(
+            self.container_dir(uid, name)
+                .join(attempt.to_string())
+                .join("bundle")
+                .join(crate::runtime::attach::SOCKET),
+        )
+    }
+
     fn attempt_state(&self, uid: &str, name: &str, attempt: u32) -> Attempt {
         let dir = self.container_dir(uid, name).join(attempt.to_string());
         let id = Self::container_id(uid, name, attempt);
@@ -790,6 +807,8 @@ impl Pods {
             exit_file: dir.join("exit.json"),
             log_max_size: self.log_max_size,
             log_max_files: self.log_max_files,
+            stdin: c.stdin.unwrap_or(false),
+            stdin_once: c.stdin_once.unwrap_or(false),
         };
         let status = std::process::Command::new(&self.shim_exe)
             .arg("shim")
@@ -915,14 +934,7 @@ impl Pods {
             *self.attempts(uid, container).last().ok_or_else(not_found)?
         } else {
             let id = container_id.strip_prefix("runc://").unwrap_or(container_id);
-            let attempt: u32 = id
-                .rsplit_once('-')
-                .and_then(|(_, n)| n.parse().ok())
-                .ok_or_else(not_found)?;
-            if Self::container_id(uid, container, attempt) != id {
-                return Err(not_found());
-            }
-            attempt
+            Self::attempt_of(uid, container, id).ok_or_else(not_found)?
         };
         Ok((
             self.log_dir_of(namespace, pod, uid, container)

@@ -139,6 +139,18 @@ struct Service {
 
 type OutStream<T> = Pin<Box<dyn futures::Stream<Item = Result<T, Status>> + Send>>;
 
+/// The first message of an exec or attach session.
+async fn session_start(input: &mut Streaming<StreamInput>) -> Result<StreamStart, Status> {
+    match input.message().await? {
+        Some(StreamInput {
+            input: Some(stream_input::Input::Start(s)),
+        }) => Ok(s),
+        _ => Err(Status::invalid_argument(
+            "the first message must start the session",
+        )),
+    }
+}
+
 fn target(t: Option<Target>) -> Result<Target, Status> {
     t.filter(|t| !t.uid.is_empty() && !t.container.is_empty())
         .ok_or_else(|| Status::invalid_argument("the target pod and container are required"))
@@ -219,16 +231,7 @@ impl Kubelet for Service {
     ) -> Result<Response<Self::ExecStream>, Status> {
         authorize(&req)?;
         let mut input = req.into_inner();
-        let start = match input.message().await? {
-            Some(StreamInput {
-                input: Some(stream_input::Input::Start(s)),
-            }) => s,
-            _ => {
-                return Err(Status::invalid_argument(
-                    "the first message must start the session",
-                ))
-            }
-        };
+        let start = session_start(&mut input).await?;
         let t = target(start.target.clone())?;
         if start.command.is_empty() {
             return Err(Status::invalid_argument("a command is required"));
@@ -245,9 +248,23 @@ impl Kubelet for Service {
         req: Request<Streaming<StreamInput>>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         authorize(&req)?;
-        Err(Status::unimplemented(
-            "attach is not supported by this kubelet yet",
-        ))
+        let mut input = req.into_inner();
+        let start = session_start(&mut input).await?;
+        let t = target(start.target.clone())?;
+        let not_running =
+            || Status::not_found(format!("container not found (\"{}\")", t.container));
+        let id = self
+            .pods
+            .running_id(&t.uid, &t.container)
+            .ok_or_else(not_running)?;
+        let socket = self
+            .pods
+            .attach_socket(&t.uid, &t.container, &id)
+            .ok_or_else(not_running)?;
+        let rx = attach(&socket, start, input).await.map_err(|e| {
+            Status::internal(format!("error attaching to container {}: {e}", t.container))
+        })?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn port_forward(
@@ -383,19 +400,76 @@ async fn forward(
     tokio::join!(upstream, downstream);
 }
 
-nix::ioctl_write_ptr_bad!(set_window_size, nix::libc::TIOCSWINSZ, nix::libc::winsize);
+/// Reads one attach frame.
+async fn read_frame(
+    rd: &mut (impl tokio::io::AsyncRead + Unpin),
+) -> std::io::Result<crate::runtime::attach::Frame> {
+    use crate::runtime::attach::Frame;
+    use tokio::io::AsyncReadExt as _;
+    let mut h = [0u8; 5];
+    rd.read_exact(&mut h).await?;
+    let (kind, len) = Frame::header(h)?;
+    let mut payload = vec![0u8; len];
+    rd.read_exact(&mut payload).await?;
+    Frame::decode(kind, payload)
+}
 
-/// Sets a terminal's size.
-fn resize(fd: &std::os::fd::OwnedFd, width: u32, height: u32) {
-    use std::os::fd::AsRawFd as _;
-    let ws = nix::libc::winsize {
-        ws_row: height.min(u16::MAX as u32) as u16,
-        ws_col: width.min(u16::MAX as u32) as u16,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    };
-    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
-    let _ = unsafe { set_window_size(fd.as_raw_fd(), &ws) };
+/// Attaches to a container through its shim's socket: the session's input goes to
+/// the shim, what the container writes from now on comes back; the stream ends (with
+/// success, as upstream's attach) when the container does.
+async fn attach(
+    socket: &Path,
+    start: StreamStart,
+    mut input: Streaming<StreamInput>,
+) -> std::io::Result<mpsc::Receiver<Result<StreamOutput, Status>>> {
+    use crate::runtime::attach::{short_path, Frame};
+    use tokio::io::AsyncWriteExt as _;
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    let name = socket
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let (_dir, short) = short_path(dir, &name)?;
+    let stream = tokio::net::UnixStream::connect(&short).await?;
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(&Frame::Hello { stdin: start.stdin }.encode())
+        .await?;
+    tokio::spawn(async move {
+        while let Ok(Some(m)) = input.message().await {
+            let frame = match m.input {
+                Some(stream_input::Input::Stdin(d)) if start.stdin => Frame::Stdin(d),
+                Some(stream_input::Input::StdinClosed(_)) => Frame::CloseStdin,
+                Some(stream_input::Input::Resize(r)) => Frame::Resize {
+                    width: r.width.min(u16::MAX as u32) as u16,
+                    height: r.height.min(u16::MAX as u32) as u16,
+                },
+                _ => continue,
+            };
+            if wr.write_all(&frame.encode()).await.is_err() {
+                return;
+            }
+        }
+        // The caller has gone: the shim sees this client leave.
+        let _ = wr.shutdown().await;
+    });
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            let out = match read_frame(&mut rd).await {
+                Ok(Frame::Stdout(d)) if start.stdout => stream_output::Output::Stdout(d),
+                Ok(Frame::Stderr(d)) if start.stderr => stream_output::Output::Stderr(d),
+                Ok(_) => continue,
+                // The shim closed the socket: the container has ended.
+                Err(_) => stream_output::Output::ExitCode(0),
+            };
+            let last = matches!(out, stream_output::Output::ExitCode(_));
+            let sent = tx.send(Ok(StreamOutput { output: Some(out) })).await;
+            if last || sent.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 /// Runs `runc exec` for a session and returns its output stream. With a terminal,
@@ -557,7 +631,7 @@ async fn exec(
                 }
                 Some(stream_input::Input::Resize(r)) => {
                     if let (Some(m), Some(pid)) = (&term, runc_pid) {
-                        resize(m, r.width, r.height);
+                        crate::runtime::console::set_size(m, r.width, r.height);
                         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGWINCH);
                     }
                 }

@@ -1,5 +1,5 @@
 //! The socket runc hands a terminal's master end over (`--console-socket`), for
-//! containers with a TTY.
+//! containers with a TTY, and resizing terminals.
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
@@ -61,4 +61,19 @@ impl Drop for ConsoleSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
+}
+
+nix::ioctl_write_ptr_bad!(set_window_size, nix::libc::TIOCSWINSZ, nix::libc::winsize);
+
+/// Sets a terminal's size (the processes on it get SIGWINCH).
+pub fn set_size(fd: &OwnedFd, width: u32, height: u32) {
+    use std::os::fd::AsRawFd as _;
+    let ws = nix::libc::winsize {
+        ws_row: height.min(u16::MAX as u32) as u16,
+        ws_col: width.min(u16::MAX as u32) as u16,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads one winsize from the pointer, which outlives the call.
+    let _ = unsafe { set_window_size(fd.as_raw_fd(), &ws) };
 }

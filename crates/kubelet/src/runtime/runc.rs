@@ -43,6 +43,13 @@ pub fn missing() -> Option<String> {
     (!found).then(|| "runc: executable file not found in $PATH".to_string())
 }
 
+/// The stdio a container is created with (without a terminal, runc passes it on).
+pub struct Stdio3 {
+    pub stdin: Stdio,
+    pub stdout: Stdio,
+    pub stderr: Stdio,
+}
+
 impl Runc {
     pub fn new(root: &Path) -> Runc {
         Runc {
@@ -75,7 +82,7 @@ impl Runc {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
-    /// `runc create`, the container's stdout and stderr going to the given files (pipes),
+    /// `runc create`, the container's stdin, stdout and stderr the given files (pipes),
     /// or with a terminal, its master end sent to `console_socket`; runc's own messages go
     /// to `<bundle>/runc.log`, whose last error is reported.
     pub fn create(
@@ -84,8 +91,7 @@ impl Runc {
         bundle: &Path,
         pid_file: &Path,
         console_socket: Option<&Path>,
-        stdout: Stdio,
-        stderr: Stdio,
+        io: Stdio3,
     ) -> Result<(), RuncError> {
         let log = bundle.join("runc.log");
         let mut cmd = Command::new(&self.binary);
@@ -103,9 +109,9 @@ impl Runc {
         }
         let out = cmd
             .arg(id)
-            .stdin(Stdio::null())
-            .stdout(stdout)
-            .stderr(stderr)
+            .stdin(io.stdin)
+            .stdout(io.stdout)
+            .stderr(io.stderr)
             .status()
             .map_err(|e| RuncError {
                 command: format!("create {id}"),

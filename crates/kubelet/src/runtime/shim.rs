@@ -1,10 +1,10 @@
 //! The per-container shim (what conmon or containerd-shim are upstream): a small process
 //! that outlives kubelet restarts. It creates and starts the container with runc,
 //! becomes its subreaper so it can collect the exit status, writes the container's
-//! stdout and stderr to a CRI-format log file, and records the exit in a file the
-//! kubelet reads.
+//! stdout and stderr to a CRI-format log file (and to [`super::attach`]ed clients, who
+//! may also feed its stdin), and records the exit in a file the kubelet reads.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read as _, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -12,8 +12,9 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
+use super::attach::{Frame, Hub};
 use super::console::ConsoleSocket;
-use super::runc::Runc;
+use super::runc::{Runc, Stdio3};
 
 /// What a shim is told.
 #[derive(Debug, Clone)]
@@ -27,6 +28,10 @@ pub struct ShimArgs {
     pub log_max_size: u64,
     /// Files kept per container, the current one included (`containerLogMaxFiles`).
     pub log_max_files: u32,
+    /// The container takes input (`stdin`), and closes it when the first attached
+    /// client leaves (`stdinOnce`).
+    pub stdin: bool,
+    pub stdin_once: bool,
 }
 
 impl ShimArgs {
@@ -40,20 +45,26 @@ impl ShimArgs {
             self.exit_file.display().to_string(),
             self.log_max_size.to_string(),
             self.log_max_files.to_string(),
+            self.stdin.to_string(),
+            self.stdin_once.to_string(),
         ]
     }
 
     pub fn from_args(args: &[String]) -> Option<ShimArgs> {
         match args {
-            [root, id, bundle, log, exit, max_size, max_files] => Some(ShimArgs {
-                runc_root: root.into(),
-                id: id.clone(),
-                bundle: bundle.into(),
-                log: log.into(),
-                exit_file: exit.into(),
-                log_max_size: max_size.parse().ok()?,
-                log_max_files: max_files.parse().ok()?,
-            }),
+            [root, id, bundle, log, exit, max_size, max_files, stdin, stdin_once] => {
+                Some(ShimArgs {
+                    runc_root: root.into(),
+                    id: id.clone(),
+                    bundle: bundle.into(),
+                    log: log.into(),
+                    exit_file: exit.into(),
+                    log_max_size: max_size.parse().ok()?,
+                    log_max_files: max_files.parse().ok()?,
+                    stdin: stdin.parse().ok()?,
+                    stdin_once: stdin_once.parse().ok()?,
+                })
+            }
             _ => None,
         }
     }
@@ -287,29 +298,55 @@ fn gzip(file: &Path) -> std::io::Result<()> {
     std::fs::remove_file(file)
 }
 
-/// Copies one stream into the log, a CRI line per line.
+/// The longest log record; longer lines are split into partial (`P`) records, as
+/// upstream's runtimes split them.
+const MAX_LOG_LINE: usize = 16 << 10;
+
+/// Copies one output stream of the container to attached clients as it comes, and
+/// into the log, a CRI record per line.
 fn copy(
     stream: &'static str,
     from: OwnedFd,
     log: Arc<Mutex<LogFile>>,
+    hub: Arc<Hub>,
 ) -> std::thread::JoinHandle<()> {
+    let record = move |tag: &str, body: &[u8]| {
+        let mut out = format!("{} {stream} {tag} ", now_nanos()).into_bytes();
+        out.extend_from_slice(body);
+        out.push(b'\n');
+        if let Ok(mut f) = log.lock() {
+            let _ = f.write(&out);
+        }
+    };
     std::thread::spawn(move || {
-        let mut r = BufReader::new(std::fs::File::from(from));
+        let mut r = std::fs::File::from(from);
+        let mut buf = vec![0u8; 32 << 10];
         let mut line = Vec::new();
         loop {
-            line.clear();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {
-                    let body = line.strip_suffix(b"\n").unwrap_or(&line);
-                    let mut out = format!("{} {stream} F ", now_nanos()).into_bytes();
-                    out.extend_from_slice(body);
-                    out.push(b'\n');
-                    if let Ok(mut f) = log.lock() {
-                        let _ = f.write(&out);
-                    }
-                }
+            let n = match r.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            let chunk = buf[..n].to_vec();
+            line.extend_from_slice(&chunk);
+            hub.broadcast(&if stream == "stderr" {
+                Frame::Stderr(chunk)
+            } else {
+                Frame::Stdout(chunk)
+            });
+            while let Some(i) = line.iter().position(|b| *b == b'\n') {
+                record("F", &line[..i]);
+                line.drain(..=i);
             }
+            while line.len() >= MAX_LOG_LINE {
+                record("P", &line[..MAX_LOG_LINE]);
+                line.drain(..MAX_LOG_LINE);
+            }
+        }
+        if !line.is_empty() {
+            record("F", &line);
         }
     })
 }
@@ -362,28 +399,56 @@ pub fn run(a: &ShimArgs) -> i32 {
     } else {
         None
     };
+    // Without a terminal, a container that takes input reads a pipe whose other end
+    // attached clients write to; it stays open (and empty) until then.
+    let (stdin, stdin_w) = if a.stdin && !terminal {
+        // Close-on-exec: only the container's end (its stdin) may pass on.
+        match nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+            Ok((r, w)) => (Stdio::from(r), Some(w)),
+            Err(e) => return fail(format!("pipe: {e}")),
+        }
+    } else {
+        (Stdio::null(), None)
+    };
     if let Err(e) = runc.create(
         &a.id,
         &a.bundle,
         &pid_file,
         console.as_ref().map(|c| c.path.as_path()),
-        Stdio::from(out_w),
-        Stdio::from(err_w),
+        Stdio3 {
+            stdin,
+            stdout: Stdio::from(out_w),
+            stderr: Stdio::from(err_w),
+        },
     ) {
         return fail(e.to_string());
     }
-    let mut readers = vec![
-        copy("stdout", out_r, log.clone()),
-        copy("stderr", err_r, log.clone()),
-    ];
-    if let Some(c) = console {
-        match c.receive() {
-            Ok(master) => readers.push(copy("stdout", master, log)),
-            Err(e) => {
-                let _ = runc.delete(&a.id);
-                return fail(format!("console socket: {e}"));
-            }
+    // The terminal's master end: output comes from it, input and sizes go to it.
+    let master = match console.map(|c| c.receive()) {
+        Some(Ok(m)) => Some(m),
+        Some(Err(e)) => {
+            let _ = runc.delete(&a.id);
+            return fail(format!("console socket: {e}"));
         }
+        None => None,
+    };
+    let dup = |m: &OwnedFd| m.try_clone().ok();
+    let terminal_in = master.as_ref().filter(|_| a.stdin).and_then(dup);
+    let hub = Arc::new(Hub::new(
+        stdin_w.or(terminal_in),
+        master.as_ref().and_then(dup),
+        a.stdin_once,
+    ));
+    if let Err(e) = hub.listen(&a.bundle) {
+        let _ = runc.delete(&a.id);
+        return fail(format!("attach socket: {e}"));
+    }
+    let mut readers = vec![
+        copy("stdout", out_r, log.clone(), hub.clone()),
+        copy("stderr", err_r, log.clone(), hub.clone()),
+    ];
+    if let Some(m) = master {
+        readers.push(copy("stdout", m, log, hub.clone()));
     }
     let pid: i32 = match std::fs::read_to_string(&pid_file)
         .ok()
@@ -415,6 +480,7 @@ pub fn run(a: &ShimArgs) -> i32 {
     for r in readers {
         let _ = r.join();
     }
+    hub.close();
     // Read before runc deletes the cgroup.
     let oom_killed = oom_kills(&a.bundle) > 0;
     write_exit(
@@ -464,7 +530,6 @@ pub fn log_tail(path: &Path, lines: usize, max_bytes: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::io::Read as _;
 
     #[test]
     fn logs_rotate_compress_and_prune() {
