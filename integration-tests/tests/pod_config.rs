@@ -357,3 +357,178 @@ spec:
         &node,
     );
 }
+
+/// The claims of a JWT (not verified: the API server checks them).
+fn jwt_claims(token: &str) -> serde_json::Value {
+    use base64::Engine as _;
+    let payload = token
+        .split('.')
+        .nth(1)
+        .unwrap_or_else(|| panic!("{token:?}"));
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A kubeconfig of the same cluster whose user is a bearer token.
+fn token_kubeconfig(api: &ApiServer, dir: &Path, token: &str) -> PathBuf {
+    let admin: serde_json::Value =
+        serde_json::from_str(&api.ok(&["config", "view", "--raw", "-o", "json"])).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let conf = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "c", "cluster": cluster}],
+        "users": [{"name": "u", "user": {"token": token}}],
+        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+        "current-context": "x",
+    });
+    let path = dir.join(format!("token-{}.conf", &token[token.len() - 12..]));
+    std::fs::write(&path, conf.to_string()).unwrap();
+    path
+}
+
+/// kubectl as the holder of `token`; stdout or stderr.
+fn as_token(api: &ApiServer, dir: &Path, token: &str, args: &[&str]) -> Result<String, String> {
+    let conf = token_kubeconfig(api, dir, token);
+    let mut a = vec!["--kubeconfig", conf.to_str().unwrap()];
+    a.extend_from_slice(args);
+    api.kubectl(&a)
+}
+
+#[test]
+fn service_account_tokens() {
+    let w = world();
+    let api = &w.api;
+    let dir = w.dir.path();
+    let node = start_node(&w, &dir.join("kubelet"));
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: robot}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: tok}
+spec:
+  nodeName: node-1
+  serviceAccountName: robot
+  volumes:
+  - name: tokens
+    projected:
+      sources:
+      - serviceAccountToken: {path: api-token}
+      - serviceAccountToken: {path: vault-token, audience: vault, expirationSeconds: 7200}
+      - downwardAPI: {items: [{path: namespace, fieldRef: {fieldPath: metadata.namespace}}]}
+  containers:
+  - name: c
+    image: busybox
+    command: [sleep, '3600']
+    volumeMounts: [{name: tokens, mountPath: /var/run/secrets/tokens, readOnly: true}]
+"#,
+    );
+    wait_for(
+        "tok to run",
+        60,
+        || pod(api, "tok")["status"]["phase"] == "Running",
+        &node,
+    );
+    let pod_uid = pod(api, "tok")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let read = |f: &str| {
+        api.ok(&[
+            "exec",
+            "tok",
+            "--",
+            "cat",
+            &format!("/var/run/secrets/tokens/{f}"),
+        ])
+    };
+    let api_token = read("api-token");
+    let vault_token = read("vault-token");
+    assert_eq!(read("namespace"), "default");
+
+    // Bound to the pod, for the audience asked (the API server's by default), for the
+    // lifetime asked (an hour by default).
+    let c = jwt_claims(&api_token);
+    assert_eq!(c["sub"], "system:serviceaccount:default:robot");
+    assert_eq!(c["iss"], "https://kubernetes.default.svc.cluster.local");
+    assert_eq!(
+        c["aud"],
+        serde_json::json!(["https://kubernetes.default.svc.cluster.local"])
+    );
+    assert_eq!(c["kubernetes.io"]["pod"]["name"], "tok");
+    assert_eq!(c["kubernetes.io"]["pod"]["uid"], pod_uid.as_str());
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        3600
+    );
+    let v = jwt_claims(&vault_token);
+    assert_eq!(v["aud"], serde_json::json!(["vault"]));
+    assert_eq!(
+        v["exp"].as_i64().unwrap() - v["iat"].as_i64().unwrap(),
+        7200
+    );
+
+    // The API knows the account (which, without RBAC grants, may not list pods); a token
+    // for another audience is not a credential here.
+    let e = as_token(api, dir, &api_token, &["get", "pods"]).unwrap_err();
+    assert!(
+        e.contains(r#"User "system:serviceaccount:default:robot" cannot list resource "pods" in API group "" in the namespace "default""#),
+        "{e}"
+    );
+    let e = as_token(api, dir, &vault_token, &["get", "pods"]).unwrap_err();
+    assert!(e.contains("Unauthorized"), "{e}");
+
+    // `kubectl create token`, bound or not, and its errors.
+    let plain = api.ok(&["create", "token", "robot"]).trim().to_string();
+    assert!(jwt_claims(&plain)["kubernetes.io"]["pod"].is_null());
+    let e = as_token(api, dir, &plain, &["get", "pods"]).unwrap_err();
+    assert!(e.contains("system:serviceaccount:default:robot"), "{e}");
+    let bound = api
+        .ok(&[
+            "create",
+            "token",
+            "robot",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=tok",
+            "--audience=vault",
+            "--duration=2h",
+        ])
+        .trim()
+        .to_string();
+    let b = jwt_claims(&bound);
+    assert_eq!(b["kubernetes.io"]["pod"]["uid"], pod_uid.as_str());
+    assert_eq!(
+        b["exp"].as_i64().unwrap() - b["iat"].as_i64().unwrap(),
+        7200
+    );
+    let e = api.fails(&["create", "token", "robot", "--duration=5m"]);
+    assert!(
+        e.contains("may not specify a duration less than 10 minutes"),
+        "{e}"
+    );
+    let e = api.fails(&["create", "token", "nosuch"]);
+    assert!(e.contains(r#"serviceaccounts "nosuch" not found"#), "{e}");
+    let e = api.fails(&[
+        "create",
+        "token",
+        "robot",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=nosuch",
+    ]);
+    assert!(e.contains(r#"pods "nosuch" not found"#), "{e}");
+
+    // A token bound to a pod ends with the pod; any token ends with its account.
+    delete_all_pods(api, &["tok"], &node);
+    let e = as_token(api, dir, &api_token, &["get", "pods"]).unwrap_err();
+    assert!(e.contains("Unauthorized"), "{e}");
+    api.ok(&["delete", "serviceaccount", "robot"]);
+    let e = as_token(api, dir, &plain, &["get", "pods"]).unwrap_err();
+    assert!(e.contains("Unauthorized"), "{e}");
+}

@@ -42,6 +42,19 @@ struct Args {
     /// Key (PEM) of --kubelet-client-certificate.
     #[arg(long, requires = "kubelet_client_certificate")]
     kubelet_client_key: Option<PathBuf>,
+    /// The issuer (`iss`) of service-account tokens.
+    #[arg(long, default_value = ferrokube_apiserver::serviceaccount::DEFAULT_ISSUER)]
+    service_account_issuer: String,
+    /// The key (ECDSA P-256, PKCS#8 PEM) service-account tokens are signed with
+    /// (default: the generated sa.key).
+    #[arg(long)]
+    service_account_signing_key_file: Option<PathBuf>,
+    /// More public keys (PEM) service-account tokens may be signed with.
+    #[arg(long)]
+    service_account_key_file: Option<PathBuf>,
+    /// What tokens must be meant for, comma-separated (default: the issuer).
+    #[arg(long, value_delimiter = ',')]
+    api_audiences: Vec<String>,
     /// The Services' virtual IP range; its first address is the `kubernetes` Service.
     #[arg(long, default_value = "10.96.0.0/12")]
     service_cluster_ip_range: String,
@@ -240,6 +253,23 @@ async fn run() -> Result<()> {
     api.set_kubelet_client(&read(&kc_cert)?, &read(&kc_key)?)
         .map_err(anyhow::Error::msg)
         .context("--kubelet-client-certificate")?;
+    let sa_key = args
+        .service_account_signing_key_file
+        .clone()
+        .unwrap_or(files.sa_key.clone());
+    let extra_keys = match &args.service_account_key_file {
+        Some(p) => Some(read(p)?),
+        None => None,
+    };
+    api.set_service_account_tokens(
+        ferrokube_apiserver::serviceaccount::Tokens::new(
+            &read(&sa_key)?,
+            extra_keys.as_deref(),
+            &args.service_account_issuer,
+            args.api_audiences.clone(),
+        )
+        .context("--service-account-signing-key-file")?,
+    );
     api.bootstrap(args.advertise_address, args.secure_port)
         .await
         .context("creating the bootstrap objects")?;

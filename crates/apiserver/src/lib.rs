@@ -12,7 +12,7 @@
 //! [`metrics`] serves `/metrics`; [`grpc`] carries the components' requests over gRPC on
 //! the same port; [`pod_streams`] serves pod logs, exec, attach and port-forward through
 //! the kubelets ([`kubelet_client`]), and [`resource_metrics`] the `metrics.k8s.io` API
-//! from their usage figures.
+//! from their usage figures; [`serviceaccount`] signs and checks service-account tokens.
 
 pub mod alloc;
 pub mod apply;
@@ -31,6 +31,7 @@ pub mod request;
 pub mod resource_metrics;
 pub mod rest;
 pub mod server;
+pub mod serviceaccount;
 pub mod storage;
 pub mod watch;
 pub mod watchcache;

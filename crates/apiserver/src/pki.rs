@@ -38,6 +38,9 @@ pub struct PkiFiles {
     /// kube-apiserver's client certificate towards kubelets.
     pub kubelet_client_cert: PathBuf,
     pub kubelet_client_key: PathBuf,
+    /// The service-account token signing key and its public half (ECDSA P-256).
+    pub sa_key: PathBuf,
+    pub sa_pub: PathBuf,
 }
 
 impl PkiFiles {
@@ -51,6 +54,8 @@ impl PkiFiles {
             admin_key: dir.join("admin.key"),
             kubelet_client_cert: dir.join("apiserver-kubelet-client.crt"),
             kubelet_client_key: dir.join("apiserver-kubelet-client.key"),
+            sa_key: dir.join("sa.key"),
+            sa_pub: dir.join("sa.pub"),
         }
     }
 }
@@ -79,7 +84,8 @@ fn name(cn: &str, org: Option<&str>) -> DistinguishedName {
 
 /// Makes what is missing of the PKI under `dir` and returns the file paths: the CA
 /// (kept when present — a control-plane node joining a cluster is given the cluster's
-/// CA), then the serving and admin certificates signed by it. `sans` are the serving
+/// CA), then the serving and admin certificates signed by it, and the service-account
+/// key pair. `sans` are the serving
 /// certificate's DNS names and IP addresses.
 pub fn ensure(dir: &Path, sans: &[String]) -> Result<PkiFiles, PkiError> {
     let files = PkiFiles::in_dir(dir);
@@ -154,6 +160,13 @@ pub fn ensure(dir: &Path, sans: &[String]) -> Result<PkiFiles, PkiError> {
             write(key, &client_key.serialize_pem(), true)?;
             write(cert, &client_cert.pem(), false)?;
         }
+    }
+    // The service-account key pair, kept like the CA: every API server of a cluster
+    // must share it (kubeadm copies it to joining control-plane nodes).
+    if !files.sa_key.exists() {
+        let sa = KeyPair::generate()?;
+        write(&files.sa_pub, &sa.public_key_pem(), false)?;
+        write(&files.sa_key, &sa.serialize_pem(), true)?;
     }
     if new_ca {
         write(&files.ca_key, &ca_key.serialize_pem(), true)?;

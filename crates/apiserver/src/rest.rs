@@ -173,6 +173,8 @@ pub struct Resources {
         std::collections::HashMap<(String, String, String), Arc<ferrokube_api::crd::CustomVersion>>,
     >,
     pub alloc: Allocator,
+    /// Signs service-account tokens, once a key is configured.
+    pub tokens: std::sync::OnceLock<crate::serviceaccount::Tokens>,
 }
 
 /// One call to the resource API.
@@ -1023,6 +1025,7 @@ impl Resources {
             return match (p.subresource.as_deref(), r.kind) {
                 (Some("binding"), "Pod") => self.bind(r, call).await,
                 (Some("eviction"), "Pod") => self.evict(r, call).await,
+                (Some("token"), "ServiceAccount") => self.token_request(r, call).await,
                 _ => Err(status::method_not_supported()),
             };
         }
@@ -1400,6 +1403,122 @@ impl Resources {
         Ok(Answer {
             code: StatusCode::CREATED,
             body: json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            warnings: vec![],
+        })
+    }
+
+    /// `serviceaccounts/token` (TokenRequest): a signed token for the account, bound
+    /// to a pod, secret or node when asked, as upstream validates and answers it.
+    async fn token_request(
+        &self,
+        r: &ResourceInfo,
+        call: &Call<'_>,
+    ) -> Result<Answer, StatusError> {
+        let tokens = self
+            .tokens
+            .get()
+            .ok_or_else(|| status::unavailable("no service account signing key is configured"))?;
+        let ns = call.path.namespace.clone().unwrap_or_default();
+        let name = call.path.name.clone().unwrap_or_default();
+        let req = parse_body(
+            &call.body,
+            header_str(call.headers, http::header::CONTENT_TYPE),
+        )?;
+        let invalid =
+            |e: FieldError| status::invalid("authentication.k8s.io", "TokenRequest", &name, &[e]);
+        let spec = &req["spec"];
+        let seconds = spec["expirationSeconds"].as_i64().unwrap_or(3600);
+        if seconds < 600 {
+            return Err(invalid(FieldError::invalid_raw(
+                "spec.expirationSeconds",
+                seconds.to_string(),
+                "may not specify a duration less than 10 minutes",
+            )));
+        }
+        if seconds > 1 << 32 {
+            return Err(invalid(FieldError::invalid_raw(
+                "spec.expirationSeconds",
+                seconds.to_string(),
+                "may not specify a duration larger than 2^32 seconds",
+            )));
+        }
+        let audiences: Vec<String> = spec["audiences"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(String::from))
+                    .collect()
+            })
+            .filter(|a: &Vec<String>| !a.is_empty())
+            .unwrap_or_else(|| tokens.audiences.clone());
+        let account = self
+            .objects
+            .get(&self.key(r, Some(&ns), &name))
+            .await?
+            .ok_or_else(|| status::not_found(r, &name))?
+            .object;
+        let bound_ref = &spec["boundObjectRef"];
+        let bound = match bound_ref["kind"].as_str() {
+            None | Some("") => None,
+            Some(kind @ ("Pod" | "Secret" | "Node")) => {
+                let plural = match kind {
+                    "Pod" => "pods",
+                    "Secret" => "secrets",
+                    _ => "nodes",
+                };
+                let br = ferrokube_api::registry::builtin("", plural);
+                let bname = bound_ref["name"].as_str().unwrap_or_default().to_string();
+                let obj = self
+                    .objects
+                    .get(&self.key(&br, Some(&ns), &bname))
+                    .await?
+                    .ok_or_else(|| status::not_found(&br, &bname))?
+                    .object;
+                let uid = meta::meta_str(&obj, "uid").to_string();
+                let given = bound_ref["uid"].as_str().unwrap_or_default();
+                if !given.is_empty() && given != uid {
+                    return Err(status::conflict(
+                        &br,
+                        &bname,
+                        &format!("the UID in the bound object reference ({given}) does not match the UID in record. The object might have been deleted and then recreated"),
+                    ));
+                }
+                Some((kind, bname, uid))
+            }
+            Some(other) => {
+                return Err(invalid(FieldError::not_supported(
+                    "spec.boundObjectRef.kind",
+                    other,
+                    &["Pod", "Secret", "Node"],
+                )))
+            }
+        };
+        let now = jiff::Timestamp::now().as_second();
+        let claims = crate::serviceaccount::claims(
+            &ns,
+            (&name, meta::meta_str(&account, "uid")),
+            bound.as_ref().map(|(k, n, u)| (*k, n.as_str(), u.as_str())),
+            &audiences,
+            now,
+            seconds,
+        );
+        let token = tokens.sign(&claims);
+        let expires = jiff::Timestamp::from_second(now + seconds).unwrap_or(jiff::Timestamp::MAX);
+        let mut out_spec =
+            json!({"audiences": audiences, "expirationSeconds": seconds, "boundObjectRef": null});
+        if let Some((kind, bname, uid)) = &bound {
+            out_spec["boundObjectRef"] =
+                json!({"kind": kind, "apiVersion": "v1", "name": bname, "uid": uid});
+        }
+        Ok(Answer {
+            code: StatusCode::CREATED,
+            body: json!({
+                "kind": "TokenRequest",
+                "apiVersion": "authentication.k8s.io/v1",
+                "metadata": {"name": name, "namespace": ns, "creationTimestamp": null},
+                "spec": out_spec,
+                "status": {"token": token, "expirationTimestamp": meta::format_time(expires)},
+            }),
             warnings: vec![],
         })
     }

@@ -113,6 +113,7 @@ impl ApiServer {
             registry: std::sync::RwLock::new(Arc::new(Registry::default())),
             custom: Default::default(),
             alloc,
+            tokens: std::sync::OnceLock::new(),
         });
         Arc::new(ApiServer {
             store,
@@ -120,6 +121,58 @@ impl ApiServer {
             server_address,
             openapi: std::sync::OnceLock::new(),
             kubelet: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Sets what signs and checks service-account tokens (`serviceaccounts/token`,
+    /// bearer authentication).
+    pub fn set_service_account_tokens(&self, tokens: crate::serviceaccount::Tokens) {
+        let _ = self.resources.tokens.set(tokens);
+    }
+
+    /// The service account a bearer token authenticates, as upstream's service-account
+    /// authenticator: a valid token of this issuer for the API's audiences, whose
+    /// account (and the object it is bound to) still exists with the same uid.
+    async fn bearer_user(&self, header: &http::HeaderValue) -> Option<User> {
+        let token = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+        let tokens = self.resources.tokens.get()?;
+        let claims = match tokens.verify(token, jiff::Timestamp::now().as_second()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("bearer token refused: {e}");
+                return None;
+            }
+        };
+        let k = &claims["kubernetes.io"];
+        let ns = k["namespace"].as_str()?;
+        let account = k["serviceaccount"]["name"].as_str()?;
+        for (field, plural, name_ns) in [
+            ("serviceaccount", "serviceaccounts", ns),
+            ("pod", "pods", ns),
+            ("secret", "secrets", ns),
+            ("node", "nodes", ""),
+        ] {
+            let Some(name) = k[field]["name"].as_str() else {
+                continue;
+            };
+            let r = ferrokube_api::registry::builtin("", plural);
+            let stored = self
+                .resources
+                .objects
+                .get(&ferrokube_api::keys::object_key(&r, name_ns, name))
+                .await
+                .ok()??;
+            if ferrokube_api::meta::meta_str(&stored.object, "uid") != k[field]["uid"].as_str()? {
+                return None;
+            }
+        }
+        Some(User {
+            name: format!("system:serviceaccount:{ns}:{account}"),
+            groups: vec![
+                "system:serviceaccounts".into(),
+                format!("system:serviceaccounts:{ns}"),
+                "system:authenticated".into(),
+            ],
         })
     }
 
@@ -229,11 +282,20 @@ impl ApiServer {
 
     async fn handle(&self, req: Request<Incoming>, user: &User) -> Response<Body> {
         let path = req.uri().path().to_string();
-        // No token or password authenticator is configured: such credentials are
-        // refused (401), as upstream refuses credentials no authenticator accepts.
-        if req.headers().contains_key(http::header::AUTHORIZATION) {
-            return error_response(&status::unauthorized());
-        }
+        // A client certificate authenticates first; otherwise a bearer token must be a
+        // valid service-account token. Credentials no authenticator accepts are refused
+        // (401), as upstream refuses them.
+        let bearer;
+        let user = match req.headers().get(http::header::AUTHORIZATION) {
+            Some(h) if *user == User::anonymous() => match self.bearer_user(h).await {
+                Some(u) => {
+                    bearer = u;
+                    &bearer
+                }
+                None => return error_response(&status::unauthorized()),
+            },
+            _ => user,
+        };
         let query = Query::parse(req.uri().query());
         let route = request::route(&path);
         if let Route::Resource(rp) = route {

@@ -65,6 +65,9 @@ pub struct Pods {
     pub log_max_files: u32,
     /// Per pod: its volumes' host paths and when they were last refreshed from the API.
     volumes: std::sync::Mutex<HashMap<String, (Instant, VolumePaths)>>,
+    /// Service-account tokens by (pod uid, audience, lifetime): the token and when to
+    /// renew it.
+    tokens: std::sync::Mutex<HashMap<TokenCacheKey, (String, Instant)>>,
     /// Per pod: when its emptyDir usage was last measured against the size limits.
     usage_checked: std::sync::Mutex<HashMap<String, Instant>>,
     /// Repeating events by subject (`<uid>/` for a pod, `<uid>/<container>`): the last
@@ -84,6 +87,9 @@ pub struct Pods {
     burstable_shares: std::sync::Mutex<Option<u64>>,
     events: Recorder,
 }
+
+/// A service-account token of a pod: (pod uid, audience, lifetime in seconds).
+type TokenCacheKey = (String, String, i64);
 
 /// A pod's volumes by name: their host paths.
 type VolumePaths = BTreeMap<String, PathBuf>;
@@ -145,6 +151,7 @@ impl Pods {
             volumes: Default::default(),
             reported: Default::default(),
             usage_checked: Default::default(),
+            tokens: Default::default(),
             workers: Default::default(),
             next_worker: Default::default(),
             burstable_shares: Default::default(),
@@ -995,6 +1002,10 @@ impl Pods {
         }
         crate::volumes::teardown(&self.pod_dir(uid));
         self.volumes.lock().expect("lock").remove(uid);
+        self.tokens
+            .lock()
+            .expect("lock")
+            .retain(|(u, _, _), _| u != uid);
         self.reported
             .lock()
             .expect("lock")
@@ -1889,6 +1900,10 @@ impl Pods {
             };
             objects.claims.insert(name, pv);
         }
+        for key in crate::volumes::token_requests(pod) {
+            let token = self.service_account_token(pod, &key).await?;
+            objects.tokens.insert(key, token);
+        }
         let services = Vec::new();
         let sources = crate::env::Sources::default();
         let pod_ips = self.pod_addresses(pod);
@@ -1907,6 +1922,62 @@ impl Pods {
             .expect("lock")
             .insert(uid.to_string(), (Instant::now(), paths.clone()));
         Ok(paths)
+    }
+
+    /// A token of the pod's service account bound to the pod, for an audience and
+    /// lifetime: requested from the API (TokenRequest) and requested again once 80% of
+    /// its lifetime or a day has passed, as upstream's token manager does.
+    async fn service_account_token(
+        &self,
+        pod: &Pod,
+        key: &crate::volumes::TokenKey,
+    ) -> Result<String, String> {
+        let m = &pod.metadata;
+        let uid = m.uid.clone().unwrap_or_default();
+        let cache_key = (uid.clone(), key.0.clone(), key.1);
+        if let Some((token, renew)) = self.tokens.lock().expect("lock").get(&cache_key) {
+            if Instant::now() < *renew {
+                return Ok(token.clone());
+            }
+        }
+        let ns = m.namespace.clone().unwrap_or_default();
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|a| !a.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let audiences: Vec<&str> = if key.0.is_empty() {
+            vec![]
+        } else {
+            vec![key.0.as_str()]
+        };
+        let request = json!({
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "audiences": audiences,
+                "expirationSeconds": key.1,
+                "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": m.name, "uid": uid},
+            },
+        });
+        let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(self.client.clone(), &ns);
+        let answer = api
+            .create_subresource(&account, "token", &request)
+            .await
+            .map_err(|e| format!("failed to fetch token: {e}"))?;
+        let token = answer["status"]["token"]
+            .as_str()
+            .ok_or("failed to fetch token: the answer has no token")?
+            .to_string();
+        let lifetime = Duration::from_secs(key.1.max(0) as u64);
+        let renew = Instant::now() + (lifetime * 4 / 5).min(Duration::from_secs(24 * 3600));
+        self.tokens
+            .lock()
+            .expect("lock")
+            .insert(cache_key, (token.clone(), renew));
+        Ok(token)
     }
 
     fn waiting_status(&self, c: &Container, restarts: u32, reason: &str, message: &str) -> Value {

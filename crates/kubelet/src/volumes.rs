@@ -32,6 +32,32 @@ pub struct Objects {
     pub secrets: HashMap<String, Option<Secret>>,
     /// PVC name → its bound PersistentVolume (`None`: unbound or missing).
     pub claims: HashMap<String, Option<PersistentVolume>>,
+    /// Service-account tokens by (audience, expirationSeconds); audience empty: the
+    /// API server's own.
+    pub tokens: HashMap<TokenKey, String>,
+}
+
+/// What a projected `serviceAccountToken` asks for: its audience and lifetime.
+pub type TokenKey = (String, i64);
+
+/// The service-account tokens a pod's projected volumes ask for.
+pub fn token_requests(pod: &Pod) -> Vec<TokenKey> {
+    let mut out: Vec<TokenKey> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
+        .filter_map(|src| src.service_account_token.as_ref())
+        .map(|t| {
+            (
+                t.audience.clone().unwrap_or_default(),
+                t.expiration_seconds.unwrap_or(3600),
+            )
+        })
+        .collect();
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// The ConfigMaps, Secrets and PVCs a pod's volumes name.
@@ -394,8 +420,16 @@ fn payload(v: &Volume, objects: &Objects, cx: &Context) -> Result<Payload, Strin
             if let Some(d) = &src.downward_api {
                 downward_files(&mut files, d.items.as_deref().unwrap_or_default(), mode, cx)?;
             }
-            if src.service_account_token.is_some() {
-                return Err("serviceAccountToken projections are not supported yet".into());
+            if let Some(t) = &src.service_account_token {
+                let key = (
+                    t.audience.clone().unwrap_or_default(),
+                    t.expiration_seconds.unwrap_or(3600),
+                );
+                let token = objects
+                    .tokens
+                    .get(&key)
+                    .ok_or_else(|| format!("no service account token for audience {:?}", key.0))?;
+                files.insert(t.path.clone(), (token.clone().into_bytes(), mode));
             }
             if src.cluster_trust_bundle.is_some() {
                 return Err("clusterTrustBundle projections are not supported".into());
