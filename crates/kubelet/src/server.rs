@@ -460,7 +460,15 @@ async fn attach(
                 Ok(Frame::Stderr(d)) if start.stderr => stream_output::Output::Stderr(d),
                 Ok(_) => continue,
                 // The shim closed the socket: the container has ended.
-                Err(_) => stream_output::Output::ExitCode(0),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    stream_output::Output::ExitCode(0)
+                }
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("error attaching: {e}"))))
+                        .await;
+                    return;
+                }
             };
             let last = matches!(out, stream_output::Output::ExitCode(_));
             let sent = tx.send(Ok(StreamOutput { output: Some(out) })).await;

@@ -3,7 +3,8 @@
 //! container writes from then on, and passes what clients send to the container's
 //! stdin (`stdin: true`) or terminal (`tty: true`, which also takes resizes). With
 //! `stdinOnce` the container's stdin closes when the first client attached to it
-//! leaves, as upstream. Frames both ways: a kind byte, a 4-byte big-endian length,
+//! leaves, as upstream (a terminal stays open: closing it would hang the container up,
+//! as with containerd). Frames both ways: a kind byte, a 4-byte big-endian length,
 //! the payload.
 
 use std::io::{Read, Write};
@@ -19,8 +20,11 @@ pub const SOCKET: &str = "attach";
 /// Largest payload a frame carries.
 const MAX_FRAME: usize = 1 << 20;
 
-/// How long a client may hold the container's output up before it is dropped.
-const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long one write to a client may take before it is cut off.
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Output chunks queued per client before it counts as gone.
+const CLIENT_QUEUE: usize = 1024;
 
 /// One message on the attach socket.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,9 +122,13 @@ pub fn short_path(dir: &Path, name: &str) -> std::io::Result<(std::fs::File, Pat
     Ok((d, p))
 }
 
+/// A client's queue of encoded output frames.
+type Queue = std::sync::mpsc::SyncSender<Arc<Vec<u8>>>;
+
 /// Where the container's input goes and how its terminal is resized.
 pub struct Hub {
-    clients: Mutex<Vec<UnixStream>>,
+    /// Each client's output queue.
+    clients: Mutex<Vec<Queue>>,
     /// The container's stdin (the write end of its pipe, or its terminal); `None` once
     /// closed or when it takes none.
     stdin: Mutex<Option<std::fs::File>>,
@@ -157,18 +165,36 @@ impl Hub {
         let Ok(mut reader) = stream.try_clone() else {
             return;
         };
+        // Output goes out on a thread of the client's own, so that a slow client never
+        // holds the container up; one that falls behind by a queue's worth, or cannot
+        // be written to, is cut off (its socket shut, so its side sees the end).
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Arc<Vec<u8>>>(CLIENT_QUEUE);
         let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
-        self.clients.lock().expect("lock").push(stream);
+        let mut writer = stream;
+        std::thread::spawn(move || {
+            for bytes in rx {
+                if writer.write_all(&bytes).is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown(std::net::Shutdown::Both);
+        });
+        self.clients.lock().expect("lock").push(tx);
         let mut on_stdin = false;
         while let Ok(Some(frame)) = Frame::read(&mut reader) {
             match frame {
                 Frame::Hello { stdin } => on_stdin = stdin,
                 Frame::Stdin(data) => {
-                    let mut stdin = self.stdin.lock().expect("lock");
-                    if let Some(f) = stdin.as_mut() {
-                        if f.write_all(&data).is_err() {
-                            *stdin = None;
-                        }
+                    // Written outside the lock: a container that does not read its
+                    // input blocks this client only.
+                    let target = self
+                        .stdin
+                        .lock()
+                        .expect("lock")
+                        .as_ref()
+                        .and_then(|f| f.try_clone().ok());
+                    if let Some(mut f) = target {
+                        let _ = f.write_all(&data);
                     }
                 }
                 Frame::CloseStdin => {
@@ -185,6 +211,8 @@ impl Hub {
                 Frame::Stdout(_) | Frame::Stderr(_) => break,
             }
         }
+        // The client's input has ended (it may still read: a half close). It is let go
+        // once a write to it fails.
         if on_stdin {
             self.stdin_ended();
         }
@@ -198,22 +226,20 @@ impl Hub {
         }
     }
 
-    /// Sends what the container wrote to every client; clients that cannot take it
-    /// are dropped.
+    /// Queues what the container wrote for every client; clients whose queue is full
+    /// (gone quiet) are cut off.
     pub fn broadcast(&self, frame: &Frame) {
         let mut clients = self.clients.lock().expect("lock");
         if clients.is_empty() {
             return;
         }
-        let bytes = frame.encode();
-        clients.retain_mut(|c| c.write_all(&bytes).is_ok());
+        let bytes = Arc::new(frame.encode());
+        clients.retain(|tx| tx.try_send(bytes.clone()).is_ok());
     }
 
-    /// The container has ended: every client's stream ends.
+    /// The container has ended: every client's stream ends once its queue is out.
     pub fn close(&self) {
-        for c in self.clients.lock().expect("lock").drain(..) {
-            let _ = c.shutdown(std::net::Shutdown::Both);
-        }
+        self.clients.lock().expect("lock").clear();
     }
 }
 
@@ -263,7 +289,7 @@ mod tests {
             .unwrap();
         b.write_all(&Frame::Hello { stdin: false }.encode())
             .unwrap();
-        // Both are registered once they have been served a frame; wait for it.
+        // Both are registered once accepted; wait for it.
         let mut got = [0u8; 5];
         let mut container_stdin = std::fs::File::from(in_r);
         container_stdin.read_exact(&mut got).unwrap();
