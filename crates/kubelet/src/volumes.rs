@@ -12,7 +12,8 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Component, Path, PathBuf};
 
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, Pod, Secret, Volume,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, PersistentVolume, Pod, Secret,
+    ServiceAccountTokenProjection, Volume,
 };
 
 use crate::env::Context;
@@ -40,6 +41,14 @@ pub struct Objects {
 /// What a projected `serviceAccountToken` asks for: its audience and lifetime.
 pub type TokenKey = (String, i64);
 
+/// What a projection asks for (upstream's defaults: the API's audience, an hour).
+fn token_key(t: &ServiceAccountTokenProjection) -> TokenKey {
+    (
+        t.audience.clone().unwrap_or_default(),
+        t.expiration_seconds.unwrap_or(3600),
+    )
+}
+
 /// The service-account tokens a pod's projected volumes ask for.
 pub fn token_requests(pod: &Pod) -> Vec<TokenKey> {
     let mut out: Vec<TokenKey> = pod
@@ -48,12 +57,7 @@ pub fn token_requests(pod: &Pod) -> Vec<TokenKey> {
         .flat_map(|s| s.volumes.iter().flatten())
         .flat_map(|v| v.projected.iter().flat_map(|p| p.sources.iter().flatten()))
         .filter_map(|src| src.service_account_token.as_ref())
-        .map(|t| {
-            (
-                t.audience.clone().unwrap_or_default(),
-                t.expiration_seconds.unwrap_or(3600),
-            )
-        })
+        .map(token_key)
         .collect();
     out.sort();
     out.dedup();
@@ -421,10 +425,7 @@ fn payload(v: &Volume, objects: &Objects, cx: &Context) -> Result<Payload, Strin
                 downward_files(&mut files, d.items.as_deref().unwrap_or_default(), mode, cx)?;
             }
             if let Some(t) = &src.service_account_token {
-                let key = (
-                    t.audience.clone().unwrap_or_default(),
-                    t.expiration_seconds.unwrap_or(3600),
-                );
+                let key = token_key(t);
                 let token = objects
                     .tokens
                     .get(&key)
