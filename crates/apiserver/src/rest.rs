@@ -1458,14 +1458,13 @@ impl Resources {
             .ok_or_else(|| status::not_found(r, &name))?
             .object;
         let bound_ref = &spec["boundObjectRef"];
-        let bound = match bound_ref["kind"].as_str() {
-            None | Some("") => None,
-            Some(kind @ ("Pod" | "Secret" | "Node")) => {
-                let plural = match kind {
-                    "Pod" => "pods",
-                    "Secret" => "secrets",
-                    _ => "nodes",
-                };
+        let kind = bound_ref["kind"].as_str().unwrap_or_default();
+        let bindable = crate::serviceaccount::BOUND_KINDS
+            .iter()
+            .find(|(k, _, _)| *k == kind);
+        let bound = match bindable {
+            None if kind.is_empty() => None,
+            Some(&(kind, _, plural)) => {
                 let br = ferrokube_api::registry::builtin("", plural);
                 let bname = bound_ref["name"].as_str().unwrap_or_default().to_string();
                 let obj = self
@@ -1485,12 +1484,16 @@ impl Resources {
                 }
                 Some((kind, bname, uid))
             }
-            Some(other) => {
+            None => {
+                let supported: Vec<&str> = crate::serviceaccount::BOUND_KINDS
+                    .iter()
+                    .map(|(k, _, _)| *k)
+                    .collect();
                 return Err(invalid(FieldError::not_supported(
                     "spec.boundObjectRef.kind",
-                    other,
-                    &["Pod", "Secret", "Node"],
-                )))
+                    kind,
+                    &supported,
+                )));
             }
         };
         let now = jiff::Timestamp::now().as_second();

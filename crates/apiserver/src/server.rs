@@ -146,12 +146,10 @@ impl ApiServer {
         let k = &claims["kubernetes.io"];
         let ns = k["namespace"].as_str()?;
         let account = k["serviceaccount"]["name"].as_str()?;
-        for (field, plural, name_ns) in [
-            ("serviceaccount", "serviceaccounts", ns),
-            ("pod", "pods", ns),
-            ("secret", "secrets", ns),
-            ("node", "nodes", ""),
-        ] {
+        let bound = crate::serviceaccount::BOUND_KINDS
+            .iter()
+            .map(|(_, claim, plural)| (*claim, *plural));
+        for (field, plural) in std::iter::once(("serviceaccount", "serviceaccounts")).chain(bound) {
             let Some(name) = k[field]["name"].as_str() else {
                 continue;
             };
@@ -159,7 +157,7 @@ impl ApiServer {
             let stored = self
                 .resources
                 .objects
-                .get(&ferrokube_api::keys::object_key(&r, name_ns, name))
+                .get(&ferrokube_api::keys::object_key(&r, ns, name))
                 .await
                 .ok()??;
             if ferrokube_api::meta::meta_str(&stored.object, "uid") != k[field]["uid"].as_str()? {

@@ -18,6 +18,14 @@ const P256_SPKI_PREFIX: [u8; 26] = [
     0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
 ];
 
+/// What a token may be bound to: the kind, its claim under `kubernetes.io`, and its
+/// core `v1` resource.
+pub const BOUND_KINDS: [(&str, &str, &str); 3] = [
+    ("Pod", "pod", "pods"),
+    ("Secret", "secret", "secrets"),
+    ("Node", "node", "nodes"),
+];
+
 /// The issuer kubeadm configures.
 pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
 
@@ -207,7 +215,9 @@ pub fn claims(
         "serviceaccount": {"name": name, "uid": uid},
     });
     if let Some((kind, bname, buid)) = bound {
-        k8s[kind.to_ascii_lowercase()] = json!({"name": bname, "uid": buid});
+        if let Some((_, claim, _)) = BOUND_KINDS.iter().find(|(k, _, _)| *k == kind) {
+            k8s[*claim] = json!({"name": bname, "uid": buid});
+        }
     }
     json!({
         "aud": audiences,
