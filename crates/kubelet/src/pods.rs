@@ -166,6 +166,11 @@ impl Pods {
         self.pod_dir(uid).join("containers").join(name)
     }
 
+    /// The directory of one attempt of a container: its bundle, exit file, markers.
+    fn attempt_dir(&self, uid: &str, name: &str, attempt: u32) -> PathBuf {
+        self.container_dir(uid, name).join(attempt.to_string())
+    }
+
     /// Attempts of a container, oldest first (directory names are attempt numbers).
     fn attempts(&self, uid: &str, name: &str) -> Vec<u32> {
         let mut a: Vec<u32> = std::fs::read_dir(self.container_dir(uid, name))
@@ -188,19 +193,14 @@ impl Pods {
         (Self::container_id(uid, name, attempt) == id).then_some(attempt)
     }
 
-    /// The attach socket of a container attempt, by its runc id.
-    pub fn attach_socket(&self, uid: &str, name: &str, id: &str) -> Option<PathBuf> {
+    /// The bundle of a container attempt, by its runc id.
+    pub fn bundle_of(&self, uid: &str, name: &str, id: &str) -> Option<PathBuf> {
         let attempt = Self::attempt_of(uid, name, id)?;
-        Some(
-            self.container_dir(uid, name)
-                .join(attempt.to_string())
-                .join("bundle")
-                .join(crate::runtime::attach::SOCKET),
-        )
+        Some(self.attempt_dir(uid, name, attempt).join("bundle"))
     }
 
     fn attempt_state(&self, uid: &str, name: &str, attempt: u32) -> Attempt {
-        let dir = self.container_dir(uid, name).join(attempt.to_string());
+        let dir = self.attempt_dir(uid, name, attempt);
         let id = Self::container_id(uid, name, attempt);
         let exit_file = dir.join("exit.json");
         if let Some(exit) = shim::read_exit(&exit_file) {
@@ -643,7 +643,7 @@ impl Pods {
             .or_else(|| cfg["config"]["WorkingDir"].as_str().map(String::from))
             .unwrap_or_else(|| "/".into());
         let id = Self::container_id(&uid, &c.name, attempt);
-        let dir = self.container_dir(&uid, &c.name).join(attempt.to_string());
+        let dir = self.attempt_dir(&uid, &c.name, attempt);
         let bundle_dir = dir.join("bundle");
         let memory_limit = c
             .resources
@@ -946,9 +946,7 @@ impl Pods {
         Ok((
             self.log_dir_of(namespace, pod, uid, container)
                 .join(format!("{attempt}.log")),
-            self.container_dir(uid, container)
-                .join(attempt.to_string())
-                .join("exit.json"),
+            self.attempt_dir(uid, container, attempt).join("exit.json"),
         ))
     }
 
@@ -968,7 +966,7 @@ impl Pods {
         self.probes.lock().expect("lock").remove(&id);
         self.killing.lock().expect("lock").remove(&id);
         let _ = self.runc.delete(&id);
-        let dir = self.container_dir(uid, name).join(attempt.to_string());
+        let dir = self.attempt_dir(uid, name, attempt);
         let _ = rootfs::unmount(&dir.join("bundle/rootfs"));
     }
 
@@ -1555,20 +1553,16 @@ impl Pods {
             return;
         }
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let dir = self.container_dir(&uid, &c.name).join(attempt.to_string());
+        let dir = self.attempt_dir(&uid, &c.name, attempt);
         if !shim::running_file(&dir.join("bundle")).exists() {
             return; // runc has not started it yet
         }
-        let started_at = std::fs::metadata(
-            self.container_dir(&uid, &c.name)
-                .join(attempt.to_string())
-                .join("started"),
-        )
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.elapsed().ok())
-        .and_then(|ago| Instant::now().checked_sub(ago))
-        .unwrap_or_else(Instant::now);
+        let started_at = std::fs::metadata(dir.join("started"))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .and_then(|ago| Instant::now().checked_sub(ago))
+            .unwrap_or_else(Instant::now);
         let pod_ip = self.probe_ip(pod);
         let mut state = self
             .probes
@@ -1702,7 +1696,7 @@ impl Pods {
         };
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let id = Self::container_id(&uid, &c.name, attempt);
-        let dir = self.container_dir(&uid, &c.name).join(attempt.to_string());
+        let dir = self.attempt_dir(&uid, &c.name, attempt);
         if !shim::wait_running(
             &dir.join("bundle"),
             &dir.join("exit.json"),
@@ -2017,8 +2011,7 @@ impl Pods {
                            "finishedAt": trim_time(&exit.finished_at), "containerID": format!("runc://{id}")});
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let written = std::fs::read(
-            self.container_dir(&uid, &c.name)
-                .join(attempt.to_string())
+            self.attempt_dir(&uid, &c.name, attempt)
                 .join("termination-log"),
         )
         .map(|b| String::from_utf8_lossy(&b[..b.len().min(4096)]).into_owned())

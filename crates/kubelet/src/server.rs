@@ -257,11 +257,11 @@ impl Kubelet for Service {
             .pods
             .running_id(&t.uid, &t.container)
             .ok_or_else(not_running)?;
-        let socket = self
+        let bundle = self
             .pods
-            .attach_socket(&t.uid, &t.container, &id)
+            .bundle_of(&t.uid, &t.container, &id)
             .ok_or_else(not_running)?;
-        let rx = attach(&socket, start, input).await.map_err(|e| {
+        let rx = attach(&bundle, start, input).await.map_err(|e| {
             Status::internal(format!("error attaching to container {}: {e}", t.container))
         })?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -414,22 +414,17 @@ async fn read_frame(
     Frame::decode(kind, payload)
 }
 
-/// Attaches to a container through its shim's socket: the session's input goes to
+/// Attaches to a container through its shim's socket in `bundle`: the session's input goes to
 /// the shim, what the container writes from now on comes back; the stream ends (with
 /// success, as upstream's attach) when the container does.
 async fn attach(
-    socket: &Path,
+    bundle: &Path,
     start: StreamStart,
     mut input: Streaming<StreamInput>,
 ) -> std::io::Result<mpsc::Receiver<Result<StreamOutput, Status>>> {
-    use crate::runtime::attach::{short_path, Frame};
+    use crate::runtime::attach::{short_path, Frame, SOCKET};
     use tokio::io::AsyncWriteExt as _;
-    let dir = socket.parent().unwrap_or(Path::new("/"));
-    let name = socket
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let (_dir, short) = short_path(dir, &name)?;
+    let (_dir, short) = short_path(bundle, SOCKET)?;
     let stream = tokio::net::UnixStream::connect(&short).await?;
     let (mut rd, mut wr) = stream.into_split();
     wr.write_all(&Frame::Hello { stdin: start.stdin }.encode())
