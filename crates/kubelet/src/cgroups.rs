@@ -100,7 +100,8 @@ pub fn pod_cgroup(cgroup_root: &str, qos: &str, uid: &str) -> String {
 /// Where cgroups are mounted.
 const MOUNT: &str = "/sys/fs/cgroup";
 
-fn unified() -> bool {
+/// Whether cgroups are the v2 unified tree.
+pub fn unified() -> bool {
     Path::new(MOUNT).join("cgroup.controllers").exists()
 }
 

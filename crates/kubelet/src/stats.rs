@@ -55,8 +55,10 @@ pub struct Sample {
 /// The node's memory working set: the root memory cgroup's usage less its inactive file
 /// cache (cgroup v1), else what the kernel cannot give back (`MemTotal - MemAvailable`).
 pub fn node_memory_working_set() -> Option<u64> {
-    if let Ok(ws) = cgroups::memory_working_set("/") {
-        return Some(ws);
+    if !cgroups::unified() {
+        if let Ok(ws) = cgroups::memory_working_set("/") {
+            return Some(ws);
+        }
     }
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let total = meminfo_value(&meminfo, "MemTotal:")?;
