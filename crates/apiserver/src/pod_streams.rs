@@ -370,7 +370,12 @@ impl ApiServer {
     }
 
     /// A stored object of a core `v1` resource, or upstream's 404.
-    async fn core_object(&self, plural: &str, ns: &str, name: &str) -> Result<Value, StatusError> {
+    pub(crate) async fn core_object(
+        &self,
+        plural: &str,
+        ns: &str,
+        name: &str,
+    ) -> Result<Value, StatusError> {
         let r = self
             .resources
             .registry()

@@ -148,12 +148,8 @@ impl ApiServer {
         query: &Query,
     ) -> Result<Vec<Value>, StatusError> {
         let (labels, fields) = Resources::selectors(r, query, rp.name.as_deref())?;
-        let nodes_r = ferrokube_api::registry::builtin("", "nodes");
-        let source_r = if r.namespaced {
-            ferrokube_api::registry::builtin("", "pods")
-        } else {
-            nodes_r
-        };
+        let source_r =
+            ferrokube_api::registry::builtin("", if r.namespaced { "pods" } else { "nodes" });
         let ns = rp.namespace.as_deref();
         let sources: Vec<Value> = self
             .resources
@@ -177,20 +173,21 @@ impl ApiServer {
             })
             .filter(|n| !n.is_empty())
             .collect();
-        let nodes: Vec<Value> = if r.namespaced {
-            self.resources
-                .objects
-                .list(&list_prefix(&nodes_r, None), "", 0, 0)
-                .await?
-                .items
-                .into_iter()
-                .map(|s| s.object)
-                .filter(|n| wanted.contains(n["metadata"]["name"].as_str().unwrap_or_default()))
-                .collect()
+        let fetched;
+        let nodes: &[Value] = if r.namespaced {
+            let mut found = Vec::new();
+            for n in wanted {
+                // A node gone meanwhile has nothing to report.
+                if let Ok(node) = self.core_object("nodes", "", n).await {
+                    found.push(node);
+                }
+            }
+            fetched = found;
+            &fetched
         } else {
-            sources.clone()
+            &sources
         };
-        let stats = self.node_stats(&nodes).await;
+        let stats = self.node_stats(nodes).await;
         let items: Vec<Value> = sources
             .iter()
             .filter_map(|o| {
