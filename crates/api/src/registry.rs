@@ -540,43 +540,31 @@ pub static BUILTIN: &[ResourceInfo] = &[
     },
     // metrics.k8s.io/v1beta1: resource usage read from the kubelets, never stored (what
     // metrics-server serves upstream through the aggregation layer).
-    ResourceInfo {
-        verbs: METRICS_VERBS,
-        storage_prefix: "",
-        ..res(
-            METRICS_GROUP,
-            "v1beta1",
-            "NodeMetrics",
-            "nodes",
-            "",
-            false,
-            NONE,
-            NONE,
-            NONE,
-        )
-    },
-    ResourceInfo {
-        verbs: METRICS_VERBS,
-        storage_prefix: "",
-        ..res(
-            METRICS_GROUP,
-            "v1beta1",
-            "PodMetrics",
-            "pods",
-            "",
-            true,
-            NONE,
-            NONE,
-            NONE,
-        )
-    },
+    metrics("NodeMetrics", "nodes", false),
+    metrics("PodMetrics", "pods", true),
 ];
 
 /// The group of the resource metrics API (`kubectl top`).
 pub const METRICS_GROUP: &str = "metrics.k8s.io";
 
-/// What the resource metrics API allows.
-const METRICS_VERBS: &[&str] = &["get", "list"];
+/// A resource of the metrics API: get and list only, nothing stored.
+const fn metrics(kind: &'static str, plural: &'static str, namespaced: bool) -> ResourceInfo {
+    ResourceInfo {
+        verbs: &["get", "list"],
+        storage_prefix: "",
+        ..res(
+            METRICS_GROUP,
+            "v1beta1",
+            kind,
+            plural,
+            "",
+            namespaced,
+            NONE,
+            NONE,
+            NONE,
+        )
+    }
+}
 
 /// A built-in resource by group and plural; panics on a name that is not built in
 /// (callers name resources of their own code).
