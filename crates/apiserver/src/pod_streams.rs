@@ -314,7 +314,10 @@ impl ApiServer {
                 // "unable to upgrade connection: ...".
                 let output = match call {
                     Ok(r) => r.into_inner(),
-                    Err(e) => return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, e.message())),
+                    Err(e) => {
+                        tracing::warn!(pod = %name, "kubelet refused {sub}: {e:?}");
+                        return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, e.message()));
+                    }
                 };
                 let proto = negotiated.clone();
                 on_upgrade(req, move |io| async move {

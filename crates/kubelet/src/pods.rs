@@ -193,10 +193,27 @@ impl Pods {
         (Self::container_id(uid, name, attempt) == id).then_some(attempt)
     }
 
-    /// The bundle of a container attempt, by its runc id.
-    pub fn bundle_of(&self, uid: &str, name: &str, id: &str) -> Option<PathBuf> {
+    /// The bundle of a container attempt, by its runc id, once its process runs (the
+    /// status says running as soon as the shim lives; the shim's attach socket is there
+    /// only once runc has started the container); `None` if it never does within
+    /// `limit`.
+    pub async fn started_bundle(
+        &self,
+        uid: &str,
+        name: &str,
+        id: &str,
+        limit: Duration,
+    ) -> Option<PathBuf> {
         let attempt = Self::attempt_of(uid, name, id)?;
-        Some(self.attempt_dir(uid, name, attempt).join("bundle"))
+        let dir = self.attempt_dir(uid, name, attempt);
+        let bundle = dir.join("bundle");
+        let b = bundle.clone();
+        let runs = tokio::task::spawn_blocking(move || {
+            shim::wait_running(&b, &dir.join("exit.json"), limit)
+        })
+        .await
+        .unwrap_or(false);
+        runs.then_some(bundle)
     }
 
     fn attempt_state(&self, uid: &str, name: &str, attempt: u32) -> Attempt {

@@ -259,7 +259,8 @@ impl Kubelet for Service {
             .ok_or_else(not_running)?;
         let bundle = self
             .pods
-            .bundle_of(&t.uid, &t.container, &id)
+            .started_bundle(&t.uid, &t.container, &id, Duration::from_secs(10))
+            .await
             .ok_or_else(not_running)?;
         let rx = attach(&bundle, start, input).await.map_err(|e| {
             Status::internal(format!("error attaching to container {}: {e}", t.container))
