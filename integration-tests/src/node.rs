@@ -84,14 +84,19 @@ impl Drop for Node {
         for p in points {
             let _ = nix_umount(p);
         }
-        // The node's cgroup tree, deepest first.
-        for ctl in std::fs::read_dir("/sys/fs/cgroup")
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            remove_cgroups(&ctl.path().join(cgroup_root().trim_start_matches('/')));
-        }
+        remove_test_cgroups();
+    }
+}
+
+/// Removes what is empty of this test's cgroup tree ([`cgroup_root`]) in every
+/// controller, deepest first.
+pub fn remove_test_cgroups() {
+    for ctl in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        remove_cgroups(&ctl.path().join(cgroup_root().trim_start_matches('/')));
     }
 }
 

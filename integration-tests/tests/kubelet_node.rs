@@ -15,6 +15,7 @@ impl Drop for Kubelet {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+        integration_tests::node::remove_test_cgroups();
     }
 }
 
@@ -36,6 +37,8 @@ fn kubelet(api: &ApiServer, root: &std::path::Path, extra: &[&str]) -> Kubelet {
             .arg("--root-dir")
             .arg(root)
             .args(["--hostname-override", "node-1", "--node-ip", "10.244.7.2"])
+            // The QoS cgroups go under this test's tree, not the machine's root.
+            .args(["--cgroup-root", &integration_tests::node::cgroup_root()])
             .arg("--cni-conf-dir")
             .arg(root.join("net.d"))
             .args(extra)
