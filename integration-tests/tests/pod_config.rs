@@ -523,6 +523,18 @@ spec:
         "--bound-object-name=nosuch",
     ]);
     assert!(e.contains(r#"pods "nosuch" not found"#), "{e}");
+    api.ok(&["create", "serviceaccount", "other"]);
+    let e = api.fails(&[
+        "create",
+        "token",
+        "other",
+        "--bound-object-kind=Pod",
+        "--bound-object-name=tok",
+    ]);
+    assert!(
+        e.contains(r#"cannot bind token for serviceaccount "other" to pod running with different serviceaccount name."#),
+        "{e}"
+    );
 
     // A token bound to a pod ends with the pod; any token ends with its account.
     delete_all_pods(api, &["tok"], &node);

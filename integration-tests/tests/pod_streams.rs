@@ -286,11 +286,36 @@ spec:
   containers:
   - {name: main, image: busybox, command: [sleep, "3600"]}
   - {name: side, image: busybox, command: [sleep, "3600"]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: crash}
+spec:
+  nodeName: node-1
+  containers:
+  - {name: main, image: busybox, command: [sh, -c, "exit 1"]}
 "#,
     );
     running(api, "box", &node);
+    wait_for(
+        "crash to back off",
+        60,
+        || {
+            pod(api, "crash")["status"]["containerStatuses"][0]["state"]["waiting"]["reason"]
+                == "CrashLoopBackOff"
+        },
+        &node,
+    );
     for spdy in [false, true] {
         let proto = if spdy { "SPDY" } else { "WebSocket" };
+        // The kubelet refuses a container that is not running, before the upgrade.
+        let (code, _, err) = run_io(kubectl(api, spdy, &["exec", "crash", "--", "true"]), b"");
+        assert_ne!(code, 0, "{proto}");
+        assert!(
+            err.contains(r#"unable to upgrade connection: container not found ("main")"#),
+            "{proto}: {err}"
+        );
+
         let (code, out, err) = run_io(
             kubectl(
                 api,
@@ -422,7 +447,7 @@ spec:
             "{proto}"
         );
     }
-    delete_all_pods(api, &["box"], &node);
+    delete_all_pods(api, &["box", "crash"], &node);
 }
 
 /// A `kubectl port-forward` running until dropped.

@@ -55,7 +55,5 @@ pub fn write_admin(path: &Path, server: &str, files: &PkiFiles) -> Result<(), Pk
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(io)?;
     }
-    std::fs::write(path, text).map_err(io)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)
+    crate::pki::write(path, &text, true)
 }

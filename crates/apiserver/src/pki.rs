@@ -60,17 +60,28 @@ impl PkiFiles {
     }
 }
 
-fn write(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
+/// Writes a file; a private one is created with mode 0600 (never readable by others,
+/// not even for a moment) and kept at 0600 if it existed.
+pub(crate) fn write(path: &Path, data: &str, private: bool) -> Result<(), PkiError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let io = |source| PkiError::Io {
         path: path.to_path_buf(),
         source,
     };
-    std::fs::write(path, data).map_err(io)?;
+    let mode = if private { 0o600 } else { 0o644 };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(path)
+        .map_err(io)?;
     if private {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        f.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .map_err(io)?;
     }
-    Ok(())
+    f.write_all(data.as_bytes()).map_err(io)
 }
 
 fn name(cn: &str, org: Option<&str>) -> DistinguishedName {

@@ -310,13 +310,20 @@ impl ApiServer {
                 } else {
                     kubelet.attach(input).await
                 };
-                // Refused before the upgrade: a plain-text answer, which kubectl shows as
-                // "unable to upgrade connection: ...".
+                // Refused before the upgrade: the kubelet's plain-text answer passed on,
+                // with the code of its error, as upstream's proxy does; kubectl shows it
+                // as "unable to upgrade connection: ...".
                 let output = match call {
                     Ok(r) => r.into_inner(),
                     Err(e) => {
                         tracing::warn!(pod = %name, "kubelet refused {sub}: {e:?}");
-                        return Ok(plain(StatusCode::INTERNAL_SERVER_ERROR, e.message()));
+                        let code = StatusCode::from_u16(kubelet_error(&e).code())
+                            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                        return Ok(full(
+                            code,
+                            "text/plain; charset=utf-8",
+                            e.message().to_string(),
+                        ));
                     }
                 };
                 let proto = negotiated.clone();
@@ -442,10 +449,6 @@ where
             Err(e) => tracing::debug!("upgrade failed: {e}"),
         }
     });
-}
-
-fn plain(code: StatusCode, text: &str) -> Response<Body> {
-    full(code, "text/plain; charset=utf-8", text.to_string())
 }
 
 /// The protocol an upgrade request asks for, or upstream's refusal.

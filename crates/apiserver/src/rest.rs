@@ -1473,6 +1473,16 @@ impl Resources {
                     .await?
                     .ok_or_else(|| status::not_found(&br, &bname))?
                     .object;
+                if kind == "Pod"
+                    && obj
+                        .pointer("/spec/serviceAccountName")
+                        .and_then(Value::as_str)
+                        != Some(name.as_str())
+                {
+                    return Err(status::bad_request(format!(
+                        "cannot bind token for serviceaccount {name:?} to pod running with different serviceaccount name."
+                    )));
+                }
                 let uid = meta::meta_str(&obj, "uid").to_string();
                 let given = bound_ref["uid"].as_str().unwrap_or_default();
                 if !given.is_empty() && given != uid {

@@ -134,7 +134,12 @@ impl ApiServer {
     /// authenticator: a valid token of this issuer for the API's audiences, whose
     /// account (and the object it is bound to) still exists with the same uid.
     async fn bearer_user(&self, header: &http::HeaderValue) -> Option<User> {
-        let token = header.to_str().ok()?.strip_prefix("Bearer ")?.trim();
+        // The scheme is case-insensitive (RFC 7235), as upstream's bearer authenticator.
+        let (scheme, token) = header.to_str().ok()?.trim().split_once(' ')?;
+        if !scheme.eq_ignore_ascii_case("bearer") {
+            return None;
+        }
+        let token = token.trim();
         let tokens = self.resources.tokens.get()?;
         let claims = match tokens.verify(token, jiff::Timestamp::now().as_second()) {
             Ok(c) => c,

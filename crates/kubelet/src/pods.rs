@@ -65,9 +65,9 @@ pub struct Pods {
     pub log_max_files: u32,
     /// Per pod: its volumes' host paths and when they were last refreshed from the API.
     volumes: std::sync::Mutex<HashMap<String, (Instant, VolumePaths)>>,
-    /// Service-account tokens by (pod uid, audience, lifetime): the token and when to
-    /// renew it.
-    tokens: std::sync::Mutex<HashMap<TokenCacheKey, (String, Instant)>>,
+    /// Service-account tokens by (pod uid, audience, lifetime): the token, when to renew
+    /// it and when it expires.
+    tokens: std::sync::Mutex<HashMap<TokenCacheKey, CachedToken>>,
     /// Per pod: when its emptyDir usage was last measured against the size limits.
     usage_checked: std::sync::Mutex<HashMap<String, Instant>>,
     /// Repeating events by subject (`<uid>/` for a pod, `<uid>/<container>`): the last
@@ -90,6 +90,14 @@ pub struct Pods {
 
 /// A service-account token of a pod: (pod uid, audience, lifetime in seconds).
 type TokenCacheKey = (String, String, i64);
+
+/// A service-account token the kubelet holds for a pod.
+#[derive(Clone)]
+struct CachedToken {
+    token: String,
+    renew: Instant,
+    expires: Instant,
+}
 
 /// A pod's volumes by name: their host paths.
 type VolumePaths = BTreeMap<String, PathBuf>;
@@ -1937,7 +1945,8 @@ impl Pods {
 
     /// A token of the pod's service account bound to the pod, for an audience and
     /// lifetime: requested from the API (TokenRequest) and requested again once 80% of
-    /// its lifetime or a day has passed, as upstream's token manager does.
+    /// its lifetime or a day has passed, as upstream's token manager does. When renewal
+    /// fails the cached token serves on until it expires.
     async fn service_account_token(
         &self,
         pod: &Pod,
@@ -1946,9 +1955,10 @@ impl Pods {
         let m = &pod.metadata;
         let uid = m.uid.clone().unwrap_or_default();
         let cache_key = (uid.clone(), key.0.clone(), key.1);
-        if let Some((token, renew)) = self.tokens.lock().expect("lock").get(&cache_key) {
-            if Instant::now() < *renew {
-                return Ok(token.clone());
+        let cached = self.tokens.lock().expect("lock").get(&cache_key).cloned();
+        if let Some(c) = &cached {
+            if Instant::now() < c.renew {
+                return Ok(c.token.clone());
             }
         }
         let ns = m.namespace.clone().unwrap_or_default();
@@ -1974,20 +1984,28 @@ impl Pods {
         });
         let api: Api<k8s_openapi::api::core::v1::ServiceAccount> =
             Api::namespaced(self.client.clone(), &ns);
-        let answer = api
-            .create_subresource(&account, "token", &request)
-            .await
-            .map_err(|e| format!("failed to fetch token: {e}"))?;
+        let requested = Instant::now();
+        let answer = match api.create_subresource(&account, "token", &request).await {
+            Ok(a) => a,
+            Err(e) => match cached {
+                Some(c) if requested < c.expires => {
+                    tracing::warn!(pod = ?m.name, account, "token renewal failed, the current token stays until it expires: {e}");
+                    return Ok(c.token);
+                }
+                _ => return Err(format!("failed to fetch token: {e}")),
+            },
+        };
         let token = answer["status"]["token"]
             .as_str()
             .ok_or("failed to fetch token: the answer has no token")?
             .to_string();
         let lifetime = Duration::from_secs(key.1.max(0) as u64);
-        let renew = Instant::now() + (lifetime * 4 / 5).min(Duration::from_secs(24 * 3600));
-        self.tokens
-            .lock()
-            .expect("lock")
-            .insert(cache_key, (token.clone(), renew));
+        let cached = CachedToken {
+            token: token.clone(),
+            renew: requested + (lifetime * 4 / 5).min(Duration::from_secs(24 * 3600)),
+            expires: requested + lifetime,
+        };
+        self.tokens.lock().expect("lock").insert(cache_key, cached);
         Ok(token)
     }
 
