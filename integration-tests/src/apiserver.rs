@@ -19,6 +19,10 @@ pub struct ApiServer {
     pub extra: Vec<String>,
     /// The network namespace it (and kubectl) run in, if not the test's own.
     pub netns: Option<String>,
+    /// Whether a kube-controller-manager runs beside it, started once the server is
+    /// ready (default: yes; pods need the `default` ServiceAccount it makes).
+    pub controllers: bool,
+    controller_manager: std::sync::Mutex<Option<Child>>,
 }
 
 impl ApiServer {
@@ -45,6 +49,8 @@ impl ApiServer {
             peer_port,
             extra,
             netns: None,
+            controllers: true,
+            controller_manager: std::sync::Mutex::new(None),
         }
     }
 
@@ -92,6 +98,46 @@ impl ApiServer {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// Starts kube-controller-manager (admin credentials, the cluster CA published) if it
+    /// is wanted and not running, and waits (bounded) for the `default` ServiceAccount.
+    fn start_controller_manager(&self) {
+        let mut kcm = self.controller_manager.lock().unwrap();
+        if !self.controllers || kcm.is_some() {
+            return;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("controller-manager.log"))
+            .unwrap();
+        let child = self
+            .here(binary("kube-controller-manager"))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--root-ca-file")
+            .arg(self.dir.join("pki/ca.crt"))
+            .args(["--bind-address", &self.ip])
+            .args(["--secure-port", &free_port().to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        *kcm = Some(child);
+        drop(kcm);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self
+            .kubectl(&["get", "serviceaccount", "default", "-o", "name"])
+            .is_err()
+        {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.dir.join("controller-manager.log"))
+                    .unwrap_or_default();
+                panic!("no default ServiceAccount after 30 s; controller-manager log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
         }
     }
 
@@ -183,6 +229,7 @@ impl ApiServer {
             if self.kubeconfig().exists()
                 && self.kubectl(&["get", "--raw", "/readyz"]).as_deref() == Ok("ok")
             {
+                self.start_controller_manager();
                 return;
             }
             if Instant::now() > deadline {
@@ -196,5 +243,9 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.kill();
+        if let Some(mut c) = self.controller_manager.lock().unwrap().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }

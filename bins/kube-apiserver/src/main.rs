@@ -87,39 +87,18 @@ struct Args {
     /// How long events are kept (Go duration, as upstream's --event-ttl).
     #[arg(long, default_value = "1h")]
     event_ttl: String,
+    /// Admission plugins to run besides the default ones (all of ferrokube's are on by
+    /// default: DefaultTolerationSeconds, Priority, ServiceAccount).
+    #[arg(long, value_delimiter = ',')]
+    enable_admission_plugins: Vec<String>,
+    /// Admission plugins to switch off.
+    #[arg(long, value_delimiter = ',')]
+    disable_admission_plugins: Vec<String>,
 }
 
 /// Parses a Go duration such as `5m`, `90s`, `1h30m` or `0`.
 fn go_duration(s: &str) -> Result<Duration> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let mut total = 0f64;
-    let mut num = String::new();
-    let mut chars = s.chars().peekable();
-    let mut any = false;
-    while let Some(c) = chars.next() {
-        if c.is_ascii_digit() || c == '.' {
-            num.push(c);
-            continue;
-        }
-        let mut unit = c.to_string();
-        if c == 'm' && chars.peek() == Some(&'s') {
-            unit.push(chars.next().unwrap_or('s'));
-        }
-        let n: f64 = num.parse().with_context(|| format!("bad duration {s:?}"))?;
-        total += n * match unit.as_str() {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            _ => anyhow::bail!("bad duration {s:?}: unknown unit {unit:?}"),
-        };
-        num.clear();
-        any = true;
-    }
-    anyhow::ensure!(any && num.is_empty(), "bad duration {s:?}");
-    Ok(Duration::from_secs_f64(total))
+    ferrokube_api::meta::parse_go_duration(s).with_context(|| format!("bad duration {s:?}"))
 }
 
 /// The first usable address of a CIDR (`10.96.0.0/12` → `10.96.0.1`).
@@ -160,6 +139,10 @@ async fn main() {
 
 async fn run() -> Result<()> {
     let args = Args::parse();
+    let admission = ferrokube_apiserver::admission::Plugins::from_flags(
+        &args.enable_admission_plugins,
+        &args.disable_admission_plugins,
+    )?;
     let service_ip = first_service_ip(&args.service_cluster_ip_range)?;
     let alloc = Allocator::new(&args.service_cluster_ip_range)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);
@@ -270,6 +253,7 @@ async fn run() -> Result<()> {
         )
         .context("--service-account-signing-key-file")?,
     );
+    api.set_admission_plugins(admission);
     api.bootstrap(args.advertise_address, args.secure_port)
         .await
         .context("creating the bootstrap objects")?;
@@ -333,17 +317,5 @@ mod tests {
         );
         assert!(first_service_ip("10.0.0.0").is_err());
         assert!(first_service_ip("10.0.0.0/31").is_err());
-    }
-
-    #[test]
-    fn go_durations() {
-        use super::go_duration;
-        use std::time::Duration;
-        assert_eq!(go_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(go_duration("1h30m").unwrap(), Duration::from_secs(5400));
-        assert_eq!(go_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(go_duration("0").unwrap(), Duration::ZERO);
-        assert!(go_duration("5").is_err());
-        assert!(go_duration("5x").is_err());
     }
 }

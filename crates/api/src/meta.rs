@@ -115,6 +115,41 @@ pub fn generate_name(prefix: &str) -> String {
     format!("{cut}{}", random_suffix(5))
 }
 
+/// Parses Go's `time.Duration` text as flags and configuration files write it: one or
+/// more `<number><unit>` (`90s`, `1m30s`, `1.5h`, `250ms`; units ns, us, µs, ms, s, m,
+/// h), or `0`. Negative durations are refused.
+pub fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    if s == "0" {
+        return Some(std::time::Duration::ZERO);
+    }
+    let mut rest = s.strip_prefix('+').unwrap_or(s);
+    if rest.is_empty() {
+        return None;
+    }
+    let mut secs = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .filter(|&n| n > 0)?;
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        secs += n * match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" | "μs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+    }
+    std::time::Duration::try_from_secs_f64(secs).ok()
+}
+
 /// Go's `time.Duration` text (`1h0m0s`, `1.5s`).
 pub fn go_duration(ns: i64) -> String {
     if ns == 0 {
@@ -215,6 +250,17 @@ mod tests {
     #[test]
     fn durations_print_like_go() {
         assert_eq!(go_duration(3_600_000_000_000), "1h0m0s");
+        use std::time::Duration;
+        assert_eq!(parse_go_duration("5m"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_go_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1h0m0s"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_go_duration("250ms"), Some(Duration::from_millis(250)));
+        assert_eq!(parse_go_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("0"), Some(Duration::ZERO));
+        assert_eq!(parse_go_duration("0s"), Some(Duration::ZERO));
+        for bad in ["", "5", "5x", "-5s", "s", "1m5"] {
+            assert_eq!(parse_go_duration(bad), None, "{bad}");
+        }
         assert_eq!(go_duration(90_000_000_000), "1m30s");
         assert_eq!(go_duration(1_500_000_000), "1.5s");
         assert_eq!(go_duration(2_000_000), "2ms");

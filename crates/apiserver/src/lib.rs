@@ -14,6 +14,7 @@
 //! the kubelets ([`kubelet_client`]), and [`resource_metrics`] the `metrics.k8s.io` API
 //! from their usage figures; [`serviceaccount`] signs and checks service-account tokens.
 
+pub mod admission;
 pub mod alloc;
 pub mod apply;
 pub mod auth;

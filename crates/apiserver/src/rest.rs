@@ -175,6 +175,8 @@ pub struct Resources {
     pub alloc: Allocator,
     /// Signs service-account tokens, once a key is configured.
     pub tokens: std::sync::OnceLock<crate::serviceaccount::Tokens>,
+    /// The admission plugins switched on (all, unless set otherwise).
+    pub admission: std::sync::OnceLock<crate::admission::Plugins>,
 }
 
 /// One call to the resource API.
@@ -825,40 +827,47 @@ impl Resources {
     /// Pod admission: the service account, priority and default tolerations upstream's
     /// admission plugins add.
     async fn admit_pod(&self, pod: &mut Value) -> Result<(), StatusError> {
-        let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
+        if !pod.get("spec").is_some_and(Value::is_object) {
             return Ok(());
-        };
-        let sa = spec
-            .get("serviceAccountName")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty())
-            .or_else(|| spec.get("serviceAccount").and_then(Value::as_str))
-            .filter(|s| !s.is_empty())
-            .unwrap_or("default")
-            .to_string();
-        spec.insert("serviceAccountName".into(), json!(sa));
-        spec.insert("serviceAccount".into(), json!(sa));
+        }
+        let plugins = self.admission.get().copied().unwrap_or_default();
+        let pods = ferrokube_api::registry::builtin("", "pods");
+        let mirror = meta::metadata(pod)
+            .and_then(|m| m.get("annotations"))
+            .is_some_and(|a| a.get(crate::admission::MIRROR_ANNOTATION).is_some());
+        if plugins.service_account {
+            self.admit_service_account(pod, mirror).await?;
+        }
+        let spec = pod["spec"].as_object_mut().expect("checked above");
+        // The deprecated alias follows the name.
+        if let Some(sa) = spec.get("serviceAccountName").cloned() {
+            spec.insert("serviceAccount".into(), sa);
+        }
         spec.entry("enableServiceLinks").or_insert(json!(true));
         spec.entry("preemptionPolicy")
             .or_insert(json!("PreemptLowerPriority"));
-        // DefaultTolerationSeconds.
-        let tolerations = spec.entry("tolerations").or_insert(json!([]));
-        if let Some(list) = tolerations.as_array_mut() {
-            for key in [
-                "node.kubernetes.io/not-ready",
-                "node.kubernetes.io/unreachable",
-            ] {
-                let has = list.iter().any(|t| {
-                    t.get("key").and_then(Value::as_str) == Some(key)
-                        && matches!(
-                            t.get("effect").and_then(Value::as_str),
-                            None | Some("NoExecute") | Some("")
-                        )
-                });
-                if !has {
-                    list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        if plugins.default_toleration_seconds {
+            let tolerations = spec.entry("tolerations").or_insert(json!([]));
+            if let Some(list) = tolerations.as_array_mut() {
+                for key in [
+                    "node.kubernetes.io/not-ready",
+                    "node.kubernetes.io/unreachable",
+                ] {
+                    let has = list.iter().any(|t| {
+                        t.get("key").and_then(Value::as_str) == Some(key)
+                            && matches!(
+                                t.get("effect").and_then(Value::as_str),
+                                None | Some("NoExecute") | Some("")
+                            )
+                    });
+                    if !has {
+                        list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+                    }
                 }
             }
+        }
+        if !plugins.priority {
+            return Ok(());
         }
         // Priority.
         let class = spec
@@ -876,7 +885,6 @@ impl Resources {
                     pc.object.get("preemptionPolicy").cloned(),
                 ),
                 None => {
-                    let pods = ferrokube_api::registry::builtin("", "pods");
                     return Err(status::forbidden(
                         &pods,
                         meta::name(pod),
@@ -890,6 +898,58 @@ impl Resources {
         if let Some(p) = policy {
             spec.insert("preemptionPolicy".into(), p);
         }
+        Ok(())
+    }
+
+    /// The ServiceAccount plugin at pod creation: mirror pods reach no credentials;
+    /// other pods run as `default` unless they name an account, which must exist (the
+    /// `default` one is waited for up to about two seconds, as its controller makes it
+    /// with the namespace), and get its token volume and image pull secrets.
+    async fn admit_service_account(
+        &self,
+        pod: &mut Value,
+        mirror: bool,
+    ) -> Result<(), StatusError> {
+        let pods = ferrokube_api::registry::builtin("", "pods");
+        if mirror {
+            return match crate::admission::mirror_pod_refusal(pod) {
+                Some(why) => Err(status::forbidden(&pods, meta::name(pod), why)),
+                None => Ok(()),
+            };
+        }
+        let spec = pod["spec"].as_object_mut().expect("checked by admit_pod");
+        let name = spec
+            .get("serviceAccountName")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty())
+            .or_else(|| spec.get("serviceAccount").and_then(Value::as_str))
+            .filter(|s| !s.is_empty())
+            .unwrap_or("default")
+            .to_string();
+        spec.insert("serviceAccountName".into(), json!(name));
+        let ns = meta::namespace(pod).to_string();
+        let sa = ferrokube_api::registry::builtin("", "serviceaccounts");
+        let key = object_key(&sa, &ns, &name);
+        let attempts = if name == "default" { 10 } else { 1 };
+        let mut account = None;
+        for attempt in 0..attempts {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(rand::random_range(100..200))).await;
+            }
+            if let Some(found) = self.objects.get(&key).await? {
+                account = Some(found.object);
+                break;
+            }
+        }
+        let Some(account) = account else {
+            return Err(status::forbidden(
+                &pods,
+                meta::name(pod),
+                &format!("error looking up service account {ns}/{name}: serviceaccount {name:?} not found"),
+            ));
+        };
+        let automount = crate::admission::should_automount(&account, pod);
+        crate::admission::apply_service_account(pod, &account, automount, &meta::random_suffix(5));
         Ok(())
     }
 

@@ -114,6 +114,7 @@ impl ApiServer {
             custom: Default::default(),
             alloc,
             tokens: std::sync::OnceLock::new(),
+            admission: std::sync::OnceLock::new(),
         });
         Arc::new(ApiServer {
             store,
@@ -128,6 +129,11 @@ impl ApiServer {
     /// bearer authentication).
     pub fn set_service_account_tokens(&self, tokens: crate::serviceaccount::Tokens) {
         let _ = self.resources.tokens.set(tokens);
+    }
+
+    /// Sets which admission plugins run (before serving; all by default).
+    pub fn set_admission_plugins(&self, plugins: crate::admission::Plugins) {
+        let _ = self.resources.admission.set(plugins);
     }
 
     /// The service account a bearer token authenticates, as upstream's service-account

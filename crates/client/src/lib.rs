@@ -19,7 +19,7 @@ pub use api::{Answer, Api, Client, ListParams, ObjectList, Patch};
 pub use config::Config;
 pub use informer::{Informer, Store};
 pub use leader::{ElectionConfig, LeaderElection};
-pub use workqueue::WorkQueue;
+pub use workqueue::{QueueCounts, WorkQueue};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
 

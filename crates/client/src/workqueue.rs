@@ -18,6 +18,20 @@ struct Inner<T> {
     tokens: f64,
     refilled: Instant,
     shutdown: bool,
+    /// Items queued, and retries asked for, since the queue was made.
+    adds: u64,
+    retries: u64,
+}
+
+/// A queue's counters, for upstream's `workqueue_*` metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QueueCounts {
+    /// Items waiting.
+    pub depth: usize,
+    /// Items queued (`workqueue_adds_total`).
+    pub adds: u64,
+    /// Retries (`workqueue_retries_total`).
+    pub retries: u64,
 }
 
 /// The queue. Cheap to clone.
@@ -57,6 +71,8 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
                 tokens: BURST,
                 refilled: Instant::now(),
                 shutdown: false,
+                adds: 0,
+                retries: 0,
             })),
             notify: Arc::new(Notify::new()),
         }
@@ -68,6 +84,7 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
         if q.shutdown || !q.dirty.insert(item.clone()) {
             return;
         }
+        q.adds += 1;
         if !q.processing.contains(&item) {
             q.queue.push_back(item);
             drop(q);
@@ -112,6 +129,7 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
 
     /// Queues an item after its rate-limited delay (a retry).
     pub fn add_rate_limited(&self, item: T) {
+        self.inner.lock().expect("queue lock").retries += 1;
         let d = self.backoff(&item);
         self.add_after(item, d);
     }
@@ -171,6 +189,16 @@ impl<T: Hash + Eq + Clone + Send + 'static> WorkQueue<T> {
         self.len() == 0
     }
 
+    /// Depth and counters.
+    pub fn counts(&self) -> QueueCounts {
+        let q = self.inner.lock().expect("queue lock");
+        QueueCounts {
+            depth: q.queue.len(),
+            adds: q.adds,
+            retries: q.retries,
+        }
+    }
+
     /// Stops handing out items; waiting `get`s return `None`.
     pub fn shutdown(&self) {
         self.inner.lock().expect("queue lock").shutdown = true;
@@ -199,6 +227,17 @@ mod tests {
         q.done(&"a");
         assert_eq!(q.get().await.unwrap(), "a");
         q.done(&"a");
+        // Deduplicated adds are not counted.
+        assert_eq!(
+            q.counts(),
+            QueueCounts {
+                depth: 0,
+                adds: 3,
+                retries: 0
+            }
+        );
+        q.add_rate_limited("c");
+        assert_eq!(q.counts().retries, 1);
         q.shutdown();
         assert_eq!(q.get().await, None);
     }

@@ -178,34 +178,8 @@ impl KubeletConfiguration {
     }
 }
 
-/// A Go duration with one unit (`10s`, `1m`, `500ms`).
-/// Parses a Go-style duration (`90s`, `1m30s`, `1h0m0s`, `0s`).
-pub fn parse_duration(s: &str) -> Option<std::time::Duration> {
-    // Go's form: one or more <number><unit> (`90s`, `1m30s`, `1h0m0s`, `0s`).
-    let mut total = std::time::Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit())?;
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let d = match &rest[..unit_len] {
-            "ms" => std::time::Duration::from_millis(n),
-            "s" => std::time::Duration::from_secs(n),
-            "m" => std::time::Duration::from_secs(n * 60),
-            "h" => std::time::Duration::from_secs(n * 3600),
-            _ => return None,
-        };
-        total += d;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
-}
+/// Parses a Go duration (`90s`, `1m30s`, `1h0m0s`, `0s`).
+pub use ferrokube_api::meta::parse_go_duration as parse_duration;
 
 #[cfg(test)]
 mod tests {

@@ -1,0 +1,252 @@
+//! `kube-controller-manager`: runs the selected controllers while this process holds the
+//! `kube-system/kube-controller-manager` Lease, and serves `/healthz` and `/metrics` on
+//! its secure port. Flags follow upstream's.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use ferrokube_client::{Api, Client, Config, ElectionConfig, LeaderElection, QueueCounts};
+use ferrokube_controllers::{Context, InformerFactory};
+use k8s_openapi::api::coordination::v1::Lease;
+
+#[derive(Parser, Debug)]
+#[command(name = "kube-controller-manager", version, about)]
+struct Args {
+    /// Kubeconfig with the API server's address and credentials.
+    #[arg(long)]
+    kubeconfig: PathBuf,
+    /// Controllers to run: `*` for all on by default, `name` to enable one, `-name` to
+    /// disable one (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "*")]
+    controllers: Vec<String>,
+    /// The cluster's CA bundle (PEM), published to every namespace as the
+    /// kube-root-ca.crt ConfigMap.
+    #[arg(long)]
+    root_ca_file: Option<PathBuf>,
+    /// Run only while holding the leader Lease (for several replicas).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    leader_elect: bool,
+    /// How long a non-renewed lease holds (Go duration).
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it stops leading.
+    #[arg(long, default_value = "10s", value_parser = duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often candidates try to take or renew the lease.
+    #[arg(long, default_value = "2s", value_parser = duration)]
+    leader_elect_retry_period: Duration,
+    /// The Lease's namespace.
+    #[arg(long, default_value = "kube-system")]
+    leader_elect_resource_namespace: String,
+    /// The Lease's name.
+    #[arg(long, default_value = "kube-controller-manager")]
+    leader_elect_resource_name: String,
+    /// Address of the health and metrics endpoints.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Port of the health and metrics endpoints (HTTPS); 0 turns them off.
+    #[arg(long, default_value_t = 10257)]
+    secure_port: u16,
+    /// Serving certificate (PEM); a self-signed one is made at start when absent.
+    #[arg(long, requires = "tls_private_key_file")]
+    tls_cert_file: Option<PathBuf>,
+    /// Key (PEM) of --tls-cert-file.
+    #[arg(long, requires = "tls_cert_file")]
+    tls_private_key_file: Option<PathBuf>,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    ferrokube_api::meta::parse_go_duration(s)
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("invalid duration {s:?}"))
+}
+
+/// What the health and metrics endpoints report.
+struct State {
+    leading: AtomicBool,
+    leader_elect: bool,
+    queues: std::sync::Mutex<Vec<(&'static str, Box<dyn Fn() -> QueueCounts + Send + Sync>)>>,
+}
+
+impl ferrokube_serving::Health for State {
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        if self.leader_elect {
+            let _ = writeln!(out, "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease.");
+            let _ = writeln!(out, "# TYPE leader_election_master_status gauge");
+            let _ = writeln!(
+                out,
+                "leader_election_master_status{{name=\"kube-controller-manager\"}} {}",
+                u8::from(self.leading.load(Ordering::Relaxed))
+            );
+        }
+        let queues = self.queues.lock().expect("queues lock");
+        let counts: Vec<(&str, QueueCounts)> = queues.iter().map(|(n, c)| (*n, c())).collect();
+        for (metric, kind, help, value) in [
+            (
+                "workqueue_adds_total",
+                "counter",
+                "Total number of adds handled by workqueue",
+                0,
+            ),
+            ("workqueue_depth", "gauge", "Current depth of workqueue", 1),
+            (
+                "workqueue_retries_total",
+                "counter",
+                "Total number of retries handled by workqueue",
+                2,
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} [ALPHA] {help}");
+            let _ = writeln!(out, "# TYPE {metric} {kind}");
+            for (name, c) in &counts {
+                let v = match value {
+                    0 => c.adds,
+                    1 => c.depth as u64,
+                    _ => c.retries,
+                };
+                let _ = writeln!(out, "{metric}{{name=\"{name}\"}} {v}");
+            }
+        }
+        out
+    }
+}
+
+async fn run(args: Args) -> Result<()> {
+    let selected = ferrokube_controllers::select(&args.controllers)
+        .map_err(anyhow::Error::msg)
+        .context("--controllers")?;
+    let root_ca = match &args.root_ca_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--root-ca-file {}", p.display()))?
+                .into(),
+        ),
+        None => None,
+    };
+    let config = Config::from_kubeconfig(&args.kubeconfig)
+        .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
+    let client = Client::new(&config)?.with_field_manager("kube-controller-manager");
+    let cx = Context {
+        client: client.clone(),
+        root_ca,
+    };
+    let state = Arc::new(State {
+        leading: AtomicBool::new(false),
+        leader_elect: args.leader_elect,
+        queues: Default::default(),
+    });
+    if args.secure_port != 0 {
+        let identity = match (&args.tls_cert_file, &args.tls_private_key_file) {
+            (Some(c), Some(k)) => ferrokube_serving::Identity {
+                cert_pem: std::fs::read(c)
+                    .with_context(|| format!("--tls-cert-file {}", c.display()))?,
+                key_pem: std::fs::read(k)
+                    .with_context(|| format!("--tls-private-key-file {}", k.display()))?,
+            },
+            _ => ferrokube_serving::Identity::self_signed("localhost")?,
+        };
+        let addr = SocketAddr::new(args.bind_address, args.secure_port);
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen on {addr}"))?;
+        let health = state.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ferrokube_serving::serve(listener, &identity, health).await {
+                ferrokube_process::exit_with(&format!("serving {addr}: {e}"));
+            }
+        });
+        tracing::info!(%addr, "serving /healthz and /metrics");
+    }
+
+    // What the leader runs: the informers, then every selected controller.
+    let lead = {
+        let state = state.clone();
+        move || async move {
+            state.leading.store(true, Ordering::Relaxed);
+            let mut informers = InformerFactory::new(cx.client.clone());
+            let mut runs = tokio::task::JoinSet::new();
+            for d in selected {
+                match (d.start)(&cx, &mut informers) {
+                    Ok(runner) => {
+                        tracing::info!(controller = d.name, "started");
+                        state
+                            .queues
+                            .lock()
+                            .expect("queues lock")
+                            .push((runner.queue_name, runner.counts));
+                        runs.spawn(runner.run);
+                    }
+                    Err(why) => tracing::warn!(controller = d.name, "not started: {why}"),
+                }
+            }
+            let _informers = AbortOnDrop(informers.start());
+            while runs.join_next().await.is_some() {}
+        }
+    };
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let work = async {
+        if !args.leader_elect {
+            lead().await;
+            return Ok(());
+        }
+        let identity = format!(
+            "{}_{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into()),
+            ferrokube_api::meta::new_uid()
+        );
+        let mut cfg = ElectionConfig::new(
+            &args.leader_elect_resource_namespace,
+            &args.leader_elect_resource_name,
+            &identity,
+        );
+        cfg.lease_duration = args.leader_elect_lease_duration;
+        cfg.renew_deadline = args.leader_elect_renew_deadline;
+        cfg.retry_period = args.leader_elect_retry_period;
+        let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        LeaderElection::new(api, cfg).run(lead).await
+    };
+    tokio::select! {
+        r = work => {
+            r.map_err(|e| anyhow::anyhow!("leaderelection lost: {e}"))?;
+        }
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+    }
+    Ok(())
+}
+
+/// Aborts the tasks when dropped (when leadership ends).
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for t in &self.0 {
+            t.abort();
+        }
+    }
+}
+
+fn main() {
+    ferrokube_process::init();
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap_or_else(|e| ferrokube_process::exit_with(&format!("runtime: {e}")));
+    if let Err(e) = rt.block_on(run(args)) {
+        ferrokube_process::exit_with(&format!("{e:#}"));
+    }
+}

@@ -1,0 +1,160 @@
+//! The health and metrics endpoints of a control-plane component (upstream's
+//! kube-controller-manager and kube-scheduler secure ports): `/healthz`, `/livez` and
+//! `/readyz` answer `ok` while the component's check passes (500 with the reason
+//! otherwise), `/metrics` answers Prometheus text. Served over HTTPS with the given
+//! certificate, or with a self-signed one made in memory at start, as upstream does
+//! without `--tls-cert-file`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+/// What can go wrong setting up.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("serving certificate: {0}")]
+    Certificate(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+/// A component's state as its endpoints report it.
+pub trait Health: Send + Sync + 'static {
+    /// `Ok` when healthy, else why not.
+    fn check(&self) -> Result<(), String>;
+    /// The metrics in Prometheus text format.
+    fn metrics(&self) -> String;
+}
+
+/// A certificate (PEM chain) and key (PEM) to serve with.
+pub struct Identity {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl Identity {
+    /// A self-signed certificate for `localhost` and the loopback addresses, named
+    /// `<component>@<unix time>` like upstream's in-memory one.
+    pub fn self_signed(component: &str) -> Result<Identity, Error> {
+        let fail = |e: rcgen::Error| Error::Certificate(e.to_string());
+        let mut params =
+            rcgen::CertificateParams::new(vec!["localhost".to_string()]).map_err(fail)?;
+        for ip in [
+            std::net::IpAddr::from([127, 0, 0, 1]),
+            std::net::IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
+        ] {
+            params.subject_alt_names.push(rcgen::SanType::IpAddress(ip));
+        }
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("{component}@{now}"));
+        let key = rcgen::KeyPair::generate().map_err(fail)?;
+        let cert = params.self_signed(&key).map_err(fail)?;
+        Ok(Identity {
+            cert_pem: cert.pem().into_bytes(),
+            key_pem: key.serialize_pem().into_bytes(),
+        })
+    }
+
+    fn server_config(&self) -> Result<rustls::ServerConfig, Error> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let pem = |e: rustls::pki_types::pem::Error| Error::Certificate(e.to_string());
+        let chain = CertificateDer::pem_slice_iter(&self.cert_pem)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&self.key_pem).map_err(pem)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?;
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(cfg)
+    }
+}
+
+/// Serves the endpoints on `listener` until the task is dropped.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    identity: &Identity,
+    health: Arc<dyn Health>,
+) -> Result<(), Error> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(identity.server_config()?));
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("accepting a connection: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        let health = health.clone();
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                acceptor.accept(tcp),
+            )
+            .await
+            {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake: {e}"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let service = hyper::service::service_fn(move |req| {
+                let health = health.clone();
+                async move { Ok::<_, Infallible>(answer(&req, health.as_ref())) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// One request's answer.
+fn answer(req: &Request<Incoming>, health: &dyn Health) -> Response<Full<Bytes>> {
+    let reply = |code: StatusCode, ct: &str, body: String| {
+        Response::builder()
+            .status(code)
+            .header(http::header::CONTENT_TYPE, ct)
+            .header("X-Content-Type-Options", "nosniff")
+            .body(Full::new(Bytes::from(body)))
+            .expect("response")
+    };
+    const TEXT: &str = "text/plain; charset=utf-8";
+    if req.method() != http::Method::GET && req.method() != http::Method::HEAD {
+        return reply(
+            StatusCode::METHOD_NOT_ALLOWED,
+            TEXT,
+            "Method Not Allowed\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/healthz" | "/livez" | "/readyz" => match health.check() {
+            Ok(()) => reply(StatusCode::OK, TEXT, "ok".into()),
+            Err(why) => reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                TEXT,
+                format!("[-]{why} failed\nhealthz check failed\n"),
+            ),
+        },
+        "/metrics" => reply(
+            StatusCode::OK,
+            "text/plain; version=0.0.4; charset=utf-8",
+            health.metrics(),
+        ),
+        _ => reply(StatusCode::NOT_FOUND, TEXT, "404 page not found\n".into()),
+    }
+}
