@@ -243,7 +243,12 @@ impl ApiServer {
 impl Drop for ApiServer {
     fn drop(&mut self) {
         self.kill();
-        if let Some(mut c) = self.controller_manager.lock().unwrap().take() {
+        let kcm = self
+            .controller_manager
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some(mut c) = kcm {
             let _ = c.kill();
             let _ = c.wait();
         }

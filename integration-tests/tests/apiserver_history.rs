@@ -86,5 +86,6 @@ fn old_history_from_the_store_and_compacted_history_gone() {
         err.contains("Expired") || err.contains("410") || err.contains("too old"),
         "{err}"
     );
-    assert_eq!(api.ok(&["get", "cm", "-o", "name"]).lines().count(), 3);
+    // The three, and the controller-manager's CA bundle.
+    assert_eq!(api.ok(&["get", "cm", "-o", "name"]).lines().count(), 4);
 }

@@ -255,7 +255,8 @@ fn create_get_and_output_formats() {
         2
     );
     assert_eq!(
-        api.ok(&["get", "cm", "-A", "-l", "color!=red", "-o", "name"])
+        // (`color` too: kube-root-ca.crt, in every namespace, has no color.)
+        api.ok(&["get", "cm", "-A", "-l", "color,color!=red", "-o", "name"])
             .trim(),
         "configmap/two"
     );
@@ -279,7 +280,7 @@ fn create_get_and_output_formats() {
         "-o",
         "name",
     ]);
-    assert_eq!(all.trim(), "configmap/two");
+    assert_eq!(all.trim(), "configmap/kube-root-ca.crt\nconfigmap/two");
     assert_eq!(
         api.ok(&[
             "get",
@@ -306,7 +307,12 @@ fn create_get_and_output_formats() {
     );
     // Metrics count what was served.
     let metrics = api.ok(&["get", "--raw", "/metrics"]);
-    assert!(metrics.contains("apiserver_request_total{code=\"201\",component=\"apiserver\",group=\"\",resource=\"configmaps\",scope=\"namespace\",subresource=\"\",verb=\"POST\",version=\"v1\"} 2"), "{metrics}");
+    // (The two made here, and the controller-manager's CA bundles.)
+    let posts = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("apiserver_request_total{code=\"201\",component=\"apiserver\",group=\"\",resource=\"configmaps\",scope=\"namespace\",subresource=\"\",verb=\"POST\",version=\"v1\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert!(posts.is_some_and(|n| n >= 2), "{metrics}");
     assert!(metrics.contains("apiserver_request_duration_seconds_bucket{component=\"apiserver\",group=\"apps\",resource=\"deployments\",scope=\"resource\",subresource=\"\",verb=\"GET\",version=\"v1\",le=\"+Inf\"}"), "{metrics}");
     assert!(metrics.contains("etcd_request_duration_seconds_count{operation=\"create\",type=\"/registry/configmaps\"}"), "{metrics}");
     // Paging: kubectl lists in chunks with limit/continue.
@@ -334,13 +340,14 @@ fn create_get_and_output_formats() {
     ]));
     assert_eq!(raw["items"].as_array().unwrap().len(), 2);
     let cont = raw["metadata"]["continue"].as_str().unwrap().to_string();
-    assert_eq!(raw["metadata"]["remainingItemCount"], 4);
+    // Seven in default: `one`, the five pages and kube-root-ca.crt.
+    assert_eq!(raw["metadata"]["remainingItemCount"], 5);
     let next = json(&api.ok(&[
         "get",
         "--raw",
         &format!("/api/v1/namespaces/default/configmaps?limit=10&continue={cont}"),
     ]));
-    assert_eq!(next["items"].as_array().unwrap().len(), 4);
+    assert_eq!(next["items"].as_array().unwrap().len(), 5);
     assert_eq!(
         next["metadata"]["resourceVersion"],
         raw["metadata"]["resourceVersion"]
@@ -874,7 +881,11 @@ fn deletion_semantics() {
         .fails(&["delete", "cm", "c2"])
         .contains("configmaps \"c2\" not found"));
     api.ok(&["delete", "cm", "-l", "group=x"]);
-    assert_eq!(api.ok(&["get", "cm", "-o", "name"]).trim(), "");
+    // Only the controller-manager's CA bundle is left.
+    assert_eq!(
+        api.ok(&["get", "cm", "-o", "name"]).trim(),
+        "configmap/kube-root-ca.crt"
+    );
     for i in 0..3 {
         api.ok(&[
             "create",
@@ -884,7 +895,12 @@ fn deletion_semantics() {
         ]);
     }
     api.ok(&["delete", "cm", "--all"]);
-    assert_eq!(api.ok(&["get", "cm", "-o", "name"]).trim(), "");
+    // All gone (the controller-manager may already have put its CA bundle back).
+    let left = api.ok(&["get", "cm", "-o", "name"]);
+    assert!(
+        left.lines().all(|l| l == "configmap/kube-root-ca.crt"),
+        "{left}"
+    );
 
     // Finalizers hold an object until they are removed.
     api.ok(&["create", "configmap", "held", "--from-literal=a=b"]);

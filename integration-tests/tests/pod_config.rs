@@ -544,3 +544,163 @@ spec:
     let e = as_token(api, dir, &plain, &["get", "pods"]).unwrap_err();
     assert!(e.contains("Unauthorized"), "{e}");
 }
+
+/// The path ServiceAccount admission mounts the account's credentials at.
+const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+#[test]
+fn default_service_account_credentials() {
+    let w = world();
+    let api = &w.api;
+    let dir = w.dir.path();
+    let node = start_node(&w, &dir.join("kubelet"));
+    apply(
+        api,
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: quiet}
+automountServiceAccountToken: false
+imagePullSecrets: [{name: regcred}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: plain}
+spec:
+  nodeName: node-1
+  initContainers:
+  - {name: init, image: busybox, command: [sh, -c, "cat /var/run/secrets/kubernetes.io/serviceaccount/namespace > /work/ns"],
+     volumeMounts: [{name: work, mountPath: /work}]}
+  containers:
+  - {name: c, image: busybox, command: [sleep, '3600'], volumeMounts: [{name: work, mountPath: /work}]}
+  volumes: [{name: work, emptyDir: {}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: optout}
+spec:
+  nodeName: node-1
+  automountServiceAccountToken: false
+  containers: [{name: c, image: busybox, command: [sleep, '3600']}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: quiet-default}
+spec:
+  serviceAccountName: quiet
+  containers: [{name: c, image: busybox}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: quiet-optin}
+spec:
+  serviceAccountName: quiet
+  automountServiceAccountToken: true
+  imagePullSecrets: [{name: own}]
+  containers: [{name: c, image: busybox}]
+"#,
+    );
+    wait_for(
+        "plain to run",
+        60,
+        || pod(api, "plain")["status"]["phase"] == "Running",
+        &node,
+    );
+
+    // The projected volume as upstream's admission writes it, in every container.
+    let p = pod(api, "plain");
+    assert_eq!(p["spec"]["serviceAccountName"], "default");
+    let volume = p["spec"]["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"].as_str().unwrap().starts_with("kube-api-access-"))
+        .expect("the token volume")
+        .clone();
+    let name = volume["name"].as_str().unwrap();
+    assert_eq!(name.len(), "kube-api-access-".len() + 5);
+    assert_eq!(
+        volume["projected"],
+        serde_json::json!({
+            "defaultMode": 420,
+            "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace",
+                    "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ],
+        })
+    );
+    for c in ["initContainers", "containers"] {
+        let mounts = &p["spec"][c][0]["volumeMounts"];
+        assert!(
+            mounts.as_array().unwrap().contains(&serde_json::json!(
+                {"name": name, "readOnly": true, "mountPath": SA_DIR}
+            )),
+            "{c}: {mounts}"
+        );
+    }
+
+    // Its files: the namespace (also seen by the init container), the cluster's CA, and
+    // a token of the default account bound to the pod that the API accepts.
+    let read = |f: &str| api.ok(&["exec", "plain", "--", "cat", &format!("{SA_DIR}/{f}")]);
+    assert_eq!(read("namespace"), "default");
+    assert_eq!(
+        api.ok(&["exec", "plain", "--", "cat", "/work/ns"]),
+        "default"
+    );
+    let ca = std::fs::read_to_string(api.dir.join("pki/ca.crt")).unwrap();
+    assert_eq!(read("ca.crt"), ca);
+    let token = read("token");
+    let c = jwt_claims(&token);
+    assert_eq!(c["sub"], "system:serviceaccount:default:default");
+    assert_eq!(c["kubernetes.io"]["pod"]["name"], "plain");
+    assert_eq!(
+        c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
+        3607
+    );
+    let e = as_token(api, dir, &token, &["get", "pods"]).unwrap_err();
+    assert!(
+        e.contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
+        "{e}"
+    );
+    let e = api.fails(&["exec", "plain", "--", "touch", &format!("{SA_DIR}/x")]);
+    assert!(e.contains("Read-only file system"), "{e}");
+
+    // Opting out: the pod's choice wins over the account's.
+    let volumes_of = |name: &str| pod(api, name)["spec"]["volumes"].clone();
+    assert!(volumes_of("optout").is_null());
+    assert!(volumes_of("quiet-default").is_null());
+    let optin = volumes_of("quiet-optin");
+    assert!(optin[0]["name"]
+        .as_str()
+        .unwrap()
+        .starts_with("kube-api-access-"));
+    // The account's pull secrets go to pods that name none.
+    assert_eq!(
+        pod(api, "quiet-default")["spec"]["imagePullSecrets"],
+        serde_json::json!([{"name": "regcred"}])
+    );
+    assert_eq!(
+        pod(api, "quiet-optin")["spec"]["imagePullSecrets"],
+        serde_json::json!([{"name": "own"}])
+    );
+
+    // An account that does not exist.
+    let e = api.fails(&[
+        "run",
+        "lost",
+        "--image=busybox",
+        "--overrides",
+        r#"{"apiVersion":"v1","spec":{"serviceAccountName":"nosuch"}}"#,
+    ]);
+    assert!(
+        e.contains(r#"pods "lost" is forbidden: error looking up service account default/nosuch: serviceaccount "nosuch" not found"#),
+        "{e}"
+    );
+    delete_all_pods(
+        api,
+        &["plain", "optout", "quiet-default", "quiet-optin"],
+        &node,
+    );
+}

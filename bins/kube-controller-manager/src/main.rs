@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use ferrokube_client::{Api, Client, Config, ElectionConfig, LeaderElection, QueueCounts};
-use ferrokube_controllers::{Context, InformerFactory};
+use ferrokube_controllers::{Context, CountsFn, InformerFactory};
 use k8s_openapi::api::coordination::v1::Lease;
 
 #[derive(Parser, Debug)]
@@ -71,7 +71,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 struct State {
     leading: AtomicBool,
     leader_elect: bool,
-    queues: std::sync::Mutex<Vec<(&'static str, Box<dyn Fn() -> QueueCounts + Send + Sync>)>>,
+    queues: std::sync::Mutex<Vec<(&'static str, CountsFn)>>,
 }
 
 impl ferrokube_serving::Health for State {

@@ -42,10 +42,13 @@ pub struct Descriptor {
     pub start: fn(&Context, &mut InformerFactory) -> Result<Runner, String>,
 }
 
+/// Reads a work-queue's counters.
+pub type CountsFn = Box<dyn Fn() -> QueueCounts + Send + Sync>;
+
 /// A started controller's run loop and its queue (for metrics).
 pub struct Runner {
     pub queue_name: &'static str,
-    pub counts: Box<dyn Fn() -> QueueCounts + Send + Sync>,
+    pub counts: CountsFn,
     pub run: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
