@@ -202,9 +202,9 @@ impl Pods {
     }
 
     /// The bundle of a container attempt, by its runc id, once its process runs (the
-    /// status says running as soon as the shim lives; the shim's attach socket is there
-    /// only once runc has started the container); `None` if it never does within
-    /// `limit`.
+    /// shim's attach socket is there only once runc has started the container; a kubelet
+    /// restarted meanwhile may see a container still starting); `None` if it never does
+    /// within `limit`.
     pub async fn started_bundle(
         &self,
         uid: &str,
@@ -853,6 +853,13 @@ impl Pods {
         if !status.success() {
             return Err(("RunContainerError".into(), "the shim did not start".into()));
         }
+        // As CRI's StartContainer: done once runc has started the process (or it has
+        // already ended), so the status never says running before it runs.
+        let (bundle_dir, exit_file) = (a.bundle.clone(), a.exit_file.clone());
+        let _ = tokio::task::spawn_blocking(move || {
+            shim::wait_running(&bundle_dir, &exit_file, Duration::from_secs(10))
+        })
+        .await;
         self.events
             .pod(
                 pod,

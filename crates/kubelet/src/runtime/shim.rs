@@ -88,8 +88,8 @@ pub struct Exit {
     pub lost: bool,
 }
 
-/// Where the shim of a container records its pid: beside the exit file.
-/// Written once `runc start` has returned: the container's process runs.
+/// The marker the shim writes in the bundle once `runc start` has returned: the
+/// container's process runs.
 pub fn running_file(bundle: &Path) -> PathBuf {
     bundle.join("running")
 }
@@ -109,6 +109,7 @@ pub fn wait_running(bundle: &Path, exit_file: &Path, limit: std::time::Duration)
     }
 }
 
+/// Where the shim of a container records its pid: beside the exit file.
 pub fn pid_file(exit_file: &Path) -> PathBuf {
     exit_file.with_file_name("shim.pid")
 }
