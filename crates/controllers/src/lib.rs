@@ -94,6 +94,37 @@ pub fn select(flag: &[String]) -> Result<Vec<&'static Descriptor>, String> {
         .collect())
 }
 
+impl Runner {
+    /// The runner of a controller whose queue holds namespace names: one worker calling
+    /// `sync` for each.
+    pub fn namespaced<F, Fut>(queue_name: &'static str, queue: WorkQueue<String>, sync: F) -> Runner
+    where
+        F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), Error>> + Send + 'static,
+    {
+        let counts_queue = queue.clone();
+        Runner {
+            queue_name,
+            counts: Box::new(move || counts_queue.counts()),
+            run: Box::pin(work(queue_name, queue, 1, sync)),
+        }
+    }
+}
+
+/// Queues the name of every namespace added or changed.
+pub fn queue_namespaces(informers: &mut InformerFactory, queue: &WorkQueue<String>) {
+    let q = queue.clone();
+    informers
+        .informer::<k8s_openapi::api::core::v1::Namespace>()
+        .on_event(move |e| match e {
+            ferrokube_client::informer::Event::Added(ns)
+            | ferrokube_client::informer::Event::Updated(_, ns) => {
+                q.add(ns.metadata.name.clone().unwrap_or_default())
+            }
+            ferrokube_client::informer::Event::Deleted(_) => {}
+        });
+}
+
 /// Drains `queue` with `workers` workers calling `sync` for each key: success forgets
 /// the key's failures, an error retries it after its back-off.
 pub async fn work<F, Fut>(name: &'static str, queue: WorkQueue<String>, workers: usize, sync: F)

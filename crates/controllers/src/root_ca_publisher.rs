@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use ferrokube_client::informer::Event;
 use ferrokube_client::{Api, Store, WorkQueue};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::serviceaccount::{namespace_of, namespace_terminating};
@@ -26,16 +26,7 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         return Err("the root CA certificate publisher needs --root-ca-file".into());
     };
     let queue: WorkQueue<String> = WorkQueue::new();
-    {
-        let inf = informers.informer::<Namespace>();
-        let q = queue.clone();
-        inf.on_event(move |e| match e {
-            Event::Added(ns) | Event::Updated(_, ns) => {
-                q.add(ns.metadata.name.clone().unwrap_or_default())
-            }
-            Event::Deleted(_) => {}
-        });
-    }
+    crate::queue_namespaces(informers, &queue);
     let config_maps = {
         let inf = informers.informer::<ConfigMap>();
         let q = queue.clone();
@@ -55,15 +46,14 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         root_ca,
         config_maps,
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: "root_ca_cert_publisher",
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work("root-ca-cert-publisher", queue, 1, move |ns| {
+    Ok(Runner::namespaced(
+        "root_ca_cert_publisher",
+        queue,
+        move |ns| {
             let sync = sync.clone();
             async move { sync.sync(&ns).await }
-        })),
-    })
+        },
+    ))
 }
 
 struct Sync {

@@ -36,17 +36,8 @@ pub(crate) fn namespace_of(meta: &ObjectMeta) -> String {
 /// Registers the informers; the runner syncs namespaces with one worker.
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let queue: WorkQueue<String> = WorkQueue::new();
-    let namespaces = {
-        let inf = informers.informer::<Namespace>();
-        let q = queue.clone();
-        inf.on_event(move |e| match e {
-            Event::Added(ns) | Event::Updated(_, ns) => {
-                q.add(ns.metadata.name.clone().unwrap_or_default())
-            }
-            Event::Deleted(_) => {}
-        });
-        inf.store()
-    };
+    crate::queue_namespaces(informers, &queue);
+    let namespaces = informers.informer::<Namespace>().store();
     let accounts = {
         let inf = informers.informer::<ServiceAccount>();
         let q = queue.clone();
@@ -64,15 +55,10 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         namespaces,
         accounts,
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: "serviceaccount",
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work("serviceaccount", queue, 1, move |ns| {
-            let sync = sync.clone();
-            async move { sync.sync(&ns).await }
-        })),
-    })
+    Ok(Runner::namespaced("serviceaccount", queue, move |ns| {
+        let sync = sync.clone();
+        async move { sync.sync(&ns).await }
+    }))
 }
 
 struct Sync {
