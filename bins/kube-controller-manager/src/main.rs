@@ -67,6 +67,36 @@ fn duration(s: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("invalid duration {s:?}"))
 }
 
+/// A work-queue metric: name, type, help and the counter it shows.
+type QueueMetric = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&QueueCounts) -> u64,
+);
+
+/// Upstream's work-queue metrics.
+const QUEUE_METRICS: [QueueMetric; 3] = [
+    (
+        "workqueue_adds_total",
+        "counter",
+        "Total number of adds handled by workqueue",
+        |c| c.adds,
+    ),
+    (
+        "workqueue_depth",
+        "gauge",
+        "Current depth of workqueue",
+        |c| c.depth as u64,
+    ),
+    (
+        "workqueue_retries_total",
+        "counter",
+        "Total number of retries handled by workqueue",
+        |c| c.retries,
+    ),
+];
+
 /// What the health and metrics endpoints report.
 struct State {
     leading: AtomicBool,
@@ -92,30 +122,11 @@ impl ferrokube_serving::Health for State {
         }
         let queues = self.queues.lock().expect("queues lock");
         let counts: Vec<(&str, QueueCounts)> = queues.iter().map(|(n, c)| (*n, c())).collect();
-        for (metric, kind, help, value) in [
-            (
-                "workqueue_adds_total",
-                "counter",
-                "Total number of adds handled by workqueue",
-                0,
-            ),
-            ("workqueue_depth", "gauge", "Current depth of workqueue", 1),
-            (
-                "workqueue_retries_total",
-                "counter",
-                "Total number of retries handled by workqueue",
-                2,
-            ),
-        ] {
+        for (metric, kind, help, value) in QUEUE_METRICS {
             let _ = writeln!(out, "# HELP {metric} [ALPHA] {help}");
             let _ = writeln!(out, "# TYPE {metric} {kind}");
             for (name, c) in &counts {
-                let v = match value {
-                    0 => c.adds,
-                    1 => c.depth as u64,
-                    _ => c.retries,
-                };
-                let _ = writeln!(out, "{metric}{{name=\"{name}\"}} {v}");
+                let _ = writeln!(out, "{metric}{{name=\"{name}\"}} {}", value(c));
             }
         }
         out

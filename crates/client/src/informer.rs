@@ -28,6 +28,31 @@ pub fn key_of<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> ObjectKey {
     }
 }
 
+/// What an informer can cache: a Kubernetes kind with object metadata, sent as JSON.
+pub trait Kind:
+    Resource
+    + Metadata<Ty = ObjectMeta>
+    + Serialize
+    + DeserializeOwned
+    + PartialEq
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Kind for K where
+    K: Resource
+        + Metadata<Ty = ObjectMeta>
+        + Serialize
+        + DeserializeOwned
+        + PartialEq
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A change the informer saw.
 #[derive(Debug, Clone)]
 pub enum Event<K> {
@@ -90,17 +115,7 @@ pub struct Informer<K> {
     handlers: Vec<Handler<K>>,
 }
 
-impl<K> Informer<K>
-where
-    K: Resource
-        + Metadata<Ty = ObjectMeta>
-        + Serialize
-        + DeserializeOwned
-        + PartialEq
-        + Send
-        + Sync
-        + 'static,
-{
+impl<K: Kind> Informer<K> {
     pub fn new(api: Api<K>, params: ListParams) -> Self {
         Informer {
             api,

@@ -7,11 +7,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 
+use ferrokube_client::informer::Kind;
 use ferrokube_client::{Api, Client, Informer, ListParams};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::{Metadata, Resource};
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 type RunFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -27,17 +24,7 @@ pub struct InformerFactory {
     informers: HashMap<TypeId, Entry>,
 }
 
-fn run_informer<K>(informer: Box<dyn Any + Send>) -> RunFuture
-where
-    K: Resource
-        + Metadata<Ty = ObjectMeta>
-        + Serialize
-        + DeserializeOwned
-        + PartialEq
-        + Send
-        + Sync
-        + 'static,
-{
+fn run_informer<K: Kind>(informer: Box<dyn Any + Send>) -> RunFuture {
     let informer = informer
         .downcast::<Informer<K>>()
         .expect("an entry holds the informer of its own kind");
@@ -53,17 +40,7 @@ impl InformerFactory {
     }
 
     /// The informer of kind `K` (made on first use).
-    pub fn informer<K>(&mut self) -> &mut Informer<K>
-    where
-        K: Resource
-            + Metadata<Ty = ObjectMeta>
-            + Serialize
-            + DeserializeOwned
-            + PartialEq
-            + Send
-            + Sync
-            + 'static,
-    {
+    pub fn informer<K: Kind>(&mut self) -> &mut Informer<K> {
         let client = self.client.clone();
         let entry = self
             .informers
