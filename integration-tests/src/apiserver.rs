@@ -105,7 +105,12 @@ impl ApiServer {
     /// is wanted and not running, and waits (bounded) for the `default` ServiceAccount.
     fn start_controller_manager(&self) {
         let mut kcm = self.controller_manager.lock().unwrap();
-        if !self.controllers || kcm.is_some() {
+        // (One that exited, e.g. having lost its lease while the server was down, is
+        // started again.)
+        let running = kcm
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !self.controllers || running {
             return;
         }
         let log = std::fs::OpenOptions::new()

@@ -35,6 +35,17 @@ pub fn binary(name: &str) -> PathBuf {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, then released for the child to take).
+/// Waits up to `secs` for `f`; on timeout, panics with what `logs` returns.
+pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool, logs: impl Fn() -> String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !f() {
+        if std::time::Instant::now() > deadline {
+            panic!("timed out waiting for {what}; logs:\n{}", logs());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

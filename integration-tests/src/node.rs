@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -248,18 +247,11 @@ pub fn pod(api: &ApiServer, name: &str) -> Value {
 }
 
 /// Waits up to `secs` for `f`, failing with the kubelet's log.
-pub fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool, node: &Node) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        if Instant::now() > deadline {
-            let log = std::fs::read_to_string(node.root.join("kubelet.log")).unwrap_or_default();
-            panic!(
-                "timed out waiting for {what}; kubelet log:\n{}",
-                &log[log.len().saturating_sub(3000)..]
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+pub fn wait_for(what: &str, secs: u64, f: impl FnMut() -> bool, node: &Node) {
+    crate::wait_until(what, secs, f, || {
+        let log = std::fs::read_to_string(node.root.join("kubelet.log")).unwrap_or_default();
+        log[log.len().saturating_sub(3000)..].to_string()
+    })
 }
 
 /// `kubectl run NAME --image=busybox` on `node-1`.

@@ -276,11 +276,13 @@ fn create_get_and_output_formats() {
         "cm",
         "-A",
         "--field-selector",
-        "metadata.namespace=other",
+        // (Not the controller-manager's kube-root-ca.crt, which may or may not be there
+        // yet in a namespace this new.)
+        "metadata.namespace=other,metadata.name!=kube-root-ca.crt",
         "-o",
         "name",
     ]);
-    assert_eq!(all.trim(), "configmap/kube-root-ca.crt\nconfigmap/two");
+    assert_eq!(all.trim(), "configmap/two");
     assert_eq!(
         api.ok(&[
             "get",
@@ -972,8 +974,14 @@ fn deletion_semantics() {
         "-n",
         "gone",
         "--from-literal=a=b",
+        // (-v=9 shows the response body: the Status names upstream's cause.)
+        "-v=9",
     ]);
     assert!(err.contains("because it is being terminated"), "{err}");
+    assert!(
+        err.contains(r#"{\"field\":\"metadata.namespace\",\"message\":\"namespace is being terminated\",\"reason\":\"NamespaceTerminating\"}"#),
+        "{err}"
+    );
     let err = api.fails(&[
         "create",
         "configmap",

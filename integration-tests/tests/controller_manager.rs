@@ -3,7 +3,6 @@
 //! ServiceAccount, the `kube-root-ca.crt` ConfigMap), which pod admission waits for.
 
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use integration_tests::apiserver::ApiServer;
 use integration_tests::{binary, free_port};
@@ -29,8 +28,6 @@ impl Kcm {
         let child = Command::new(binary("kube-controller-manager"))
             .arg("--kubeconfig")
             .arg(api.kubeconfig())
-            .arg("--root-ca-file")
-            .arg(api.dir.join("pki/ca.crt"))
             .args([
                 "--bind-address",
                 "127.0.0.1",
@@ -67,21 +64,13 @@ impl Kcm {
     }
 }
 
-fn wait(what: &str, secs: u64, mut f: impl FnMut() -> bool, logs: &[&Kcm]) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        if Instant::now() > deadline {
-            let logs: Vec<String> = logs
-                .iter()
-                .map(|k| std::fs::read_to_string(&k.log).unwrap_or_default())
-                .collect();
-            panic!(
-                "timed out waiting for {what}; logs:\n{}",
-                logs.join("\n---\n")
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn wait(what: &str, secs: u64, f: impl FnMut() -> bool, logs: &[&Kcm]) {
+    integration_tests::wait_until(what, secs, f, || {
+        logs.iter()
+            .map(|k| std::fs::read_to_string(&k.log).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    })
 }
 
 fn uid(api: &ApiServer, args: &[&str]) -> String {
@@ -120,9 +109,27 @@ fn service_accounts_and_root_ca_in_every_namespace() {
         r#"error: --controllers: "nosuch" is not in the list of known controllers"#
     );
 
+    let out = Command::new(binary("kube-controller-manager"))
+        .arg("--kubeconfig")
+        .arg(api.kubeconfig())
+        .args([
+            "--leader-elect-lease-duration=2s",
+            "--leader-elect-renew-deadline=3s",
+            "--secure-port=0",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr).trim(),
+        "error: leader election: leaseDuration must be greater than renewDeadline"
+    );
+
     // Two replicas: one leads (and holds the Lease), both answer health checks.
-    let a = Kcm::start(&api, "kcm-a", &[]);
-    let b = Kcm::start(&api, "kcm-b", &[]);
+    let ca_file = dir.path().join("pki/ca.crt");
+    let root_ca = format!("--root-ca-file={}", ca_file.display());
+    let a = Kcm::start(&api, "kcm-a", &[&root_ca]);
+    let b = Kcm::start(&api, "kcm-b", &[&root_ca]);
     wait(
         "the default ServiceAccount",
         30,
@@ -248,4 +255,21 @@ fn service_accounts_and_root_ca_in_every_namespace() {
         },
         &[&follower],
     );
+
+    // With no replica running, the CA ConfigMap is changed; a new replica (its CA taken
+    // from the kubeconfig, as upstream does without --root-ca-file) acts only on synced
+    // caches, so it sees the change and puts the CA back.
+    drop(follower);
+    api.ok(&[
+        "patch",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "team",
+        "--type=merge",
+        "-p",
+        r#"{"data":{"ca.crt":"tampered again"}}"#,
+    ]);
+    let c = Kcm::start(&api, "kcm-c", &[]);
+    wait("the CA put back after a restart", 30, ca_in_team, &[&c]);
 }

@@ -139,10 +139,13 @@ async fn main() {
 
 async fn run() -> Result<()> {
     let args = Args::parse();
-    let admission = ferrokube_apiserver::admission::Plugins::from_flags(
+    let (admission, warnings) = ferrokube_apiserver::admission::Plugins::from_flags(
         &args.enable_admission_plugins,
         &args.disable_admission_plugins,
     )?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
     let service_ip = first_service_ip(&args.service_cluster_ip_range)?;
     let alloc = Allocator::new(&args.service_cluster_ip_range)?;
     let addr = SocketAddr::new(args.bind_address, args.secure_port);

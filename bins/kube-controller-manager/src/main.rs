@@ -100,23 +100,27 @@ const QUEUE_METRICS: [QueueMetric; 3] = [
 /// What the health and metrics endpoints report.
 struct State {
     leading: AtomicBool,
-    leader_elect: bool,
+    /// The leader Lease's name and watchdog, with --leader-elect.
+    election: Option<(String, ferrokube_client::Watchdog)>,
     queues: std::sync::Mutex<Vec<(&'static str, CountsFn)>>,
 }
 
 impl ferrokube_serving::Health for State {
     fn check(&self) -> Result<(), String> {
-        Ok(())
+        match &self.election {
+            Some((_, watchdog)) => watchdog.check(),
+            None => Ok(()),
+        }
     }
 
     fn metrics(&self) -> String {
         let mut out = String::new();
-        if self.leader_elect {
+        if let Some((lease, _)) = &self.election {
             let _ = writeln!(out, "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease.");
             let _ = writeln!(out, "# TYPE leader_election_master_status gauge");
             let _ = writeln!(
                 out,
-                "leader_election_master_status{{name=\"kube-controller-manager\"}} {}",
+                "leader_election_master_status{{name=\"{lease}\"}} {}",
                 u8::from(self.leading.load(Ordering::Relaxed))
             );
         }
@@ -147,14 +151,44 @@ async fn run(args: Args) -> Result<()> {
     };
     let config = Config::from_kubeconfig(&args.kubeconfig)
         .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
+    // As upstream: without --root-ca-file, the CA the kubeconfig trusts is published.
+    let root_ca = root_ca.or_else(|| {
+        (!config.ca_pem.is_empty()).then(|| String::from_utf8_lossy(&config.ca_pem).into())
+    });
     let client = Client::new(&config)?.with_field_manager("kube-controller-manager");
     let cx = Context {
         client: client.clone(),
         root_ca,
     };
+    let election = if args.leader_elect {
+        let identity = format!(
+            "{}_{}",
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into()),
+            ferrokube_api::meta::new_uid()
+        );
+        let mut cfg = ElectionConfig::new(
+            &args.leader_elect_resource_namespace,
+            &args.leader_elect_resource_name,
+            &identity,
+        );
+        cfg.lease_duration = args.leader_elect_lease_duration;
+        cfg.renew_deadline = args.leader_elect_renew_deadline;
+        cfg.retry_period = args.leader_elect_retry_period;
+        cfg.validate()
+            .map_err(anyhow::Error::msg)
+            .context("leader election")?;
+        let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
+        Some(LeaderElection::new(api, cfg))
+    } else {
+        None
+    };
     let state = Arc::new(State {
         leading: AtomicBool::new(false),
-        leader_elect: args.leader_elect,
+        election: election
+            .as_ref()
+            .map(|e| (args.leader_elect_resource_name.clone(), e.watchdog())),
         queues: Default::default(),
     });
     if args.secure_port != 0 {
@@ -180,54 +214,57 @@ async fn run(args: Args) -> Result<()> {
         tracing::info!(%addr, "serving /healthz and /metrics");
     }
 
-    // What the leader runs: the informers, then every selected controller.
+    // What the leader runs: the informers, then, once their caches are synced, every
+    // selected controller. A leader with nothing to run keeps leading.
     let lead = {
         let state = state.clone();
         move || async move {
             state.leading.store(true, Ordering::Relaxed);
             let mut informers = InformerFactory::new(cx.client.clone());
-            let mut runs = tokio::task::JoinSet::new();
+            let mut runners = Vec::new();
+            let missing: Vec<&str> = selected
+                .iter()
+                .filter(|d| d.start.is_none())
+                .map(|d| d.name)
+                .collect();
+            if !missing.is_empty() {
+                tracing::warn!(
+                    "controllers not implemented by ferrokube, not started: {}",
+                    missing.join(", ")
+                );
+            }
             for d in selected {
-                match (d.start)(&cx, &mut informers) {
-                    Ok(runner) => {
-                        tracing::info!(controller = d.name, "started");
-                        state
-                            .queues
-                            .lock()
-                            .expect("queues lock")
-                            .push((runner.queue_name, runner.counts));
-                        runs.spawn(runner.run);
-                    }
+                let Some(start) = d.start else { continue };
+                match start(&cx, &mut informers) {
+                    Ok(runner) => runners.push((d.name, runner)),
                     Err(why) => tracing::warn!(controller = d.name, "not started: {why}"),
                 }
             }
-            let _informers = AbortOnDrop(informers.start());
+            let informers = informers.start();
+            informers.wait_for_cache_sync().await;
+            let mut runs = tokio::task::JoinSet::new();
+            for (name, runner) in runners {
+                tracing::info!(controller = name, "started");
+                state
+                    .queues
+                    .lock()
+                    .expect("queues lock")
+                    .push((runner.queue_name, runner.counts));
+                runs.spawn(runner.run);
+            }
             while runs.join_next().await.is_some() {}
+            std::future::pending::<()>().await;
         }
     };
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let work = async {
-        if !args.leader_elect {
-            lead().await;
-            return Ok(());
+        match election {
+            Some(election) => election.run(lead).await,
+            None => {
+                lead().await;
+                Ok(())
+            }
         }
-        let identity = format!(
-            "{}_{}",
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into()),
-            ferrokube_api::meta::new_uid()
-        );
-        let mut cfg = ElectionConfig::new(
-            &args.leader_elect_resource_namespace,
-            &args.leader_elect_resource_name,
-            &identity,
-        );
-        cfg.lease_duration = args.leader_elect_lease_duration;
-        cfg.renew_deadline = args.leader_elect_renew_deadline;
-        cfg.retry_period = args.leader_elect_retry_period;
-        let api: Api<Lease> = Api::namespaced(client.clone(), &cfg.namespace);
-        LeaderElection::new(api, cfg).run(lead).await
     };
     tokio::select! {
         r = work => {
@@ -237,17 +274,6 @@ async fn run(args: Args) -> Result<()> {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
     }
     Ok(())
-}
-
-/// Aborts the tasks when dropped (when leadership ends).
-struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        for t in &self.0 {
-            t.abort();
-        }
-    }
 }
 
 fn main() {

@@ -40,37 +40,119 @@ impl Default for Plugins {
     }
 }
 
-/// A plugin name this server does not know.
+/// Every admission plugin upstream kube-apiserver knows. `--enable-admission-plugins`
+/// may name any of them (kubeadm names NodeRestriction, for one); the ones ferrokube does
+/// not implement are reported at start and do not run.
+pub const UPSTREAM_PLUGINS: [&str; 36] = [
+    "AlwaysAdmit",
+    "AlwaysDeny",
+    "AlwaysPullImages",
+    "CertificateApproval",
+    "CertificateSigning",
+    "CertificateSubjectRestriction",
+    "ClusterTrustBundleAttest",
+    "DefaultIngressClass",
+    "DefaultStorageClass",
+    "DefaultTolerationSeconds",
+    "DenyServiceExternalIPs",
+    "EventRateLimit",
+    "ExtendedResourceToleration",
+    "ImagePolicyWebhook",
+    "LimitPodHardAntiAffinityTopology",
+    "LimitRanger",
+    "MutatingAdmissionPolicy",
+    "MutatingAdmissionWebhook",
+    "NamespaceAutoProvision",
+    "NamespaceExists",
+    "NamespaceLifecycle",
+    "NodeRestriction",
+    "OwnerReferencesPermissionEnforcement",
+    "PersistentVolumeClaimResize",
+    "PodNodeSelector",
+    "PodSecurity",
+    "PodTolerationRestriction",
+    "Priority",
+    "ResourceQuota",
+    "RuntimeClass",
+    "ServiceAccount",
+    "StorageObjectInUseProtection",
+    "TaintNodesByCondition",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionWebhook",
+    "PodTopologyLabels",
+];
+
+/// Plugins that are part of ferrokube's request path and cannot be switched off
+/// (NamespaceLifecycle: no new objects in a missing or terminating namespace).
+const BUILT_IN: [&str; 1] = ["NamespaceLifecycle"];
+
+/// Admission flags that cannot be honoured.
 #[derive(Debug, thiserror::Error)]
-#[error("{flag} plugin {name:?} is unknown (known: {known})", known = PLUGINS.join(", "))]
-pub struct UnknownPlugin {
-    flag: &'static str,
-    name: String,
+pub enum FlagError {
+    #[error("{flag} plugin {name:?} is unknown")]
+    Unknown { flag: &'static str, name: String },
+    #[error("[{}] in enable-admission-plugins and disable-admission-plugins overlapped", .0.join(" "))]
+    Overlap(Vec<String>),
 }
 
 impl Plugins {
-    /// The defaults with the flags' changes: names to enable (all known plugins are on by
-    /// default, so these only need to be known) and names to disable.
-    pub fn from_flags(enable: &[String], disable: &[String]) -> Result<Plugins, UnknownPlugin> {
-        let known = |flag: &'static str, names: &[String]| {
-            for n in names.iter().filter(|n| !n.is_empty()) {
-                if !PLUGINS.contains(&n.as_str()) {
-                    return Err(UnknownPlugin {
-                        flag,
-                        name: n.clone(),
-                    });
-                }
+    /// The defaults with the flags' changes: names to enable (every plugin ferrokube
+    /// implements is on by default, so these only need to be upstream names) and names
+    /// to disable. Also returns a warning for each named plugin that does not run.
+    pub fn from_flags(
+        enable: &[String],
+        disable: &[String],
+    ) -> Result<(Plugins, Vec<String>), FlagError> {
+        let enable: Vec<&str> = enable
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let disable: Vec<&str> = disable
+            .iter()
+            .map(|n| n.trim())
+            .filter(|n| !n.is_empty())
+            .collect();
+        for (flag, names) in [
+            ("enable-admission-plugins", &enable),
+            ("disable-admission-plugins", &disable),
+        ] {
+            if let Some(n) = names.iter().find(|n| !UPSTREAM_PLUGINS.contains(n)) {
+                return Err(FlagError::Unknown {
+                    flag,
+                    name: n.to_string(),
+                });
             }
-            Ok(())
-        };
-        known("enable-admission-plugins", enable)?;
-        known("disable-admission-plugins", disable)?;
-        let off = |n: &str| disable.iter().any(|d| d == n);
-        Ok(Plugins {
-            default_toleration_seconds: !off("DefaultTolerationSeconds"),
-            priority: !off("Priority"),
-            service_account: !off("ServiceAccount"),
-        })
+        }
+        let mut overlap: Vec<String> = enable
+            .iter()
+            .filter(|n| disable.contains(n))
+            .map(|n| n.to_string())
+            .collect();
+        if !overlap.is_empty() {
+            overlap.sort();
+            overlap.dedup();
+            return Err(FlagError::Overlap(overlap));
+        }
+        let mut warnings: Vec<String> = enable
+            .iter()
+            .filter(|n| !PLUGINS.contains(n) && !BUILT_IN.contains(n))
+            .map(|n| {
+                format!("admission plugin {n:?} is not implemented by ferrokube and does not run")
+            })
+            .collect();
+        warnings.extend(disable.iter().filter(|n| BUILT_IN.contains(n)).map(|n| {
+            format!("admission plugin {n:?} is built into ferrokube's request path and stays on")
+        }));
+        let off = |n: &str| disable.contains(&n);
+        Ok((
+            Plugins {
+                default_toleration_seconds: !off("DefaultTolerationSeconds"),
+                priority: !off("Priority"),
+                service_account: !off("ServiceAccount"),
+            },
+            warnings,
+        ))
     }
 }
 
@@ -85,11 +167,25 @@ pub fn mirror_pod_refusal(pod: &Value) -> Option<&'static str> {
         return Some("a mirror pod may not reference service accounts");
     }
     let volumes = spec["volumes"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+    // Every volume source that names a secret (upstream's VisitPodSecretNames).
     let secret_volume = volumes.iter().any(|v| {
         v.get("secret").is_some()
             || v["projected"]["sources"]
                 .as_array()
                 .is_some_and(|s| s.iter().any(|p| p.get("secret").is_some()))
+            || v["azureFile"].get("secretName").is_some()
+            || v["csi"].get("nodePublishSecretRef").is_some()
+            || [
+                "cephfs",
+                "cinder",
+                "flexVolume",
+                "rbd",
+                "scaleIO",
+                "iscsi",
+                "storageos",
+            ]
+            .iter()
+            .any(|k| v[*k].get("secretRef").is_some())
     });
     let containers = ["initContainers", "containers", "ephemeralContainers"]
         .iter()
@@ -220,13 +316,34 @@ mod tests {
 
     #[test]
     fn flags_switch_known_plugins_and_refuse_unknown_ones() {
-        assert_eq!(Plugins::from_flags(&[], &[]).unwrap(), Plugins::default());
-        let p = Plugins::from_flags(&[], &names(&["ServiceAccount".into()])).unwrap();
+        assert_eq!(
+            Plugins::from_flags(&[], &[]).unwrap(),
+            (Plugins::default(), vec![])
+        );
+        let (p, w) = Plugins::from_flags(&[], &names(&["ServiceAccount".into()])).unwrap();
         assert!(!p.service_account && p.priority && p.default_toleration_seconds);
+        assert!(w.is_empty());
         let e = Plugins::from_flags(&names(&["NoSuch".into()]), &[]).unwrap_err();
-        assert!(e
-            .to_string()
-            .starts_with("enable-admission-plugins plugin \"NoSuch\" is unknown"));
+        assert_eq!(
+            e.to_string(),
+            "enable-admission-plugins plugin \"NoSuch\" is unknown"
+        );
+        // kubeadm's flag: an upstream plugin ferrokube lacks is accepted with a warning.
+        let (p, w) = Plugins::from_flags(&names(&["NodeRestriction".into()]), &[]).unwrap();
+        assert_eq!(p, Plugins::default());
+        assert_eq!(
+            w,
+            vec!["admission plugin \"NodeRestriction\" is not implemented by ferrokube and does not run"]
+        );
+        let e = Plugins::from_flags(
+            &names(&["Priority".into(), "ServiceAccount".into()]),
+            &names(&["ServiceAccount".into()]),
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "[ServiceAccount] in enable-admission-plugins and disable-admission-plugins overlapped"
+        );
     }
 
     #[test]
@@ -305,6 +422,19 @@ mod tests {
             mirror_pod_refusal(&env),
             Some("a mirror pod may not reference secrets")
         );
+        for source in [
+            json!({"cephfs": {"monitors": ["m"], "secretRef": {"name": "s"}}}),
+            json!({"csi": {"driver": "d", "nodePublishSecretRef": {"name": "s"}}}),
+            json!({"azureFile": {"secretName": "s", "shareName": "x"}}),
+        ] {
+            let mut v = source;
+            v["name"] = json!("v");
+            let pod = json!({"spec": {"volumes": [v]}});
+            assert_eq!(
+                mirror_pod_refusal(&pod),
+                Some("a mirror pod may not reference secrets")
+            );
+        }
         let token = json!({"spec": {"volumes": [{"name": "t",
             "projected": {"sources": [{"serviceAccountToken": {"path": "t"}}]}}]}});
         assert_eq!(

@@ -744,11 +744,24 @@ impl Resources {
         let ns_info = ferrokube_api::registry::builtin("", "namespaces");
         match self.objects.get(&object_key(&ns_info, "", ns)).await? {
             None => Err(status::not_found(&ns_info, ns)),
-            Some(s) if s.object.pointer("/metadata/deletionTimestamp").is_some() => Err(status::forbidden(
-                r,
-                name,
-                &format!("unable to create new content in namespace {ns} because it is being terminated"),
-            )),
+            Some(s) if s.object.pointer("/metadata/deletionTimestamp").is_some() => {
+                let mut e = status::forbidden(
+                    r,
+                    name,
+                    &format!("unable to create new content in namespace {ns} because it is being terminated"),
+                );
+                // Upstream's NamespaceLifecycle names the cause, so clients can tell.
+                if let Some(d) = e.0.details.as_mut() {
+                    d.causes = Some(vec![
+                        k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
+                            reason: Some("NamespaceTerminating".into()),
+                            field: Some("metadata.namespace".into()),
+                            message: Some("namespace is being terminated".into()),
+                        },
+                    ]);
+                }
+                Err(e)
+            }
             Some(_) => Ok(()),
         }
     }

@@ -6,6 +6,7 @@
 //! two candidates can never both win.
 
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -36,6 +37,58 @@ impl ElectionConfig {
             retry_period: Duration::from_secs(2),
         }
     }
+
+    /// Upstream's checks of the timings: the lease outlasts the renew deadline, which
+    /// outlasts a jittered retry period.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.lease_duration <= self.renew_deadline {
+            return Err("leaseDuration must be greater than renewDeadline".into());
+        }
+        if self.renew_deadline <= self.retry_period.mul_f64(JITTER_FACTOR) {
+            return Err("renewDeadline must be greater than retryPeriod*JitterFactor".into());
+        }
+        if self.retry_period.is_zero() {
+            return Err("retryPeriod must be greater than zero".into());
+        }
+        if self.name.is_empty() {
+            return Err("lock name must not be empty".into());
+        }
+        Ok(())
+    }
+}
+
+/// How much later than the retry period candidates may retry (upstream's factor).
+const JITTER_FACTOR: f64 = 1.2;
+
+/// How long past the lease duration a leader may go unrenewed before its health check
+/// fails (upstream's leader-election watchdog timeout).
+const WATCHDOG_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A health check for the leader: fails when this process leads but has not renewed
+/// the lease for longer than the lease duration plus a grace time (a stuck leader).
+#[derive(Clone)]
+pub struct Watchdog {
+    name: String,
+    limit: Duration,
+    /// When the lease was last renewed, while leading.
+    renewed: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Watchdog {
+    /// `Ok` unless leading with a lease renewed too long ago.
+    pub fn check(&self) -> Result<(), String> {
+        match *self.renewed.lock().expect("watchdog lock") {
+            Some(at) if at.elapsed() > self.limit => Err(format!(
+                "failed election to renew leadership on lease {}",
+                self.name
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    fn renewed(&self, at: Option<Instant>) {
+        *self.renewed.lock().expect("watchdog lock") = at;
+    }
 }
 
 /// Runs an election for one candidate.
@@ -44,6 +97,7 @@ pub struct LeaderElection {
     cfg: ElectionConfig,
     /// The last lease record seen and when it was first seen (local clock).
     observed: Option<(Option<LeaseSpec>, Instant)>,
+    watchdog: Watchdog,
 }
 
 fn now() -> MicroTime {
@@ -52,10 +106,29 @@ fn now() -> MicroTime {
 
 impl LeaderElection {
     pub fn new(api: Api<Lease>, cfg: ElectionConfig) -> Self {
+        let watchdog = Watchdog {
+            name: cfg.name.clone(),
+            limit: cfg.lease_duration + WATCHDOG_TIMEOUT,
+            renewed: Default::default(),
+        };
         LeaderElection {
             api,
             cfg,
             observed: None,
+            watchdog,
+        }
+    }
+
+    /// The health check of this candidate's leadership.
+    pub fn watchdog(&self) -> Watchdog {
+        self.watchdog.clone()
+    }
+
+    /// One attempt, abandoned (as failed) after `limit`.
+    async fn attempt(&mut self, limit: Duration) -> Result<bool, Error> {
+        match tokio::time::timeout(limit, self.try_acquire_or_renew()).await {
+            Ok(r) => r,
+            Err(_) => Err(Error::Timeout),
         }
     }
 
@@ -151,7 +224,7 @@ impl LeaderElection {
         Fut: Future<Output = ()>,
     {
         loop {
-            match self.try_acquire_or_renew().await {
+            match self.attempt(self.cfg.renew_deadline).await {
                 Ok(true) => break,
                 Ok(false) => {}
                 Err(e) => tracing::warn!(lease = %self.cfg.name, "acquiring the lease: {e}"),
@@ -159,25 +232,32 @@ impl LeaderElection {
             tokio::time::sleep(jitter(self.cfg.retry_period)).await;
         }
         tracing::info!(lease = %self.cfg.name, identity = %self.cfg.identity, "became leader");
+        let mut last_renew = Instant::now();
+        self.watchdog.renewed(Some(last_renew));
         let work = lead();
         tokio::pin!(work);
-        let mut last_renew = Instant::now();
         loop {
             tokio::select! {
                 _ = &mut work => {
-                    let _ = self.release().await;
+                    self.watchdog.renewed(None);
+                    let _ = tokio::time::timeout(self.cfg.renew_deadline, self.release()).await;
                     return Ok(());
                 }
                 _ = tokio::time::sleep(self.cfg.retry_period) => {
-                    match self.try_acquire_or_renew().await {
-                        Ok(true) => last_renew = Instant::now(),
+                    // An attempt may take no longer than what is left of the deadline.
+                    let left = self.cfg.renew_deadline.saturating_sub(last_renew.elapsed());
+                    match self.attempt(left.max(Duration::from_millis(1))).await {
+                        Ok(true) => {
+                            last_renew = Instant::now();
+                            self.watchdog.renewed(Some(last_renew));
+                        }
                         Ok(false) => {
                             tracing::error!(lease = %self.cfg.name, "leadership lost to another candidate");
                             return Err(Error::LeadershipLost);
                         }
                         Err(e) => tracing::warn!(lease = %self.cfg.name, "renewing the lease: {e}"),
                     }
-                    if last_renew.elapsed() > self.cfg.renew_deadline {
+                    if last_renew.elapsed() >= self.cfg.renew_deadline {
                         tracing::error!(lease = %self.cfg.name, "could not renew the lease within the renew deadline");
                         return Err(Error::LeadershipLost);
                     }

@@ -18,7 +18,7 @@ pub mod workqueue;
 pub use api::{Answer, Api, Client, ListParams, ObjectList, Patch};
 pub use config::Config;
 pub use informer::{Informer, Store};
-pub use leader::{ElectionConfig, LeaderElection};
+pub use leader::{ElectionConfig, LeaderElection, Watchdog};
 pub use workqueue::{QueueCounts, WorkQueue};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Status;
@@ -38,6 +38,9 @@ pub enum Error {
     Config(String),
     #[error("leadership lost")]
     LeadershipLost,
+    /// A bounded attempt took too long.
+    #[error("timed out")]
+    Timeout,
 }
 
 impl Error {

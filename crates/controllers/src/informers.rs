@@ -16,6 +16,7 @@ type RunFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 struct Entry {
     informer: Box<dyn Any + Send>,
     run: fn(Box<dyn Any + Send>) -> RunFuture,
+    synced: Box<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// The informers of one controller-manager, across all namespaces.
@@ -42,13 +43,15 @@ impl InformerFactory {
     /// The informer of kind `K` (made on first use).
     pub fn informer<K: Kind>(&mut self) -> &mut Informer<K> {
         let client = self.client.clone();
-        let entry = self
-            .informers
-            .entry(TypeId::of::<K>())
-            .or_insert_with(|| Entry {
-                informer: Box::new(Informer::new(Api::<K>::all(client), ListParams::default())),
+        let entry = self.informers.entry(TypeId::of::<K>()).or_insert_with(|| {
+            let informer = Informer::new(Api::<K>::all(client), ListParams::default());
+            let store = informer.store();
+            Entry {
+                informer: Box::new(informer),
                 run: run_informer::<K>,
-            });
+                synced: Box::new(move || store.has_synced()),
+            }
+        });
         entry
             .informer
             .downcast_mut::<Informer<K>>()
@@ -56,10 +59,42 @@ impl InformerFactory {
     }
 
     /// Runs every informer asked for, each in its own task.
-    pub fn start(self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.informers
-            .into_values()
-            .map(|e| tokio::spawn((e.run)(e.informer)))
-            .collect()
+    pub fn start(self) -> Started {
+        let mut tasks = Vec::new();
+        let mut synced = Vec::new();
+        for e in self.informers.into_values() {
+            tasks.push(tokio::spawn((e.run)(e.informer)));
+            synced.push(e.synced);
+        }
+        Started { tasks, synced }
+    }
+}
+
+/// Running informers; dropping this stops them.
+pub struct Started {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    synced: Vec<Box<dyn Fn() -> bool + Send + Sync>>,
+}
+
+impl Started {
+    /// Whether every cache holds its first full list.
+    pub fn has_synced(&self) -> bool {
+        self.synced.iter().all(|s| s())
+    }
+
+    /// Waits until every cache holds its first full list (controllers must not act on
+    /// a partial cache: they would create what already exists or miss what to fix).
+    pub async fn wait_for_cache_sync(&self) {
+        while !self.has_synced() {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
     }
 }

@@ -33,14 +33,18 @@ pub struct Context {
     pub root_ca: Option<Arc<str>>,
 }
 
-/// A controller kube-controller-manager can run: its upstream name, the names it is
-/// also known by, and how to start it.
+/// A controller of upstream's kube-controller-manager: its name, the names it is also
+/// known by, whether `*` includes it, and how ferrokube starts it (`None`: ferrokube does
+/// not implement it yet; it may be named in `--controllers` and is reported, not run).
 pub struct Descriptor {
     pub name: &'static str,
     pub aliases: &'static [&'static str],
-    /// Registers the controller's informers and returns its run loop.
-    pub start: fn(&Context, &mut InformerFactory) -> Result<Runner, String>,
+    pub disabled_by_default: bool,
+    pub start: Option<StartFn>,
 }
+
+/// Registers a controller's informers and returns its run loop.
+pub type StartFn = fn(&Context, &mut InformerFactory) -> Result<Runner, String>;
 
 /// Reads a work-queue's counters.
 pub type CountsFn = Box<dyn Fn() -> QueueCounts + Send + Sync>;
@@ -52,45 +56,146 @@ pub struct Runner {
     pub run: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
-/// Every controller, by upstream's names (`--controllers`).
+const fn upstream(name: &'static str, aliases: &'static [&'static str]) -> Descriptor {
+    Descriptor {
+        name,
+        aliases,
+        disabled_by_default: false,
+        start: None,
+    }
+}
+
+/// Every controller, by upstream's names and aliases (`--controllers`).
 pub const CONTROLLERS: &[Descriptor] = &[
+    upstream("serviceaccount-token-controller", &["serviceaccount-token"]),
+    upstream("endpoints-controller", &["endpoint"]),
+    upstream("endpointslice-controller", &["endpointslice"]),
+    upstream(
+        "endpointslice-mirroring-controller",
+        &["endpointslicemirroring"],
+    ),
+    upstream(
+        "replicationcontroller-controller",
+        &["replicationcontroller"],
+    ),
+    upstream("pod-garbage-collector-controller", &["podgc"]),
+    upstream("resourcequota-controller", &["resourcequota"]),
+    upstream("namespace-controller", &["namespace"]),
     Descriptor {
-        name: "root-ca-certificate-publisher-controller",
-        aliases: &["root-ca-cert-publisher"],
-        start: root_ca_publisher::start,
+        start: Some(serviceaccount::start),
+        ..upstream("serviceaccount-controller", &["serviceaccount"])
+    },
+    upstream("garbage-collector-controller", &["garbagecollector"]),
+    upstream("daemonset-controller", &["daemonset"]),
+    upstream("job-controller", &["job"]),
+    upstream("deployment-controller", &["deployment"]),
+    upstream("replicaset-controller", &["replicaset"]),
+    upstream(
+        "horizontal-pod-autoscaler-controller",
+        &["horizontalpodautoscaling"],
+    ),
+    upstream("disruption-controller", &["disruption"]),
+    upstream("statefulset-controller", &["statefulset"]),
+    upstream("cronjob-controller", &["cronjob"]),
+    upstream(
+        "certificatesigningrequest-signing-controller",
+        &["csrsigning"],
+    ),
+    upstream(
+        "certificatesigningrequest-approving-controller",
+        &["csrapproving"],
+    ),
+    upstream(
+        "certificatesigningrequest-cleaner-controller",
+        &["csrcleaner"],
+    ),
+    upstream("ttl-controller", &["ttl"]),
+    Descriptor {
+        disabled_by_default: true,
+        ..upstream("bootstrap-signer-controller", &["bootstrapsigner"])
     },
     Descriptor {
-        name: "serviceaccount-controller",
-        aliases: &["serviceaccount"],
-        start: serviceaccount::start,
+        disabled_by_default: true,
+        ..upstream("token-cleaner-controller", &["tokencleaner"])
     },
+    upstream("node-ipam-controller", &["nodeipam"]),
+    upstream("node-lifecycle-controller", &["nodelifecycle"]),
+    upstream("taint-eviction-controller", &[]),
+    upstream("service-lb-controller", &["service"]),
+    upstream("node-route-controller", &["route"]),
+    upstream("cloud-node-lifecycle-controller", &["cloud-node-lifecycle"]),
+    upstream(
+        "persistentvolume-binder-controller",
+        &["persistentvolume-binder"],
+    ),
+    upstream(
+        "persistentvolume-attach-detach-controller",
+        &["attachdetach"],
+    ),
+    upstream(
+        "persistentvolume-expander-controller",
+        &["persistentvolume-expander"],
+    ),
+    upstream(
+        "clusterrole-aggregation-controller",
+        &["clusterrole-aggregation"],
+    ),
+    upstream(
+        "persistentvolumeclaim-protection-controller",
+        &["pvc-protection"],
+    ),
+    upstream("persistentvolume-protection-controller", &["pv-protection"]),
+    upstream("ttl-after-finished-controller", &["ttl-after-finished"]),
+    Descriptor {
+        start: Some(root_ca_publisher::start),
+        ..upstream(
+            "root-ca-certificate-publisher-controller",
+            &["root-ca-cert-publisher"],
+        )
+    },
+    upstream("ephemeral-volume-controller", &["ephemeral-volume"]),
+    upstream(
+        "storageversion-garbage-collector-controller",
+        &["storage-version-gc"],
+    ),
+    upstream("resourceclaim-controller", &["resource-claim-controller"]),
+    upstream(
+        "legacy-serviceaccount-token-cleaner-controller",
+        &["legacy-service-account-token-cleaner"],
+    ),
+    upstream("validatingadmissionpolicy-status-controller", &[]),
+    upstream("service-cidr-controller", &[]),
 ];
 
-/// The controllers `--controllers` selects: `*` is every controller on by default (all
-/// of them here), `name` enables one, `-name` disables one; names may be upstream's
-/// aliases. Unknown names are an error, as upstream.
+/// The controllers `--controllers` selects, as upstream: for each controller the first
+/// entry naming it decides (`name` enables, `-name` disables; names may be aliases);
+/// otherwise `*` enables it unless it is off by default. Unknown names are an error.
 pub fn select(flag: &[String]) -> Result<Vec<&'static Descriptor>, String> {
     let find = |n: &str| {
         CONTROLLERS
             .iter()
             .find(|d| d.name == n || d.aliases.contains(&n))
+            .map(|d| d.name)
             .ok_or_else(|| format!("{n:?} is not in the list of known controllers"))
     };
     let mut star = false;
-    let mut on = Vec::new();
-    let mut off = Vec::new();
+    // (canonical name, enabled) in flag order.
+    let mut named: Vec<(&str, bool)> = Vec::new();
     for item in flag.iter().map(|s| s.trim()).filter(|s| !s.is_empty()) {
         if item == "*" {
             star = true;
         } else if let Some(n) = item.strip_prefix('-') {
-            off.push(find(n)?.name);
+            named.push((find(n)?, false));
         } else {
-            on.push(find(item)?.name);
+            named.push((find(item)?, true));
         }
     }
     Ok(CONTROLLERS
         .iter()
-        .filter(|d| !off.contains(&d.name) && (star || on.contains(&d.name)))
+        .filter(|d| match named.iter().find(|(n, _)| *n == d.name) {
+            Some((_, on)) => *on,
+            None => star && !d.disabled_by_default,
+        })
         .collect())
 }
 
@@ -163,19 +268,46 @@ mod tests {
 
     #[test]
     fn controllers_flag_as_upstream() {
-        let all = vec![
-            "root-ca-certificate-publisher-controller",
-            "serviceaccount-controller",
-        ];
-        assert_eq!(names(&["*"]).unwrap(), all);
+        let implemented = |v: Vec<&'static str>| -> Vec<&'static str> {
+            v.into_iter()
+                .filter(|n| {
+                    CONTROLLERS
+                        .iter()
+                        .any(|d| d.name == *n && d.start.is_some())
+                })
+                .collect()
+        };
+        let all = names(&["*"]).unwrap();
         assert_eq!(
-            names(&["*", "-serviceaccount"]).unwrap(),
+            implemented(all.clone()),
+            vec![
+                "serviceaccount-controller",
+                "root-ca-certificate-publisher-controller"
+            ]
+        );
+        // `*` leaves out the controllers that are off by default; naming them adds them.
+        assert!(!all.contains(&"bootstrap-signer-controller"));
+        let kubeadm = names(&["*", "bootstrapsigner", "tokencleaner"]).unwrap();
+        assert!(kubeadm.contains(&"bootstrap-signer-controller"));
+        assert!(kubeadm.contains(&"token-cleaner-controller"));
+        assert_eq!(kubeadm.len(), all.len() + 2);
+        assert_eq!(
+            implemented(names(&["*", "-serviceaccount"]).unwrap()),
             vec!["root-ca-certificate-publisher-controller"]
         );
         assert_eq!(
             names(&["serviceaccount-controller"]).unwrap(),
             vec!["serviceaccount-controller"]
         );
+        // The first entry naming a controller decides.
+        assert_eq!(
+            names(&["serviceaccount", "-serviceaccount-controller"]).unwrap(),
+            vec!["serviceaccount-controller"]
+        );
+        assert!(names(&["-serviceaccount", "serviceaccount", "*"])
+            .unwrap()
+            .iter()
+            .all(|n| *n != "serviceaccount-controller"));
         assert!(names(&[]).unwrap().is_empty());
         assert_eq!(
             names(&["*", "nosuch"]).unwrap_err(),

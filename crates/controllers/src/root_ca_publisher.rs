@@ -19,11 +19,13 @@ pub const CONFIG_MAP: &str = "kube-root-ca.crt";
 const DESCRIPTION_ANNOTATION: &str = "kubernetes.io/description";
 const DESCRIPTION: &str = "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters.";
 
-/// Registers the informers; the runner syncs namespaces with one worker. Needs
-/// `--root-ca-file`.
+/// Registers the informers; the runner syncs namespaces with one worker. Needs the
+/// CA bundle.
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let Some(root_ca) = cx.root_ca.clone() else {
-        return Err("the root CA certificate publisher needs --root-ca-file".into());
+        return Err(
+            "the root CA certificate publisher needs --root-ca-file or a CA in --kubeconfig".into(),
+        );
     };
     let queue: WorkQueue<String> = WorkQueue::new();
     crate::queue_namespaces(informers, &queue);
@@ -82,11 +84,9 @@ impl Sync {
             };
             return match api.create(&cm).await {
                 Ok(_) => Ok(()),
-                // The namespace is gone or going: nothing to publish. Already there: the
-                // informer will tell.
-                Err(e) if e.is_not_found() || e.is_conflict() || namespace_terminating(&e) => {
-                    Ok(())
-                }
+                // The namespace is gone or going: nothing to publish. (Already there means
+                // the cache is behind: the retry reads it again and checks its content.)
+                Err(e) if e.is_not_found() || namespace_terminating(&e) => Ok(()),
                 Err(e) => Err(e.into()),
             };
         };
