@@ -10,10 +10,10 @@ use clap::Parser;
 use std::sync::Arc;
 use std::time::Duration;
 
+use ferrokube_client::events::{Kind, Recorder};
 use ferrokube_client::{Api, Client, Config, Informer, ListParams};
 use ferrokube_images::{ImageStore, Mirrors};
 use ferrokube_kubelet::config::KubeletConfiguration;
-use ferrokube_kubelet::events::{Kind, Recorder};
 use ferrokube_kubelet::image_gc::{self, ImageGc};
 use ferrokube_kubelet::network::Cni;
 use ferrokube_kubelet::node::{self, NodeConfig};

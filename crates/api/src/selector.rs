@@ -43,7 +43,7 @@ pub struct Requirement {
 }
 
 impl Requirement {
-    fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let v = labels.get(&self.key);
         match self.operator {
             Operator::Equals | Operator::In => v.is_some_and(|v| self.values.contains(v)),

@@ -6,10 +6,11 @@
 //!   JSON, strategic, server-side apply), delete, watch, status and subresources.
 //! - [`informer`] keeps a local cache in step with the server and reports changes;
 //!   [`workqueue`] is the rate-limited queue controllers drain; [`leader`] elects one
-//!   active replica on a Lease.
+//!   active replica on a Lease; [`events`] records Events.
 
 mod api;
 mod config;
+pub mod events;
 pub mod informer;
 pub mod leader;
 pub mod tls;

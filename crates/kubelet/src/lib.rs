@@ -8,7 +8,6 @@
 pub mod cgroups;
 pub mod config;
 pub mod env;
-pub mod events;
 pub mod image_gc;
 pub mod logs;
 pub mod network;

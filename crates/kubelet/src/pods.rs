@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Preconditions};
 use serde_json::{json, Value};
 
-use crate::events::{Kind, Recorder};
+use ferrokube_client::events::{Kind, Recorder};
 use crate::network::Cni;
 use crate::runtime::bundle::{self, ContainerSpec};
 use crate::runtime::rootfs;

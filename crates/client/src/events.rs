@@ -1,13 +1,13 @@
-//! Events about pods (and the node), as upstream's kubelet records them (`Pulling`, `Pulled`, `Created`,
-//! `Started`, `Killing`, `BackOff`, `Failed`): core `v1` Events named
-//! `<pod>.<hex nanoseconds>`, a repeat of the same event within ten minutes counted on
-//! the first one instead of written again.
+//! Events about pods and nodes, as upstream's components record them (the kubelet's
+//! `Pulled`, `Started`, `BackOff`, ...; the scheduler's `Scheduled`, `FailedScheduling`):
+//! core `v1` Events named `<object>.<hex nanoseconds>`, a repeat of the same event within
+//! ten minutes counted on the first one instead of written again.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ferrokube_client::{Api, Client, Patch};
+use crate::{Api, Client, Patch};
 use k8s_openapi::api::core::v1::{Event, EventSource, ObjectReference, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::json;
@@ -26,10 +26,17 @@ struct Seen {
     first: Instant,
 }
 
-/// Records events for one node's kubelet.
+/// Records the events of one component.
 pub struct Recorder {
     client: Client,
+    /// The reporting component (`kubelet`, `default-scheduler`).
+    component: String,
+    /// The host it runs on (the kubelet's node name).
     host: String,
+    /// Its reporting instance (`<component>-<host>` but for the kubelet: the node).
+    instance: String,
+    /// The action of `events.k8s.io` Events (the scheduler's `Scheduling`).
+    action: Option<String>,
     /// By (pod uid, reason, message).
     seen: Mutex<HashMap<(String, String, String), Seen>>,
 }
@@ -37,10 +44,27 @@ pub struct Recorder {
 const REPEAT_WINDOW: Duration = Duration::from_secs(600);
 
 impl Recorder {
+    /// The kubelet's recorder, on node `host`.
     pub fn new(client: Client, host: &str) -> Recorder {
         Recorder {
             client,
+            component: "kubelet".into(),
             host: host.into(),
+            instance: host.into(),
+            action: None,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The recorder of a control-plane component (`default-scheduler`) on `host`, whose
+    /// events carry `action`.
+    pub fn for_component(client: Client, component: &str, host: &str, action: &str) -> Recorder {
+        Recorder {
+            client,
+            component: component.into(),
+            host: host.into(),
+            instance: format!("{component}-{host}"),
+            action: Some(action.into()),
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -117,9 +141,10 @@ impl Recorder {
             reason: Some(reason.into()),
             message: Some(message.into()),
             source: Some(EventSource {
-                component: Some("kubelet".into()),
+                component: Some(self.component.clone()),
                 host: Some(self.host.clone()),
             }),
+            action: self.action.clone(),
             first_timestamp: Some(now.clone()),
             last_timestamp: Some(now),
             count: Some(1),
@@ -127,8 +152,8 @@ impl Recorder {
                 Kind::Normal => "Normal".into(),
                 Kind::Warning => "Warning".into(),
             }),
-            reporting_component: Some("kubelet".into()),
-            reporting_instance: Some(self.host.clone()),
+            reporting_component: Some(self.component.clone()),
+            reporting_instance: Some(self.instance.clone()),
             ..Default::default()
         };
         match api.create(&event).await {
