@@ -112,9 +112,6 @@ async fn run(args: Args) -> Result<()> {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    if config.profiles.iter().any(|p| p.preemption) {
-        tracing::warn!("DefaultPreemption is not implemented by ferrokube yet: pods that fit no node stay pending");
-    }
     let kubeconfig = args
         .kubeconfig
         .clone()

@@ -285,7 +285,7 @@ impl NodeInfo {
 }
 
 /// The cache: every node, the pods counted on each, namespaces' labels.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Cache {
     nodes: Vec<NodeInfo>,
     index: HashMap<String, usize>,
@@ -298,6 +298,8 @@ pub struct Cache {
     namespaces: HashMap<String, BTreeMap<String, String>>,
     /// Image → on how many nodes it is.
     image_spread: HashMap<String, usize>,
+    /// Pending pods nominated to a node by preemption: pod key → (node, pod).
+    nominated: HashMap<String, (String, Arc<PodInfo>)>,
 }
 
 impl Cache {
@@ -382,6 +384,7 @@ impl Cache {
     /// Stops counting a pod (deleted, finished, or its binding failed).
     pub fn remove_pod(&mut self, key: &str) {
         self.assumed.remove(key);
+        self.nominated.remove(key);
         let Some(node) = self.pod_nodes.remove(key) else {
             return;
         };
@@ -417,6 +420,28 @@ impl Cache {
         if self.assumed.contains_key(key) {
             self.remove_pod(key);
         }
+    }
+
+    /// Records (or with `None` clears) the node a pending pod was nominated to.
+    pub fn nominate(&mut self, p: Arc<PodInfo>, node: Option<&str>) {
+        match node {
+            Some(n) => {
+                self.nominated.insert(p.key.clone(), (n.to_string(), p));
+            }
+            None => {
+                self.nominated.remove(&p.key);
+            }
+        }
+    }
+
+    /// Pods nominated to `node` that `pod` must leave room for: other pods of at least
+    /// its priority.
+    pub fn nominated_for(&self, node: &str, pod: &PodInfo) -> Vec<Arc<PodInfo>> {
+        self.nominated
+            .values()
+            .filter(|(n, p)| n == node && p.key != pod.key && p.priority >= pod.priority)
+            .map(|(_, p)| p.clone())
+            .collect()
     }
 
     /// Where a pod is counted.

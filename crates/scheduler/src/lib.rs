@@ -6,6 +6,7 @@
 //!   from informers, with assumed pods.
 //! - [`framework`] and [`plugins`]: the extension points and upstream's filter and score
 //!   plugins; [`config`] reads `KubeSchedulerConfiguration` profiles.
+//! - [`preemption`]: DefaultPreemption, for pods that fit nowhere.
 //! - [`scheduler`]: the loop, binding through `pods/binding`, events and conditions;
 //!   [`metrics`] in upstream's names.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod framework;
 pub mod metrics;
 pub mod plugins;
+pub mod preemption;
 pub mod queue;
 pub mod resources;
 pub mod scheduler;

@@ -11,15 +11,17 @@ use std::time::Instant;
 
 use ferrokube_client::events::{Kind, Recorder};
 use ferrokube_client::informer::Event;
-use ferrokube_client::{Api, Client, Informer, ListParams, Patch};
+use ferrokube_client::{Api, Client, Informer, ListParams, Patch, Store};
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde_json::json;
 use tokio::sync::Semaphore;
 
-use crate::cache::{Cache, PodInfo};
+use crate::cache::{Cache, NodeInfo, PodInfo};
 use crate::config::SchedulerConfig;
 use crate::framework::{events, nodes_to_find, CycleState, Diagnosis, Profile};
 use crate::metrics::{Metrics, Outcome};
+use crate::preemption::{preempt, Budget, Candidate};
 use crate::queue::SchedulingQueue;
 
 /// Bindings in flight at once.
@@ -35,6 +37,8 @@ pub struct Scheduler {
     metrics: Arc<Metrics>,
     gated: Arc<AtomicUsize>,
     bindings: Arc<Semaphore>,
+    /// PodDisruptionBudgets, for choosing preemption victims.
+    budgets: Option<Store<PodDisruptionBudget>>,
     /// Where the next search for feasible nodes starts (spreads the work).
     next_start: usize,
 }
@@ -100,6 +104,7 @@ impl Scheduler {
             metrics: Default::default(),
             gated: Default::default(),
             bindings: Arc::new(Semaphore::new(MAX_BINDINGS)),
+            budgets: None,
             next_start: 0,
             client,
         }
@@ -184,11 +189,18 @@ impl Scheduler {
             let ours = profiles.contains_key(scheduler_name(pod));
             if !ours || is_gated || info.is_terminating() || terminal(pod) {
                 queue.delete(&info.key);
+                cache.write().expect("cache lock").nominate(info, None);
                 return;
             }
             if cache.read().expect("cache lock").is_assumed(&info.key) {
                 return;
             }
+            let nominated = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.nominated_node_name.as_deref())
+                .filter(|n| !n.is_empty());
+            cache.write().expect("cache lock").nominate(info.clone(), nominated);
             queue.add(info);
         });
         inf
@@ -246,14 +258,17 @@ impl Scheduler {
         let pods = self.pod_informer();
         let nodes = self.node_informer();
         let namespaces = self.namespace_informer();
-        let stores = (pods.store(), nodes.store(), namespaces.store());
+        let budgets = Informer::<PodDisruptionBudget>::new(Api::all(self.client.clone()), ListParams::default());
+        let stores = (pods.store(), nodes.store(), namespaces.store(), budgets.store());
+        self.budgets = Some(stores.3.clone());
         let tasks = [
             tokio::spawn(pods.run()),
             tokio::spawn(nodes.run()),
             tokio::spawn(namespaces.run()),
+            tokio::spawn(budgets.run()),
         ];
         let _stop = AbortOnDrop(tasks);
-        while !(stores.0.has_synced() && stores.1.has_synced() && stores.2.has_synced()) {
+        while !(stores.0.has_synced() && stores.1.has_synced() && stores.2.has_synced() && stores.3.has_synced()) {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         tracing::info!("caches are synced; scheduling");
@@ -271,6 +286,7 @@ impl Scheduler {
             self.queue.delete(&pod.key);
             return;
         };
+        let mut preempted = None;
         let result = {
             let cache = self.cache.read().expect("cache lock");
             let n = cache.nodes().len();
@@ -278,8 +294,30 @@ impl Scheduler {
             if n > 0 {
                 self.next_start = (self.next_start + r.1) % n;
             }
-            r.0
+            match r.0 {
+                Err(mut diag) if profile.preemption && n > 0 => {
+                    let budgets: Vec<Budget> = self
+                        .budgets
+                        .iter()
+                        .flat_map(|s| s.list())
+                        .filter_map(|b| Budget::from_api(&b))
+                        .collect();
+                    match preempt(profile, &cache, &pod, &diag, &budgets) {
+                        Ok(c) => preempted = Some(c),
+                        Err(msg) => diag.post_filter_msg = Some(msg),
+                    }
+                    Err(diag)
+                }
+                other => other,
+            }
         };
+        if let Some(c) = preempted {
+            self.cache
+                .write()
+                .expect("cache lock")
+                .nominate(pod.clone(), Some(&c.node));
+            self.evict(pod.clone(), c);
+        }
         match result {
             Ok(node) => {
                 self.cache
@@ -371,6 +409,46 @@ impl Scheduler {
         });
     }
 
+    /// Carries out a preemption: each victim gets the `DisruptionTarget` condition, a
+    /// `Preempted` event and is deleted (gracefully); the preemptor is nominated to the
+    /// node.
+    fn evict(&self, pod: Arc<PodInfo>, c: Candidate) {
+        let (client, recorder) = (self.client.clone(), self.recorder.clone());
+        tokio::spawn(async move {
+            let uid = pod.pod.metadata.uid.clone().unwrap_or_default();
+            for v in &c.victims {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &v.namespace);
+                let name = v.pod.metadata.name.clone().unwrap_or_default();
+                tracing::info!(preemptor = %pod.key, victim = %v.key, node = %c.node, "preempting");
+                let condition = json!({"status": {"conditions": [{
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "PreemptionByScheduler",
+                    "message": "default-scheduler: preempting to accommodate a higher priority pod",
+                    "lastTransitionTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(jiff::Timestamp::now()),
+                }]}});
+                if let Err(e) = api.patch_status(&name, &Patch::Strategic(condition)).await {
+                    tracing::debug!(victim = %v.key, "DisruptionTarget condition: {e}");
+                }
+                match api.delete(&name, None).await {
+                    Ok(_) => {
+                        recorder
+                            .pod(&v.pod, None, Kind::Normal, "Preempted", &format!("Preempted by pod {uid} on node {}", c.node))
+                            .await
+                    }
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => tracing::warn!(victim = %v.key, "deleting a preemption victim: {e}"),
+                }
+            }
+            let api: Api<Pod> = Api::namespaced(client, &pod.namespace);
+            let name = pod.pod.metadata.name.clone().unwrap_or_default();
+            let patch = json!({"status": {"nominatedNodeName": c.node}});
+            if let Err(e) = api.patch_status(&name, &Patch::Merge(patch)).await {
+                tracing::debug!(pod = %pod.key, "nominating: {e}");
+            }
+        });
+    }
+
     /// The `FailedScheduling` event and the `PodScheduled=False` condition.
     fn report_failure(&self, pod: Arc<PodInfo>, reason: &'static str, message: String) {
         let (client, recorder) = (self.client.clone(), self.recorder.clone());
@@ -440,13 +518,38 @@ pub fn find_node(
         diag.pre_filter = Some(r);
         return (Err(diag), 0);
     }
+    // Nodes are judged with the pods nominated to them (by preemption) that outrank or
+    // equal this one, so it does not take the room made for them.
+    let filter = |node: &NodeInfo| {
+        let nominated = cache.nominated_for(&node.name, pod);
+        if nominated.is_empty() {
+            return profile.run_filters(&state, pod, node, cache);
+        }
+        let mut with = node.clone();
+        for p in nominated {
+            with.add_pod(p);
+        }
+        profile.run_filters(&state, pod, &with, cache)
+    };
+    // The node preemption nominated it to comes first.
+    let nominated = pod
+        .pod
+        .status
+        .as_ref()
+        .and_then(|s| s.nominated_node_name.as_deref())
+        .and_then(|n| cache.node(n));
+    if let Some(node) = nominated {
+        if filter(node).is_ok() {
+            return (Ok(node.name.clone()), 0);
+        }
+    }
     let want = nodes_to_find(profile.percentage_of_nodes_to_score, n);
     let mut feasible = Vec::with_capacity(want.min(n));
     let mut looked = 0;
     for i in 0..n {
         let node = &nodes[(start + i) % n];
         looked += 1;
-        match profile.run_filters(&state, pod, node, cache) {
+        match filter(node) {
             Ok(()) => feasible.push(node),
             Err(r) => {
                 diag.nodes.insert(node.name.clone(), r);
@@ -480,7 +583,7 @@ pub fn find_node(
     (Ok(feasible[best].name.clone()), looked)
 }
 
-struct AbortOnDrop([tokio::task::JoinHandle<()>; 3]);
+struct AbortOnDrop([tokio::task::JoinHandle<()>; 4]);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
