@@ -146,6 +146,22 @@ impl ApiServer {
         }
     }
 
+    /// Starts `binary` beside the server (where it runs) with the admin kubeconfig and
+    /// `args`, logging to `<dir>/<log>.log`; killed when the handle drops.
+    pub fn component(&self, binary_name: &str, log: &str, args: &[&str]) -> Component {
+        let log = self.dir.join(format!("{log}.log"));
+        let child = self
+            .here(binary(binary_name))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {binary_name}: {e}"));
+        Component { child, log }
+    }
+
     /// The admin kubeconfig.
     pub fn kubeconfig(&self) -> PathBuf {
         self.dir.join("admin.conf")
@@ -257,5 +273,25 @@ impl Drop for ApiServer {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// A control-plane process started by [`ApiServer::component`]; killed when dropped.
+pub struct Component {
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+impl Component {
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -54,8 +54,14 @@ fn eligible(pod: &PodInfo, cache: &Cache) -> Result<(), String> {
         .filter(|n| !n.is_empty());
     if let Some(node) = nominated.and_then(|n| cache.node(n)) {
         // Victims of an earlier preemption are still going: wait for them.
-        if node.pods.iter().any(|p| p.is_terminating() && p.priority < pod.priority) {
-            return Err("preemption: not eligible due to a terminating pod on the nominated node.".into());
+        if node
+            .pods
+            .iter()
+            .any(|p| p.is_terminating() && p.priority < pod.priority)
+        {
+            return Err(
+                "preemption: not eligible due to a terminating pod on the nominated node.".into(),
+            );
         }
     }
     Ok(())
@@ -63,13 +69,19 @@ fn eligible(pod: &PodInfo, cache: &Cache) -> Result<(), String> {
 
 /// Splits victims into those whose eviction would break a budget and the rest (each
 /// list as given), counting down the budgets' allowed disruptions as upstream does.
-fn split_by_budgets(victims: &[Arc<PodInfo>], budgets: &[Budget]) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
+fn split_by_budgets(
+    victims: &[Arc<PodInfo>],
+    budgets: &[Budget],
+) -> (Vec<Arc<PodInfo>>, Vec<Arc<PodInfo>>) {
     let mut allowed: Vec<i32> = budgets.iter().map(|b| b.disruptions_allowed).collect();
     let (mut violating, mut fine) = (Vec::new(), Vec::new());
     for v in victims {
         let mut breaks = false;
         for (i, b) in budgets.iter().enumerate() {
-            if b.namespace == v.namespace && !b.selector.is_everything() && b.selector.matches(&v.labels) {
+            if b.namespace == v.namespace
+                && !b.selector.is_everything()
+                && b.selector.matches(&v.labels)
+            {
                 allowed[i] -= 1;
                 if allowed[i] < 0 {
                     breaks = true;
@@ -120,7 +132,11 @@ fn select_victims(
     }
     fits(profile, &trial, pod, node)?;
     // Most important first: they are the first to be given back their place.
-    lower.sort_by(|a, b| b.priority.cmp(&a.priority).then_with(|| start_time(a).cmp(&start_time(b))));
+    lower.sort_by(|a, b| {
+        b.priority
+            .cmp(&a.priority)
+            .then_with(|| start_time(a).cmp(&start_time(b)))
+    });
     let (violating, fine) = split_by_budgets(&lower, budgets);
     let mut victims = Vec::new();
     let mut pdb_violations = 0;
@@ -156,7 +172,12 @@ fn start_time(p: &PodInfo) -> Option<jiff::Timestamp> {
 /// latest start among the highest-priority victims; then the first.
 fn pick(mut cands: Vec<Candidate>) -> Option<Candidate> {
     let key = |c: &Candidate| {
-        let highest = c.victims.iter().map(|v| v.priority).max().unwrap_or(i32::MIN);
+        let highest = c
+            .victims
+            .iter()
+            .map(|v| v.priority)
+            .max()
+            .unwrap_or(i32::MIN);
         let sum: i64 = c
             .victims
             .iter()
@@ -236,8 +257,10 @@ mod tests {
 
     fn node(c: &mut Cache, name: &str, cpu: &str) {
         c.set_node(Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
-                "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"}}}))
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "labels": {"kubernetes.io/hostname": name}},
+                "status": {"allocatable": {"cpu": cpu, "memory": "8Gi", "pods": "110"}}}),
+            )
             .unwrap(),
         ));
     }
@@ -251,8 +274,10 @@ mod tests {
             }
         }
         Arc::new(PodInfo::new(Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": name}},
-                "spec": spec}))
+            serde_json::from_value(
+                json!({"metadata": {"name": name, "namespace": "d", "labels": {"app": name}},
+                "spec": spec}),
+            )
             .unwrap(),
         )))
     }
@@ -261,8 +286,12 @@ mod tests {
         let cfg = default_config();
         let profile = &cfg.profiles[0];
         let diag = find_node(profile, c, p, 0).0.unwrap_err();
-        preempt(profile, c, p, &diag, budgets)
-            .map(|cand| (cand.node, cand.victims.iter().map(|v| v.key.clone()).collect()))
+        preempt(profile, c, p, &diag, budgets).map(|cand| {
+            (
+                cand.node,
+                cand.victims.iter().map(|v| v.key.clone()).collect(),
+            )
+        })
     }
 
     #[test]
@@ -277,7 +306,10 @@ mod tests {
         // Needs 1 CPU: on a, evicting a-low suffices (a-mid is given back its place);
         // on b, b-low; a's victim has the same priority but a-mid... both candidates
         // evict one pod of priority 10: the first node wins.
-        assert_eq!(run(&c, &pod("p", "1", 500, json!({})), &[]).unwrap(), ("a".into(), vec!["d/a-low".into()]));
+        assert_eq!(
+            run(&c, &pod("p", "1", 500, json!({})), &[]).unwrap(),
+            ("a".into(), vec!["d/a-low".into()])
+        );
         // Needs 2 CPU: only a can be emptied (b-high outranks the pod).
         assert_eq!(
             run(&c, &pod("q", "2", 500, json!({})), &[]).unwrap(),
@@ -297,7 +329,12 @@ mod tests {
             selector: LabelSelector::parse("app=guarded").unwrap(),
             disruptions_allowed: 0,
         };
-        assert_eq!(run(&c, &pod("p", "1", 500, json!({})), &[budget]).unwrap().0, "b");
+        assert_eq!(
+            run(&c, &pod("p", "1", 500, json!({})), &[budget])
+                .unwrap()
+                .0,
+            "b"
+        );
     }
 
     #[test]
@@ -307,8 +344,10 @@ mod tests {
         node(&mut c, "b", "1");
         c.add_pod(pod("high", "1", 1000, json!({})), "a");
         c.set_node(Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": "b"}, "spec": {"unschedulable": true},
-                "status": {"allocatable": {"cpu": "1", "pods": "110"}}}))
+            serde_json::from_value(
+                json!({"metadata": {"name": "b"}, "spec": {"unschedulable": true},
+                "status": {"allocatable": {"cpu": "1", "pods": "110"}}}),
+            )
             .unwrap(),
         ));
         assert_eq!(
@@ -316,7 +355,12 @@ mod tests {
             "preemption: 0/2 nodes are available: 1 No preemption victims found for incoming pod, 1 Preemption is not helpful for scheduling."
         );
         assert_eq!(
-            run(&c, &pod("n", "1", 5000, json!({"preemptionPolicy": "Never"})), &[]).unwrap_err(),
+            run(
+                &c,
+                &pod("n", "1", 5000, json!({"preemptionPolicy": "Never"})),
+                &[]
+            )
+            .unwrap_err(),
             "preemption: not eligible due to preemptionPolicy=Never."
         );
     }

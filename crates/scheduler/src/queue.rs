@@ -233,6 +233,19 @@ impl SchedulingQueue {
         self.notify.notify_one();
     }
 
+    /// A queued pod's newer version that changes nothing scheduling reads: kept, not
+    /// retried.
+    pub fn refresh(&self, info: Arc<PodInfo>) {
+        let mut g = self.inner.lock().expect("queue lock");
+        match g.pods.get_mut(&info.key) {
+            Some(e) => e.info = info,
+            None => {
+                drop(g);
+                self.add(info);
+            }
+        }
+    }
+
     /// The pod is gone, bound elsewhere or gated.
     pub fn delete(&self, key: &str) {
         self.inner.lock().expect("queue lock").pods.remove(key);

@@ -200,8 +200,22 @@ impl Scheduler {
                 .as_ref()
                 .and_then(|s| s.nominated_node_name.as_deref())
                 .filter(|n| !n.is_empty());
-            cache.write().expect("cache lock").nominate(info.clone(), nominated);
-            queue.add(info);
+            cache
+                .write()
+                .expect("cache lock")
+                .nominate(info.clone(), nominated);
+            // Only a change to what scheduling reads is worth a new attempt (not, for
+            // one, the scheduler's own status update).
+            let changed = old.is_none_or(|o| {
+                o.spec != pod.spec
+                    || o.metadata.labels != pod.metadata.labels
+                    || o.metadata.annotations != pod.metadata.annotations
+            });
+            if changed {
+                queue.add(info);
+            } else {
+                queue.refresh(info);
+            }
         });
         inf
     }
@@ -258,8 +272,16 @@ impl Scheduler {
         let pods = self.pod_informer();
         let nodes = self.node_informer();
         let namespaces = self.namespace_informer();
-        let budgets = Informer::<PodDisruptionBudget>::new(Api::all(self.client.clone()), ListParams::default());
-        let stores = (pods.store(), nodes.store(), namespaces.store(), budgets.store());
+        let budgets = Informer::<PodDisruptionBudget>::new(
+            Api::all(self.client.clone()),
+            ListParams::default(),
+        );
+        let stores = (
+            pods.store(),
+            nodes.store(),
+            namespaces.store(),
+            budgets.store(),
+        );
         self.budgets = Some(stores.3.clone());
         let tasks = [
             tokio::spawn(pods.run()),
@@ -268,7 +290,11 @@ impl Scheduler {
             tokio::spawn(budgets.run()),
         ];
         let _stop = AbortOnDrop(tasks);
-        while !(stores.0.has_synced() && stores.1.has_synced() && stores.2.has_synced() && stores.3.has_synced()) {
+        while !(stores.0.has_synced()
+            && stores.1.has_synced()
+            && stores.2.has_synced()
+            && stores.3.has_synced())
+        {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         tracing::info!("caches are synced; scheduling");
@@ -433,7 +459,13 @@ impl Scheduler {
                 match api.delete(&name, None).await {
                     Ok(_) => {
                         recorder
-                            .pod(&v.pod, None, Kind::Normal, "Preempted", &format!("Preempted by pod {uid} on node {}", c.node))
+                            .pod(
+                                &v.pod,
+                                None,
+                                Kind::Normal,
+                                "Preempted",
+                                &format!("Preempted by pod {uid} on node {}", c.node),
+                            )
                             .await
                     }
                     Err(e) if e.is_not_found() => {}
