@@ -57,6 +57,30 @@ fn pod_yaml(name: &str, labels: &str, spec: &str) -> String {
     )
 }
 
+/// Waits until the pod's PodScheduled condition reads `want` (`status/reason/message`,
+/// or with `contains`, holds it); fails with what it reads and the logs.
+fn wait_condition(api: &ApiServer, pod: &str, want: &str, contains: bool, parts: &[&Component]) {
+    wait_until(
+        &format!("{pod}: {want}"),
+        30,
+        || {
+            let c = scheduled_condition(api, pod);
+            if contains {
+                c.contains(want)
+            } else {
+                c == want
+            }
+        },
+        || {
+            format!(
+                "condition now: {}\n{}",
+                scheduled_condition(api, pod),
+                logs(parts)
+            )
+        },
+    );
+}
+
 fn scheduled_condition(api: &ApiServer, pod: &str) -> String {
     api.ok(&[
         "get",
@@ -184,13 +208,8 @@ fn filters_place_pods_and_say_why_not() {
             "  nodeSelector:\n    kubernetes.io/hostname: gpu-0\n",
         ),
     );
-    let want = "False/Unschedulable/0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector.";
-    wait_until(
-        "no-toleration unschedulable",
-        30,
-        || scheduled_condition(&api, "no-toleration") == want,
-        || logs(&all),
-    );
+    let want = "False/Unschedulable/0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 node(s) didn't match Pod's node affinity/selector. preemption: 0/3 nodes are available: 3 Preemption is not helpful for scheduling.";
+    wait_condition(&api, "no-toleration", want, false, &all);
     let described = api.ok(&["describe", "pod", "no-toleration"]);
     assert!(
         described.contains("FailedScheduling")
@@ -208,13 +227,8 @@ fn filters_place_pods_and_say_why_not() {
             "    resources:\n      requests:\n        cpu: \"3\"\n",
         ),
     );
-    let want = "False/Unschedulable/0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 Insufficient cpu.";
-    wait_until(
-        "big unschedulable",
-        30,
-        || scheduled_condition(&api, "big") == want,
-        || logs(&all),
-    );
+    let want = "False/Unschedulable/0/3 nodes are available: 1 node(s) had untolerated taint {dedicated: gpu}, 2 Insufficient cpu. preemption: 0/3 nodes are available: 1 Preemption is not helpful for scheduling, 2 No preemption victims found for incoming pod.";
+    wait_condition(&api, "big", want, false, &all);
     let large = hollow(&api, "large", &["--name-prefix=large-", "--cpu=4"]);
     wait_until(
         "big on large-0",
@@ -229,11 +243,12 @@ fn filters_place_pods_and_say_why_not() {
         &api,
         &pod_yaml("after-cordon", "", "  nodeSelector:\n    disktype: ssd\n"),
     );
-    wait_until(
-        "after-cordon unschedulable",
-        30,
-        || scheduled_condition(&api, "after-cordon").contains("1 node(s) were unschedulable"),
-        || logs(&all),
+    wait_condition(
+        &api,
+        "after-cordon",
+        "1 node(s) were unschedulable",
+        true,
+        &all,
     );
     api.ok(&["uncordon", "ssd-0"]);
     wait_until(
@@ -253,15 +268,8 @@ fn filters_place_pods_and_say_why_not() {
         || logs(&all),
     );
     apply(&api, &pod_yaml("port-b", "", port));
-    wait_until(
-        "port-b unschedulable",
-        30,
-        || {
-            scheduled_condition(&api, "port-b")
-                .contains("1 node(s) didn't have free ports for the requested pod ports")
-        },
-        || logs(&all),
-    );
+    let want = "1 node(s) didn't have free ports for the requested pod ports";
+    wait_condition(&api, "port-b", want, true, &all);
     // Deleting the holder frees the port.
     api.ok(&["delete", "pod", "port-a", "--wait=false"]);
     wait_until(
@@ -350,14 +358,8 @@ fn anti_affinity_and_topology_spread() {
     zones.sort();
     assert_eq!(zones, vec!["a", "b", "c"]);
     apply(&api, &pod_yaml("web-3", "app: web", anti));
-    wait_until(
-        "web-3 unschedulable",
-        30,
-        || {
-            scheduled_condition(&api, "web-3") == "False/Unschedulable/0/6 nodes are available: 6 node(s) didn't match pod anti-affinity rules."
-        },
-        || logs(&all),
-    );
+    let want = "False/Unschedulable/0/6 nodes are available: 6 node(s) didn't match pod anti-affinity rules. preemption: 0/6 nodes are available: 6 No preemption victims found for incoming pod.";
+    wait_condition(&api, "web-3", want, false, &all);
 
     // Topology spread: six pods with maxSkew 1 over three zones: two in each.
     let spread = "  topologySpreadConstraints:\n  - maxSkew: 1\n    topologyKey: topology.kubernetes.io/zone\n    whenUnsatisfiable: DoNotSchedule\n    labelSelector:\n      matchLabels: {app: spread}\n";
@@ -400,6 +402,13 @@ fn preemption_makes_room_for_higher_priority() {
     );
     api.ok(&["create", "priorityclass", "low", "--value=10"]);
     api.ok(&["create", "priorityclass", "high", "--value=1000"]);
+    api.ok(&[
+        "create",
+        "priorityclass",
+        "high-never",
+        "--value=1000",
+        "--preemption-policy=Never",
+    ]);
     let cpu = |c: &str| format!("    resources:\n      requests:\n        cpu: \"{c}\"\n");
     apply(
         &api,
@@ -423,26 +432,33 @@ fn preemption_makes_room_for_higher_priority() {
         || node_of(&api, "low-a") == "hollow-node-0" && node_of(&api, "low-b") == "hollow-node-0",
         || logs(&all),
     );
-    // Same priority, preemption not allowed: pending, and upstream's message says why.
+    // The class decides the policy; a pod may not contradict it (upstream's Priority
+    // admission).
+    let e = api
+        .kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(&pod_yaml(
+                "contradicts",
+                "",
+                &format!(
+                    "{}  priorityClassName: high\n  preemptionPolicy: Never\n",
+                    cpu("1")
+                ),
+            )),
+        )
+        .unwrap_err();
+    assert!(e.contains("the string value of PreemptionPolicy (Never) must not be provided in pod spec; priority admission controller computed PreemptLowerPriority from the given PriorityClass name"), "{e}");
+    // Higher priority, preemption not allowed: pending, and upstream's message says why.
     apply(
         &api,
         &pod_yaml(
             "never",
             "",
-            &format!(
-                "{}  priorityClassName: high\n  preemptionPolicy: Never\n",
-                cpu("1")
-            ),
+            &format!("{}  priorityClassName: high-never\n", cpu("1")),
         ),
     );
-    wait_until(
-        "never unschedulable",
-        30,
-        || {
-            scheduled_condition(&api, "never") == "False/Unschedulable/0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never."
-        },
-        || logs(&all),
-    );
+    let want = "False/Unschedulable/0/1 nodes are available: 1 Insufficient cpu. preemption: not eligible due to preemptionPolicy=Never.";
+    wait_condition(&api, "never", want, false, &all);
     api.ok(&["delete", "pod", "never", "--wait=false"]);
     // A high-priority pod evicts one low pod and takes its place.
     apply(

@@ -857,8 +857,6 @@ impl Resources {
             spec.insert("serviceAccount".into(), sa);
         }
         spec.entry("enableServiceLinks").or_insert(json!(true));
-        spec.entry("preemptionPolicy")
-            .or_insert(json!("PreemptLowerPriority"));
         if plugins.default_toleration_seconds {
             let tolerations = spec.entry("tolerations").or_insert(json!([]));
             if let Some(list) = tolerations.as_array_mut() {
@@ -890,7 +888,7 @@ impl Resources {
             .to_string();
         let pc_info = ferrokube_api::registry::builtin("scheduling.k8s.io", "priorityclasses");
         let (value, policy) = if class.is_empty() {
-            (0, None)
+            (0, Some(json!("PreemptLowerPriority")))
         } else {
             match self.objects.get(&object_key(&pc_info, "", &class)).await? {
                 Some(pc) => (
@@ -906,6 +904,28 @@ impl Resources {
                 }
             }
         };
+        // As upstream: the class decides; a pod may repeat its values, not contradict them.
+        let given = spec.get("priority").and_then(Value::as_i64);
+        if let Some(g) = given.filter(|g| *g != value) {
+            return Err(status::forbidden(
+                &pods,
+                meta::name(pod),
+                &format!("the integer value of priority ({g}) must not be provided in pod spec; priority admission controller computed {value} from the given PriorityClass name"),
+            ));
+        }
+        let given = spec
+            .get("preemptionPolicy")
+            .and_then(Value::as_str)
+            .map(String::from);
+        if let (Some(g), Some(p)) = (&given, policy.as_ref().and_then(Value::as_str)) {
+            if g != p {
+                return Err(status::forbidden(
+                    &pods,
+                    meta::name(pod),
+                    &format!("the string value of PreemptionPolicy ({g}) must not be provided in pod spec; priority admission controller computed {p} from the given PriorityClass name"),
+                ));
+            }
+        }
         let spec = pod["spec"].as_object_mut().expect("checked above");
         spec.insert("priority".into(), json!(value));
         if let Some(p) = policy {
