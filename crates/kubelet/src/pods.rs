@@ -18,13 +18,13 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, Preconditions};
 use serde_json::{json, Value};
 
-use ferrokube_client::events::{Kind, Recorder};
 use crate::network::Cni;
 use crate::runtime::bundle::{self, ContainerSpec};
 use crate::runtime::rootfs;
 use crate::runtime::runc::Runc;
 use crate::runtime::shim::{self, Exit, ShimArgs};
 use crate::{cgroups, sandbox, static_pods};
+use ferrokube_client::events::{Kind, Recorder};
 
 /// Back-off of restarts: 10 s doubling up to 5 minutes, as upstream.
 fn backoff(restarts: u32) -> Duration {
