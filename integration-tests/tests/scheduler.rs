@@ -391,7 +391,14 @@ fn anti_affinity_and_topology_spread() {
 #[test]
 fn preemption_makes_room_for_higher_priority() {
     let dir = tempfile::tempdir().unwrap();
-    let (api, sched) = start(dir.path());
+    let api = ApiServer::start(dir.path());
+    // This one elects itself leader on upstream's Lease and serves its metrics.
+    let port = integration_tests::free_port().to_string();
+    let sched = api.component(
+        "kube-scheduler",
+        "scheduler",
+        &["--bind-address=127.0.0.1", "--secure-port", &port],
+    );
     let nodes = hollow(&api, "nodes", &["--nodes=1", "--cpu=2"]);
     let all = [&sched, &nodes];
     wait_until(
@@ -485,4 +492,34 @@ fn preemption_makes_room_for_higher_priority() {
         events.contains("Preempted by pod") && events.contains("on node hollow-node-0"),
         "{events}"
     );
+
+    let holder = api.ok(&[
+        "get",
+        "lease",
+        "-n",
+        "kube-system",
+        "kube-scheduler",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert!(!holder.is_empty());
+    let get = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sSk", "--max-time", "5"])
+            .arg(format!("https://127.0.0.1:{port}{path}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(get("/healthz"), "ok");
+    let metrics = get("/metrics");
+    for want in [
+        "leader_election_master_status{name=\"kube-scheduler\"} 1",
+        "scheduler_schedule_attempts_total{profile=\"default-scheduler\",result=\"scheduled\"}",
+        "scheduler_schedule_attempts_total{profile=\"default-scheduler\",result=\"unschedulable\"}",
+        "scheduler_scheduling_attempt_duration_seconds_bucket{profile=\"default-scheduler\",result=\"scheduled\",le=\"+Inf\"}",
+        "scheduler_pending_pods{queue=\"active\"} 0",
+    ] {
+        assert!(metrics.contains(want), "{want} not in:\n{metrics}");
+    }
 }

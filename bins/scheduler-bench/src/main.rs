@@ -65,12 +65,43 @@ fn pod(i: usize, workload: &str, groups: usize) -> Result<Pod> {
     }))?)
 }
 
+/// CPU time (user and system) a process has used, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    // Linux reports in USER_HZ, 100 per second on every supported architecture.
+    Some(ticks as f64 / 100.0)
+}
+
 /// The smallest bucket bound with at least `q` of the observations.
-fn quantile(buckets: &[(f64, f64)], count: f64, q: f64) -> Option<f64> {
+fn quantile(buckets: &[(f64, f64)], q: f64) -> Option<f64> {
+    let count = buckets.last()?.1;
     buckets
         .iter()
         .find(|(_, c)| *c >= q * count)
         .map(|(le, _)| *le)
+        .filter(|le| le.is_finite())
+}
+
+/// The `(le, cumulative count)` buckets of a histogram in Prometheus text whose labels
+/// contain `with` (the `+Inf` bucket last).
+fn histogram(text: &str, name: &str, with: &str) -> Vec<(f64, f64)> {
+    let prefix = format!("{name}_bucket{{");
+    text.lines()
+        .filter_map(|line| line.strip_prefix(prefix.as_str()))
+        .filter(|rest| rest.contains(with))
+        .filter_map(|rest| {
+            let le = rest.split("le=\"").last()?.split('"').next()?;
+            let value: f64 = rest.rsplit(' ').next()?.parse().ok()?;
+            let le = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().ok()?
+            };
+            Some((le, value))
+        })
+        .collect()
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -143,32 +174,21 @@ async fn run(args: Args) -> Result<()> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
+    let cpu_s = cpu_seconds(scheduler.id());
     let _ = scheduler.kill();
     let _ = scheduler.wait();
-    let mut buckets = Vec::new();
-    for line in text.lines() {
-        let Some(rest) = line.strip_prefix("scheduler_scheduling_attempt_duration_seconds_bucket{")
-        else {
-            continue;
-        };
-        if !rest.contains("result=\"scheduled\"") {
-            continue;
-        }
-        let le = rest
-            .split("le=\"")
-            .nth(1)
-            .and_then(|s| s.split('"').next())
-            .unwrap_or("");
-        let value: f64 = rest
-            .rsplit(' ')
-            .next()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0);
-        if let Ok(le) = le.parse::<f64>() {
-            buckets.push((le, value));
-        }
+    let attempt = histogram(
+        &text,
+        "scheduler_scheduling_attempt_duration_seconds",
+        "result=\"scheduled\"",
+    );
+    let algorithm = histogram(&text, "scheduler_scheduling_algorithm_duration_seconds", "");
+    if attempt.is_empty() {
+        eprintln!(
+            "no latency histogram from the scheduler's /metrics: {:?}",
+            &text[..text.len().min(300)]
+        );
     }
-    let count = buckets.last().map(|b| b.1).unwrap_or(0.0);
     let scheduled = bound.len();
     // Throughput over the scheduling itself, from the first binding to the last.
     let busy = (secs - first.unwrap_or(0.0)).max(1e-3);
@@ -182,8 +202,10 @@ async fn run(args: Args) -> Result<()> {
             "schedule_s": (secs * 100.0).round() / 100.0,
             "first_bound_s": first.map(|f| (f * 100.0).round() / 100.0),
             "pods_per_s": (scheduled as f64 / busy).round(),
-            "p50_le_s": quantile(&buckets, count, 0.5),
-            "p99_le_s": quantile(&buckets, count, 0.99),
+            "p50_le_s": quantile(&attempt, 0.5),
+            "p99_le_s": quantile(&attempt, 0.99),
+            "algorithm_p99_le_s": quantile(&algorithm, 0.99),
+            "scheduler_cpu_s": cpu_s.map(|c| (c * 100.0).round() / 100.0),
         })
     );
     anyhow::ensure!(

@@ -337,6 +337,7 @@ impl Scheduler {
                 other => other,
             }
         };
+        self.metrics.algorithm(started.elapsed());
         if let Some(c) = preempted {
             self.cache
                 .write()
