@@ -63,23 +63,14 @@ async fn run(args: Args) -> Result<()> {
     let config = Config::from_kubeconfig(&args.kubeconfig)
         .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
     let client = Client::new(&config)?.with_field_manager("hollow-nodes");
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         r = ferrokube_hollow::run(client, spec) => r?,
-        _ = term.recv() => tracing::info!("terminated; stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = ferrokube_process::stop_signal() => {}
     }
     Ok(())
 }
 
 fn main() {
     ferrokube_process::init();
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| ferrokube_process::exit_with(&format!("runtime: {e}")));
-    if let Err(e) = rt.block_on(run(args)) {
-        ferrokube_process::exit_with(&format!("{e:#}"));
-    }
+    ferrokube_process::run(run(Args::parse()));
 }

@@ -116,12 +116,10 @@ impl ferrokube_serving::Health for State {
     fn metrics(&self) -> String {
         let mut out = String::new();
         if let Some((lease, _)) = &self.election {
-            let _ = writeln!(out, "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease.");
-            let _ = writeln!(out, "# TYPE leader_election_master_status gauge");
-            let _ = writeln!(
-                out,
-                "leader_election_master_status{{name=\"{lease}\"}} {}",
-                u8::from(self.leading.load(Ordering::Relaxed))
+            ferrokube_serving::leader_election_metric(
+                &mut out,
+                lease,
+                self.leading.load(Ordering::Relaxed),
             );
         }
         let queues = self.queues.lock().expect("queues lock");
@@ -161,13 +159,7 @@ async fn run(args: Args) -> Result<()> {
         root_ca,
     };
     let election = if args.leader_elect {
-        let identity = format!(
-            "{}_{}",
-            std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|h| h.trim().to_string())
-                .unwrap_or_else(|_| "localhost".into()),
-            ferrokube_api::meta::new_uid()
-        );
+        let identity = ElectionConfig::identity(&ferrokube_process::hostname());
         let mut cfg = ElectionConfig::new(
             &args.leader_elect_resource_namespace,
             &args.leader_elect_resource_name,
@@ -191,28 +183,16 @@ async fn run(args: Args) -> Result<()> {
             .map(|e| (args.leader_elect_resource_name.clone(), e.watchdog())),
         queues: Default::default(),
     });
-    if args.secure_port != 0 {
-        let identity = match (&args.tls_cert_file, &args.tls_private_key_file) {
-            (Some(c), Some(k)) => ferrokube_serving::Identity {
-                cert_pem: std::fs::read(c)
-                    .with_context(|| format!("--tls-cert-file {}", c.display()))?,
-                key_pem: std::fs::read(k)
-                    .with_context(|| format!("--tls-private-key-file {}", k.display()))?,
-            },
-            _ => ferrokube_serving::Identity::self_signed("localhost")?,
-        };
-        let addr = SocketAddr::new(args.bind_address, args.secure_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen on {addr}"))?;
-        let health = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = ferrokube_serving::serve(listener, &identity, health).await {
-                ferrokube_process::exit_with(&format!("serving {addr}: {e}"));
-            }
-        });
-        tracing::info!(%addr, "serving /healthz and /metrics");
-    }
+    ferrokube_serving::start(
+        ferrokube_serving::Endpoint {
+            component: "kube-controller-manager",
+            addr: SocketAddr::new(args.bind_address, args.secure_port),
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_private_key_file.clone(),
+        },
+        state.clone(),
+    )
+    .await?;
 
     // What the leader runs: the informers, then, once their caches are synced, every
     // selected controller. A leader with nothing to run keeps leading.
@@ -256,7 +236,6 @@ async fn run(args: Args) -> Result<()> {
             std::future::pending::<()>().await;
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let work = async {
         match election {
             Some(election) => election.run(lead).await,
@@ -270,20 +249,12 @@ async fn run(args: Args) -> Result<()> {
         r = work => {
             r.map_err(|e| anyhow::anyhow!("leaderelection lost: {e}"))?;
         }
-        _ = term.recv() => tracing::info!("terminated; stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = ferrokube_process::stop_signal() => {}
     }
     Ok(())
 }
 
 fn main() {
     ferrokube_process::init();
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| ferrokube_process::exit_with(&format!("runtime: {e}")));
-    if let Err(e) = rt.block_on(run(args)) {
-        ferrokube_process::exit_with(&format!("{e:#}"));
-    }
+    ferrokube_process::run(run(Args::parse()));
 }

@@ -2,7 +2,6 @@
 //! `kube-system/kube-scheduler` Lease; serves `/healthz` and `/metrics` on its secure
 //! port. Flags and the `--config` file (`KubeSchedulerConfiguration`) follow upstream's.
 
-use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -81,23 +80,15 @@ impl ferrokube_serving::Health for State {
     fn metrics(&self) -> String {
         let mut out = String::new();
         if let Some((lease, _)) = &self.election {
-            let _ = writeln!(out, "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease.");
-            let _ = writeln!(out, "# TYPE leader_election_master_status gauge");
-            let _ = writeln!(
-                out,
-                "leader_election_master_status{{name=\"{lease}\"}} {}",
-                u8::from(self.leading.load(Ordering::Relaxed))
+            ferrokube_serving::leader_election_metric(
+                &mut out,
+                lease,
+                self.leading.load(Ordering::Relaxed),
             );
         }
         out.push_str(&(self.metrics)());
         out
     }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into())
 }
 
 async fn run(args: Args) -> Result<()> {
@@ -140,9 +131,9 @@ async fn run(args: Args) -> Result<()> {
     let client_config = Config::from_kubeconfig(&kubeconfig)
         .with_context(|| format!("--kubeconfig {}", kubeconfig.display()))?;
     let client = Client::new(&client_config)?.with_field_manager("kube-scheduler");
-    let host = hostname();
+    let host = ferrokube_process::hostname();
     let election = if le.leader_elect {
-        let identity = format!("{host}_{}", ferrokube_api::meta::new_uid());
+        let identity = ElectionConfig::identity(&host);
         let mut cfg = ElectionConfig::new(&le.resource_namespace, &le.resource_name, &identity);
         cfg.lease_duration = le.lease_duration;
         cfg.renew_deadline = le.renew_deadline;
@@ -163,28 +154,16 @@ async fn run(args: Args) -> Result<()> {
             .map(|e| (le.resource_name.clone(), e.watchdog())),
         metrics: Box::new(scheduler.metrics_reader()),
     });
-    if args.secure_port != 0 {
-        let identity = match (&args.tls_cert_file, &args.tls_private_key_file) {
-            (Some(c), Some(k)) => ferrokube_serving::Identity {
-                cert_pem: std::fs::read(c)
-                    .with_context(|| format!("--tls-cert-file {}", c.display()))?,
-                key_pem: std::fs::read(k)
-                    .with_context(|| format!("--tls-private-key-file {}", k.display()))?,
-            },
-            _ => ferrokube_serving::Identity::self_signed("localhost")?,
-        };
-        let addr = SocketAddr::new(args.bind_address, args.secure_port);
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listen on {addr}"))?;
-        let health = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = ferrokube_serving::serve(listener, &identity, health).await {
-                ferrokube_process::exit_with(&format!("serving {addr}: {e}"));
-            }
-        });
-        tracing::info!(%addr, "serving /healthz and /metrics");
-    }
+    ferrokube_serving::start(
+        ferrokube_serving::Endpoint {
+            component: "kube-scheduler",
+            addr: SocketAddr::new(args.bind_address, args.secure_port),
+            cert_file: args.tls_cert_file.clone(),
+            key_file: args.tls_private_key_file.clone(),
+        },
+        state.clone(),
+    )
+    .await?;
     let lead = {
         let state = state.clone();
         move || async move {
@@ -192,7 +171,6 @@ async fn run(args: Args) -> Result<()> {
             scheduler.run().await;
         }
     };
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let work = async {
         match election {
             Some(e) => e.run(lead).await,
@@ -206,20 +184,12 @@ async fn run(args: Args) -> Result<()> {
         r = work => {
             r.map_err(|e| anyhow::anyhow!("leaderelection lost: {e}"))?;
         }
-        _ = term.recv() => tracing::info!("terminated; stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = ferrokube_process::stop_signal() => {}
     }
     Ok(())
 }
 
 fn main() {
     ferrokube_process::init();
-    let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap_or_else(|e| ferrokube_process::exit_with(&format!("runtime: {e}")));
-    if let Err(e) = rt.block_on(run(args)) {
-        ferrokube_process::exit_with(&format!("{e:#}"));
-    }
+    ferrokube_process::run(run(Args::parse()));
 }

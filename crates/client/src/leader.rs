@@ -38,6 +38,20 @@ impl ElectionConfig {
         }
     }
 
+    /// A candidate's identity as upstream makes it: `<host>_<random UUID>`.
+    pub fn identity(host: &str) -> String {
+        let r: u128 = rand::random();
+        let h = format!("{r:032x}");
+        format!(
+            "{host}_{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        )
+    }
+
     /// Upstream's checks of the timings: the lease outlasts the renew deadline, which
     /// outlasts a jittered retry period.
     pub fn validate(&self) -> Result<(), String> {

@@ -21,6 +21,60 @@ pub enum Error {
     Certificate(String),
     #[error("TLS: {0}")]
     Tls(#[from] rustls::Error),
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+}
+
+/// Where a component serves its endpoints: upstream's `--bind-address`, `--secure-port`
+/// (0: not at all), `--tls-cert-file` and `--tls-private-key-file`.
+pub struct Endpoint {
+    /// The component, named in a self-signed certificate.
+    pub component: &'static str,
+    pub addr: std::net::SocketAddr,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+}
+
+/// Binds the endpoint now (a taken port is an error at start) and serves it in the
+/// background; a failure while serving ends the process. Nothing when the port is 0.
+pub async fn start(ep: Endpoint, health: Arc<dyn Health>) -> Result<(), Error> {
+    if ep.addr.port() == 0 {
+        return Ok(());
+    }
+    let read = |p: &std::path::Path, flag: &str| {
+        std::fs::read(p).map_err(|e| Error::Io(format!("{flag} {}", p.display()), e))
+    };
+    let identity = match (&ep.cert_file, &ep.key_file) {
+        (Some(c), Some(k)) => Identity {
+            cert_pem: read(c, "--tls-cert-file")?,
+            key_pem: read(k, "--tls-private-key-file")?,
+        },
+        _ => Identity::self_signed(ep.component)?,
+    };
+    let addr = ep.addr;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Io(format!("listen on {addr}"), e))?;
+    tokio::spawn(async move {
+        if let Err(e) = serve(listener, &identity, health).await {
+            tracing::error!(%addr, "serving: {e}");
+            std::process::exit(1);
+        }
+    });
+    tracing::info!(%addr, "serving /healthz and /metrics");
+    Ok(())
+}
+
+/// Appends upstream's `leader_election_master_status` gauge for the Lease `name`.
+pub fn leader_election_metric(out: &mut String, name: &str, leading: bool) {
+    use std::fmt::Write as _;
+    let _ = writeln!(out, "# HELP leader_election_master_status Gauge of if the reporting system is master of the relevant lease, 0 indicates backup, 1 indicates master. 'name' is the string used to identify the lease.");
+    let _ = writeln!(out, "# TYPE leader_election_master_status gauge");
+    let _ = writeln!(
+        out,
+        "leader_election_master_status{{name=\"{name}\"}} {}",
+        u8::from(leading)
+    );
 }
 
 /// A component's state as its endpoints report it.
