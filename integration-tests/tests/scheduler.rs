@@ -166,6 +166,22 @@ fn filters_place_pods_and_say_why_not() {
             || logs(&all),
         );
     }
+    // Preferred node affinity outweighs the resource scores.
+    apply(
+        &api,
+        &pod_yaml(
+            "prefers-hdd",
+            "",
+            "  affinity:\n    nodeAffinity:\n      preferredDuringSchedulingIgnoredDuringExecution:\n      - weight: 100\n        preference:\n          matchExpressions:\n          - {key: disktype, operator: In, values: [hdd]}\n",
+        ),
+    );
+    wait_until(
+        "prefers-hdd on hdd-0",
+        30,
+        || node_of(&api, "prefers-hdd") == "hdd-0",
+        || logs(&all),
+    );
+
     // Hollow nodes run what is bound to them; the Scheduled event is upstream's.
     wait_until(
         "on-ssd running",
