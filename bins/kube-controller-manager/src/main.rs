@@ -157,6 +157,7 @@ async fn run(args: Args) -> Result<()> {
     let cx = Context {
         client: client.clone(),
         root_ca,
+        host: ferrokube_process::hostname(),
     };
     let election = if args.leader_elect {
         let identity = ElectionConfig::identity(&ferrokube_process::hostname());

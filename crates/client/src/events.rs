@@ -57,14 +57,14 @@ impl Recorder {
     }
 
     /// The recorder of a control-plane component (`default-scheduler`) on `host`, whose
-    /// events carry `action`.
+    /// events carry `action` (none when empty).
     pub fn for_component(client: Client, component: &str, host: &str, action: &str) -> Recorder {
         Recorder {
             client,
             component: component.into(),
             host: host.into(),
             instance: format!("{component}-{host}"),
-            action: Some(action.into()),
+            action: (!action.is_empty()).then(|| action.into()),
             seen: Mutex::new(HashMap::new()),
         }
     }
@@ -101,6 +101,18 @@ impl Recorder {
             ..Default::default()
         };
         self.emit("default", involved, kind, reason, message).await;
+    }
+
+    /// Records an event about any object (`involved`), in `ns`.
+    pub async fn object(
+        &self,
+        ns: &str,
+        involved: ObjectReference,
+        kind: Kind,
+        reason: &str,
+        message: &str,
+    ) {
+        self.emit(ns, involved, kind, reason, message).await;
     }
 
     async fn emit(

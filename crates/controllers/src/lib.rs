@@ -4,10 +4,12 @@
 //! writes through the API; a failed sync is retried with back-off.
 //!
 //! - [`serviceaccount`]: the `default` ServiceAccount in every active namespace.
+//! - [`replicaset`]: ReplicaSets and ReplicationControllers keep their pods running.
 //! - [`root_ca_publisher`]: the `kube-root-ca.crt` ConfigMap (the cluster's CA bundle)
 //!   in every namespace.
 
 pub mod informers;
+pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
 
@@ -23,6 +25,8 @@ pub use informers::InformerFactory;
 pub enum Error {
     #[error(transparent)]
     Api(#[from] ferrokube_client::Error),
+    #[error("{0}")]
+    Sync(String),
 }
 
 /// What controllers share.
@@ -31,6 +35,8 @@ pub struct Context {
     pub client: Client,
     /// The cluster's CA bundle (`--root-ca-file`), published in every namespace.
     pub root_ca: Option<Arc<str>>,
+    /// The host the controllers run on (their events' source).
+    pub host: String,
 }
 
 /// A controller of upstream's kube-controller-manager: its name, the names it is also
@@ -74,10 +80,13 @@ pub const CONTROLLERS: &[Descriptor] = &[
         "endpointslice-mirroring-controller",
         &["endpointslicemirroring"],
     ),
-    upstream(
-        "replicationcontroller-controller",
-        &["replicationcontroller"],
-    ),
+    Descriptor {
+        start: Some(replicaset::start::<k8s_openapi::api::core::v1::ReplicationController>),
+        ..upstream(
+            "replicationcontroller-controller",
+            &["replicationcontroller"],
+        )
+    },
     upstream("pod-garbage-collector-controller", &["podgc"]),
     upstream("resourcequota-controller", &["resourcequota"]),
     upstream("namespace-controller", &["namespace"]),
@@ -89,7 +98,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
     upstream("daemonset-controller", &["daemonset"]),
     upstream("job-controller", &["job"]),
     upstream("deployment-controller", &["deployment"]),
-    upstream("replicaset-controller", &["replicaset"]),
+    Descriptor {
+        start: Some(replicaset::start::<k8s_openapi::api::apps::v1::ReplicaSet>),
+        ..upstream("replicaset-controller", &["replicaset"])
+    },
     upstream(
         "horizontal-pod-autoscaler-controller",
         &["horizontalpodautoscaling"],
@@ -281,7 +293,9 @@ mod tests {
         assert_eq!(
             implemented(all.clone()),
             vec![
+                "replicationcontroller-controller",
                 "serviceaccount-controller",
+                "replicaset-controller",
                 "root-ca-certificate-publisher-controller"
             ]
         );
@@ -292,7 +306,15 @@ mod tests {
         assert!(kubeadm.contains(&"token-cleaner-controller"));
         assert_eq!(kubeadm.len(), all.len() + 2);
         assert_eq!(
-            implemented(names(&["*", "-serviceaccount"]).unwrap()),
+            implemented(
+                names(&[
+                    "*",
+                    "-serviceaccount",
+                    "-replicaset",
+                    "-replicationcontroller"
+                ])
+                .unwrap()
+            ),
             vec!["root-ca-certificate-publisher-controller"]
         );
         assert_eq!(
