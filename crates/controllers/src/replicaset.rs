@@ -41,34 +41,42 @@ pub trait Owner:
     fn counters(&self) -> (i32, i32, i32, i32, i64);
 }
 
+/// The methods whose code is the same for both kinds (their spec and status fields have
+/// the same names).
+macro_rules! owner_fields {
+    () => {
+        fn replicas(&self) -> i32 {
+            self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
+        }
+        fn template(&self) -> Option<&PodTemplateSpec> {
+            self.spec.as_ref()?.template.as_ref()
+        }
+        fn min_ready_seconds(&self) -> i32 {
+            self.spec
+                .as_ref()
+                .and_then(|s| s.min_ready_seconds)
+                .unwrap_or(0)
+        }
+        fn counters(&self) -> (i32, i32, i32, i32, i64) {
+            let s = self.status.clone().unwrap_or_default();
+            (
+                s.replicas,
+                s.fully_labeled_replicas.unwrap_or(0),
+                s.ready_replicas.unwrap_or(0),
+                s.available_replicas.unwrap_or(0),
+                s.observed_generation.unwrap_or(0),
+            )
+        }
+    };
+}
+
 impl Owner for ReplicaSet {
     const QUEUE: &'static str = "replicaset";
     const COMPONENT: &'static str = "replicaset-controller";
     fn selector(&self) -> Option<LabelSelector> {
         LabelSelector::from_api(&self.spec.as_ref()?.selector).ok()
     }
-    fn replicas(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-    }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref()?.template.as_ref()
-    }
-    fn min_ready_seconds(&self) -> i32 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0)
-    }
-    fn counters(&self) -> (i32, i32, i32, i32, i64) {
-        let s = self.status.clone().unwrap_or_default();
-        (
-            s.replicas,
-            s.fully_labeled_replicas.unwrap_or(0),
-            s.ready_replicas.unwrap_or(0),
-            s.available_replicas.unwrap_or(0),
-            s.observed_generation.unwrap_or(0),
-        )
-    }
+    owner_fields!();
 }
 
 impl Owner for ReplicationController {
@@ -90,28 +98,7 @@ impl Owner for ReplicationController {
                 .collect(),
         })
     }
-    fn replicas(&self) -> i32 {
-        self.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1)
-    }
-    fn template(&self) -> Option<&PodTemplateSpec> {
-        self.spec.as_ref()?.template.as_ref()
-    }
-    fn min_ready_seconds(&self) -> i32 {
-        self.spec
-            .as_ref()
-            .and_then(|s| s.min_ready_seconds)
-            .unwrap_or(0)
-    }
-    fn counters(&self) -> (i32, i32, i32, i32, i64) {
-        let s = self.status.clone().unwrap_or_default();
-        (
-            s.replicas,
-            s.fully_labeled_replicas.unwrap_or(0),
-            s.ready_replicas.unwrap_or(0),
-            s.available_replicas.unwrap_or(0),
-            s.observed_generation.unwrap_or(0),
-        )
-    }
+    owner_fields!();
 }
 
 /// Creations and deletions asked for and not yet seen, per owner.

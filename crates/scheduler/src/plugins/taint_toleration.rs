@@ -31,6 +31,20 @@ pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
     }
 }
 
+/// The first of a node's NoSchedule or NoExecute taints the pod does not tolerate.
+pub fn untolerated<'a>(pod: &PodInfo, node: &'a NodeInfo) -> Option<&'a Taint> {
+    let tolerations = pod
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.tolerations.as_deref())
+        .unwrap_or_default();
+    node.taints.iter().find(|taint| {
+        (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
+            && !tolerations.iter().any(|t| tolerates(t, taint))
+    })
+}
+
 pub struct TaintToleration;
 
 impl Plugin for TaintToleration {
@@ -54,17 +68,7 @@ impl Plugin for TaintToleration {
         node: &NodeInfo,
         _: &Cache,
     ) -> Result<(), Reject> {
-        let tolerations = pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_deref())
-            .unwrap_or_default();
-        let untolerated = node.taints.iter().find(|taint| {
-            (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-                && !tolerations.iter().any(|t| tolerates(t, taint))
-        });
-        match untolerated {
+        match untolerated(pod, node) {
             Some(t) => Err(Reject::unresolvable(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 t.key,

@@ -10,7 +10,7 @@ use ferrokube_api::LabelSelector;
 use k8s_openapi::api::core::v1::TopologySpreadConstraint;
 
 use super::node_affinity;
-use super::taint_toleration::tolerates;
+use super::taint_toleration::untolerated;
 use crate::cache::{Cache, NodeInfo, PodInfo};
 use crate::framework::{events, CycleState, Plugin, Points, Reject, MAX_NODE_SCORE};
 
@@ -76,20 +76,8 @@ fn eligible(cs: &[Constraint], pod: &PodInfo, aff: &node_affinity::State, node: 
     if cs.iter().any(|c| c.honor_affinity) && !aff.required_match(node) {
         return false;
     }
-    if cs.iter().any(|c| c.honor_taints) {
-        let tolerations = pod
-            .pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.tolerations.as_deref())
-            .unwrap_or_default();
-        let blocked = node.taints.iter().any(|t| {
-            (t.effect == "NoSchedule" || t.effect == "NoExecute")
-                && !tolerations.iter().any(|tol| tolerates(tol, t))
-        });
-        if blocked {
-            return false;
-        }
+    if cs.iter().any(|c| c.honor_taints) && untolerated(pod, node).is_some() {
+        return false;
     }
     true
 }
