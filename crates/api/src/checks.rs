@@ -73,6 +73,31 @@ pub fn object_meta(kind: &str, obj: &Value, namespaced: bool) -> Errors {
         }
     }
     errs.extend(label_map(&labels(obj), "metadata.labels"));
+    let finalizers: Vec<&str> = m
+        .and_then(|m| m.get("finalizers"))
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    // Qualified names (upstream refuses unqualified non-standard names on built-in kinds
+    // too, and only warns for custom resources; ferrokube does not tell them apart here).
+    for (i, f) in finalizers.iter().enumerate() {
+        for e in qualified_name(f) {
+            errs.push(FieldError::invalid(
+                format!("metadata.finalizers[{i}]"),
+                f,
+                e,
+            ));
+        }
+    }
+    if finalizers.contains(&"orphan") && finalizers.contains(&"foregroundDeletion") {
+        errs.push(FieldError::invalid_raw(
+            "metadata.finalizers",
+            format!("[]string{{{}}}", finalizers.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")),
+            "finalizer orphan and foregroundDeletion cannot be both set",
+        ));
+    }
     let ann = string_map(m.and_then(|m| m.get("annotations")));
     let mut total = 0;
     for (k, v) in &ann {
@@ -88,6 +113,26 @@ pub fn object_meta(kind: &str, obj: &Value, namespaced: bool) -> Errors {
             value: None,
             detail: "may not be more than 262144 bytes".into(),
         });
+    }
+    errs
+}
+
+/// The finalizers Kubernetes itself defines (the only names without a domain).
+const STANDARD_FINALIZERS: &[&str] = &["kubernetes", "orphan", "foregroundDeletion"];
+
+/// A namespace's finalizer (`spec.finalizers`): a qualified name, and a
+/// domain-prefixed one unless standard.
+pub fn finalizer_name(name: &str, field: &str) -> Errors {
+    let mut errs: Errors = qualified_name(name)
+        .into_iter()
+        .map(|e| FieldError::invalid(field, name, e))
+        .collect();
+    if errs.is_empty() && !name.contains('/') && !STANDARD_FINALIZERS.contains(&name) {
+        errs.push(FieldError::invalid(
+            field,
+            name,
+            "name is neither a standard finalizer name nor is it fully qualified",
+        ));
     }
     errs
 }
@@ -391,6 +436,15 @@ const JOB_RESTART: &[&str] = &["OnFailure", "Never"];
 pub fn object(kind: &str, obj: &Value) -> Errors {
     let mut errs = Errors::new();
     match kind {
+        "Namespace" => {
+            let finalizers = obj.pointer("/spec/finalizers").and_then(Value::as_array);
+            for (i, f) in finalizers.into_iter().flatten().enumerate() {
+                errs.extend(finalizer_name(
+                    f.as_str().unwrap_or_default(),
+                    &format!("spec.finalizers[{i}]"),
+                ));
+            }
+        }
         "Pod" => errs.extend(pod_spec(
             obj.get("spec").unwrap_or(&Value::Null),
             "spec",

@@ -17,6 +17,7 @@ use tokio_stream::Stream;
 use tower::Service as _;
 
 use crate::auth::User;
+use crate::discovery;
 use crate::request::{Query, ResourcePath};
 use crate::rest::{error_response, Body, BoxError, Call, MAX_BODY};
 use crate::server::ApiServer;
@@ -109,6 +110,32 @@ fn rest_parts(
 }
 
 impl ResourceService {
+    /// The `discovery` verb: the aggregated discovery documents of `/api` and `/apis`
+    /// in one `APIGroupDiscoveryList` (the core group first), as an authenticated
+    /// user may read them over REST.
+    fn discovery(&self, user: &User) -> PbResponse {
+        let answer = |code: u16, v: &serde_json::Value| PbResponse {
+            code: u32::from(code),
+            body: v.to_string().into_bytes(),
+            warnings: vec![],
+        };
+        if let Err(msg) = crate::auth::authorize_path(user, "get", "/apis") {
+            let e = status::forbidden_path(msg);
+            let body = serde_json::to_value(&e.0).expect("Status serializes");
+            return answer(e.code(), &body);
+        }
+        let reg = self.api.resources.registry();
+        let mut doc = discovery::aggregated(&reg, true);
+        let apis = discovery::aggregated(&reg, false);
+        if let (Some(items), Some(more)) = (
+            doc["items"].as_array_mut(),
+            apis["items"].as_array().cloned(),
+        ) {
+            items.extend(more);
+        }
+        answer(200, &doc)
+    }
+
     async fn rest(
         &self,
         r: PbRequest,
@@ -144,6 +171,9 @@ impl Resources for ResourceService {
         req: tonic::Request<PbRequest>,
     ) -> Result<tonic::Response<PbResponse>, tonic::Status> {
         let user = user_of(&req);
+        if req.get_ref().verb == "discovery" {
+            return Ok(tonic::Response::new(self.discovery(&user)));
+        }
         let resp = self.rest(req.into_inner(), &user, false).await?;
         let code = u32::from(resp.status().as_u16());
         let warnings = resp

@@ -997,7 +997,15 @@ impl Resources {
         mut new: Value,
     ) -> Result<Value, StatusError> {
         let old_meta = old.get("metadata").cloned().unwrap_or(json!({}));
-        if sub == Some("status") {
+        if sub == Some("finalize") {
+            // Only the namespace's finalizers change.
+            let mut out = old.clone();
+            out["spec"]["finalizers"] = new
+                .pointer("/spec/finalizers")
+                .cloned()
+                .unwrap_or(json!([]));
+            new = out;
+        } else if sub == Some("status") {
             // Only the status changes (and, as upstream allows, nothing else).
             let mut out = old.clone();
             out["status"] = new.get("status").cloned().unwrap_or(json!({}));
@@ -1051,6 +1059,17 @@ impl Resources {
                         .get("status")
                         .cloned()
                         .unwrap_or(json!({"phase": "Active"}));
+                }
+                if sub != Some("finalize") {
+                    // spec.finalizers change only through `finalize`.
+                    match old.pointer("/spec/finalizers") {
+                        Some(f) => new["spec"]["finalizers"] = f.clone(),
+                        None => {
+                            if let Some(spec) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                                spec.remove("finalizers");
+                            }
+                        }
+                    }
                 }
             }
             ("", "Service") => {
@@ -1189,6 +1208,7 @@ impl Resources {
         match p.subresource.as_deref() {
             None => {}
             Some("status") if r.subresources.contains(&"status") => {}
+            Some("finalize") if r.subresources.contains(&"finalize") => {}
             Some("scale") if r.subresources.contains(&"scale") => {
                 let scale = parse_body(
                     &call.body,
@@ -1252,12 +1272,17 @@ impl Resources {
             if dry_run {
                 return Ok(Answer::ok(new));
             }
-            // Finalizers emptied on an object being deleted: it goes now.
-            if new.pointer("/metadata/deletionTimestamp").is_some()
-                && new
-                    .pointer("/metadata/finalizers")
+            // Finalizers emptied on an object being deleted (for a namespace, its
+            // spec.finalizers too): it goes now.
+            let empty = |p: &str| {
+                new.pointer(p)
                     .and_then(Value::as_array)
                     .is_none_or(|f| f.is_empty())
+            };
+            let namespace = r.kind == "Namespace" && r.group.is_empty();
+            if new.pointer("/metadata/deletionTimestamp").is_some()
+                && empty("/metadata/finalizers")
+                && !(namespace && !empty("/spec/finalizers"))
                 && !(r.kind == "Pod" && grace_pending(&new))
             {
                 let release = self.derived(r)(&cur.object);
@@ -1766,6 +1791,13 @@ impl Resources {
         dry_run: bool,
     ) -> Result<Value, StatusError> {
         let key = self.key(r, ns, name);
+        // NamespaceLifecycle: the namespaces the cluster itself lives in stay.
+        if r.kind == "Namespace"
+            && r.group.is_empty()
+            && ["default", "kube-system", "kube-public"].contains(&name)
+        {
+            return Err(status::forbidden(r, name, "this namespace may not be deleted"));
+        }
         let now = jiff::Timestamp::now();
         let policy = opts
             .get("propagationPolicy")
@@ -1823,6 +1855,17 @@ impl Resources {
             }
             let namespace = r.kind == "Namespace" && r.group.is_empty();
             let already = o.pointer("/metadata/deletionTimestamp").is_some();
+            let before = finalizers.clone();
+            gc_finalizers(&mut finalizers, policy.as_deref());
+            if already && finalizers != before {
+                // A later delete may change how dependents go (orphan / foreground).
+                if finalizers.is_empty() && !(r.kind == "Pod" && grace_pending(o)) {
+                    return Ok(Update::Delete);
+                }
+                let mut obj = o.clone();
+                metadata_mut(&mut obj).insert("finalizers".into(), Value::Array(finalizers));
+                return Ok(Update::Put(obj));
+            }
             if already {
                 // A second delete may only shorten a pod's grace period.
                 let current = o
@@ -1845,11 +1888,6 @@ impl Resources {
                     return Ok(Update::Put(obj));
                 }
                 return Ok(Update::Keep);
-            }
-            match policy.as_deref() {
-                Some("Orphan") => push_unique(&mut finalizers, "orphan"),
-                Some("Foreground") => push_unique(&mut finalizers, "foregroundDeletion"),
-                _ => {}
             }
             let ns_finalizers = namespace
                 && o.pointer("/spec/finalizers")
@@ -1926,6 +1964,26 @@ impl Resources {
             "metadata": {"resourceVersion": revision.to_string()},
             "items": deleted,
         })))
+    }
+}
+
+/// The garbage collector's finalizers after a delete with `policy` (upstream's
+/// `deletionFinalizersForGarbageCollection`): `Orphan` asks for `orphan`, `Foreground`
+/// for `foregroundDeletion` (never both), `Background` for neither; no policy keeps
+/// what the object has.
+fn gc_finalizers(finalizers: &mut Vec<Value>, policy: Option<&str>) {
+    let (orphan, foreground) = match policy {
+        Some("Orphan") => (true, false),
+        Some("Foreground") => (false, true),
+        Some(_) => (false, false),
+        None => return,
+    };
+    finalizers.retain(|f| f != "orphan" && f != "foregroundDeletion");
+    if orphan {
+        finalizers.push(json!("orphan"));
+    }
+    if foreground {
+        finalizers.push(json!("foregroundDeletion"));
     }
 }
 

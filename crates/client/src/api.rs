@@ -162,25 +162,35 @@ pub struct ObjectList<K> {
     pub items: Vec<K>,
 }
 
-/// Typed calls on one kind, in one namespace or across all (or cluster-scoped).
+/// Calls on one resource, in one namespace or across all (or cluster-scoped): typed by
+/// a k8s-openapi kind, or by any serde type for a resource found at run time
+/// ([`Api::dynamic`], e.g. with [`crate::dynamic::ObjectMetadata`]).
 #[derive(Clone)]
 pub struct Api<K> {
     client: Client,
+    /// Group, version and plural.
+    resource: std::sync::Arc<(String, String, String)>,
     namespace: Option<String>,
     _k: PhantomData<fn() -> K>,
 }
 
-impl<K> Api<K>
-where
-    K: Resource + Serialize + DeserializeOwned,
-{
-    /// Cluster-scoped kinds, or namespaced kinds across all namespaces (list/watch).
-    pub fn all(client: Client) -> Self {
+impl<K: Resource> Api<K> {
+    fn typed(client: Client, namespace: Option<String>) -> Self {
         Api {
             client,
-            namespace: None,
+            resource: std::sync::Arc::new((
+                K::GROUP.to_string(),
+                K::VERSION.to_string(),
+                K::URL_PATH_SEGMENT.to_string(),
+            )),
+            namespace,
             _k: PhantomData,
         }
+    }
+
+    /// Cluster-scoped kinds, or namespaced kinds across all namespaces (list/watch).
+    pub fn all(client: Client) -> Self {
+        Self::typed(client, None)
     }
 
     /// A namespaced kind in one namespace.
@@ -188,18 +198,45 @@ where
     where
         K: Resource<Scope = NamespaceResourceScope>,
     {
+        Self::typed(client, Some(ns.to_string()))
+    }
+}
+
+impl<K> Api<K> {
+    /// A resource found at run time (discovery), in `namespace` or across all (and
+    /// cluster-scoped ones with `None`).
+    pub fn dynamic(
+        client: Client,
+        resource: &crate::dynamic::ApiResource,
+        namespace: Option<&str>,
+    ) -> Self {
         Api {
             client,
-            namespace: Some(ns.to_string()),
+            resource: std::sync::Arc::new((
+                resource.group.clone(),
+                resource.version.clone(),
+                resource.plural.clone(),
+            )),
+            namespace: namespace.map(String::from),
             _k: PhantomData,
         }
     }
 
+    /// The resource's plural name (`pods`).
+    pub fn plural(&self) -> &str {
+        &self.resource.2
+    }
+}
+
+impl<K> Api<K>
+where
+    K: Serialize + DeserializeOwned,
+{
     fn reference(&self, name: &str, subresource: &str) -> ResourceRef {
         ResourceRef {
-            group: K::GROUP.to_string(),
-            version: K::VERSION.to_string(),
-            resource: K::URL_PATH_SEGMENT.to_string(),
+            group: self.resource.0.clone(),
+            version: self.resource.1.clone(),
+            resource: self.resource.2.clone(),
             namespace: self.namespace.clone().unwrap_or_default(),
             name: name.to_string(),
             subresource: subresource.to_string(),
@@ -273,10 +310,15 @@ where
 
     /// Replaces the status subresource.
     pub async fn replace_status(&self, name: &str, obj: &K) -> Result<K, Error> {
+        self.replace_subresource(name, "status", obj).await
+    }
+
+    /// Replaces through a subresource (`status`, a namespace's `finalize`).
+    pub async fn replace_subresource(&self, name: &str, sub: &str, obj: &K) -> Result<K, Error> {
         self.send(
             "update",
             name,
-            "status",
+            sub,
             Default::default(),
             "application/json",
             serde_json::to_vec(obj)?,
@@ -341,6 +383,24 @@ where
         Ok(Some(serde_json::from_value(v)?))
     }
 
+    /// Deletes every object the selectors in `p` match (in the namespace, or across
+    /// all); the answer lists what was deleted or marked.
+    pub async fn delete_collection(
+        &self,
+        options: &k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions,
+        p: &ListParams,
+    ) -> Result<ObjectList<K>, Error> {
+        self.send(
+            "deletecollection",
+            "",
+            "",
+            p.query(),
+            "application/json",
+            serde_json::to_vec(options)?,
+        )
+        .await
+    }
+
     /// Creates a subresource object (`pods/binding`, `pods/eviction`).
     pub async fn create_subresource<T: Serialize>(
         &self,
@@ -390,7 +450,7 @@ where
 }
 
 /// A call's JSON, or its `Status` error.
-fn decode<T: DeserializeOwned>(a: &Answer) -> Result<T, Error> {
+pub(crate) fn decode<T: DeserializeOwned>(a: &Answer) -> Result<T, Error> {
     if a.code >= 400 {
         let status: Status = serde_json::from_slice(&a.body).unwrap_or_else(|_| Status {
             code: Some(i32::from(a.code)),

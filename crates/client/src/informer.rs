@@ -20,15 +20,29 @@ use crate::api::{Api, ListParams};
 pub type ObjectKey = String;
 
 /// The key of an object.
-pub fn key_of<K: Metadata<Ty = ObjectMeta>>(obj: &K) -> ObjectKey {
-    let m = obj.metadata();
+pub fn key_of<K: Object>(obj: &K) -> ObjectKey {
+    let m = obj.meta();
     match m.namespace.as_deref() {
         Some(ns) if !ns.is_empty() => format!("{ns}/{}", m.name.as_deref().unwrap_or_default()),
         _ => m.name.clone().unwrap_or_default(),
     }
 }
 
-/// What an informer can cache: a Kubernetes kind with object metadata, sent as JSON.
+/// What an informer can cache: an object with Kubernetes object metadata, sent as JSON.
+pub trait Object: Serialize + DeserializeOwned + PartialEq + Send + Sync + 'static {
+    fn meta(&self) -> &ObjectMeta;
+}
+
+impl<K> Object for K
+where
+    K: Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned + PartialEq + Send + Sync + 'static,
+{
+    fn meta(&self) -> &ObjectMeta {
+        self.metadata()
+    }
+}
+
+/// A k8s-openapi kind an informer can cache.
 pub trait Kind:
     Resource
     + Metadata<Ty = ObjectMeta>
@@ -115,7 +129,7 @@ pub struct Informer<K> {
     handlers: Vec<Handler<K>>,
 }
 
-impl<K: Kind> Informer<K> {
+impl<K: Object> Informer<K> {
     pub fn new(api: Api<K>, params: ListParams) -> Self {
         Informer {
             api,
@@ -191,7 +205,7 @@ impl<K: Kind> Informer<K> {
             let mut rv = match self.relist().await {
                 Ok(rv) => rv,
                 Err(e) => {
-                    tracing::warn!(kind = K::KIND, "list failed: {e}");
+                    tracing::warn!(resource = self.api.plural(), "list failed: {e}");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
@@ -207,7 +221,7 @@ impl<K: Kind> Informer<K> {
                 let mut stream = match self.api.watch(&p).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::warn!(kind = K::KIND, "watch failed: {e}");
+                        tracing::warn!(resource = self.api.plural(), "watch failed: {e}");
                         tokio::time::sleep(backoff).await;
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                         continue 'watch;
@@ -216,7 +230,7 @@ impl<K: Kind> Informer<K> {
                 while let Some(ev) = stream.next().await {
                     match ev {
                         Ok(WatchEvent::Added(o)) | Ok(WatchEvent::Modified(o)) => {
-                            if let Some(v) = o.metadata().resource_version.clone() {
+                            if let Some(v) = o.meta().resource_version.clone() {
                                 rv = v;
                             }
                             let o = Arc::new(o);
@@ -232,7 +246,7 @@ impl<K: Kind> Informer<K> {
                             }
                         }
                         Ok(WatchEvent::Deleted(o)) => {
-                            if let Some(v) = o.metadata().resource_version.clone() {
+                            if let Some(v) = o.meta().resource_version.clone() {
                                 rv = v;
                             }
                             let prev = self
@@ -248,12 +262,12 @@ impl<K: Kind> Informer<K> {
                         }) => rv = resource_version,
                         Ok(WatchEvent::ErrorStatus(s)) if s.code == Some(410) => break 'watch,
                         Ok(WatchEvent::ErrorStatus(s)) => {
-                            tracing::warn!(kind = K::KIND, "watch error: {:?}", s.message);
+                            tracing::warn!(resource = self.api.plural(), "watch error: {:?}", s.message);
                             break;
                         }
                         Ok(WatchEvent::ErrorOther(_)) => break,
                         Err(e) => {
-                            tracing::debug!(kind = K::KIND, "watch stream ended: {e}");
+                            tracing::debug!(resource = self.api.plural(), "watch stream ended: {e}");
                             break;
                         }
                     }

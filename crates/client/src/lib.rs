@@ -3,13 +3,15 @@
 //!
 //! - [`Config`] reads a kubeconfig; [`Client`] is the (mutual TLS) connection.
 //! - [`Api`] makes typed calls on one kind: get, list, create, replace, patch (merge,
-//!   JSON, strategic, server-side apply), delete, watch, status and subresources.
+//!   JSON, strategic, server-side apply), delete, watch, status and subresources;
+//!   [`dynamic`] finds resources at run time and views any object as its metadata.
 //! - [`informer`] keeps a local cache in step with the server and reports changes;
 //!   [`workqueue`] is the rate-limited queue controllers drain; [`leader`] elects one
 //!   active replica on a Lease; [`events`] records Events.
 
 mod api;
 mod config;
+pub mod dynamic;
 pub mod events;
 pub mod informer;
 pub mod leader;

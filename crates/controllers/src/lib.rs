@@ -3,12 +3,17 @@
 //! [`WorkQueue`]; workers take keys and run an idempotent sync that reads the caches and
 //! writes through the API; a failed sync is retried with back-off.
 //!
+//! - [`garbagecollector`]: objects whose owners are gone are deleted; orphan and
+//!   foreground deletion.
+//! - [`namespace`]: a deleted namespace's content goes, then the namespace.
 //! - [`serviceaccount`]: the `default` ServiceAccount in every active namespace.
 //! - [`replicaset`]: ReplicaSets and ReplicationControllers keep their pods running.
 //! - [`root_ca_publisher`]: the `kube-root-ca.crt` ConfigMap (the cluster's CA bundle)
 //!   in every namespace.
 
+pub mod garbagecollector;
 pub mod informers;
+pub mod namespace;
 pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
@@ -89,12 +94,18 @@ pub const CONTROLLERS: &[Descriptor] = &[
     },
     upstream("pod-garbage-collector-controller", &["podgc"]),
     upstream("resourcequota-controller", &["resourcequota"]),
-    upstream("namespace-controller", &["namespace"]),
+    Descriptor {
+        start: Some(namespace::start),
+        ..upstream("namespace-controller", &["namespace"])
+    },
     Descriptor {
         start: Some(serviceaccount::start),
         ..upstream("serviceaccount-controller", &["serviceaccount"])
     },
-    upstream("garbage-collector-controller", &["garbagecollector"]),
+    Descriptor {
+        start: Some(garbagecollector::start),
+        ..upstream("garbage-collector-controller", &["garbagecollector"])
+    },
     upstream("daemonset-controller", &["daemonset"]),
     upstream("job-controller", &["job"]),
     upstream("deployment-controller", &["deployment"]),
@@ -294,7 +305,9 @@ mod tests {
             implemented(all.clone()),
             vec![
                 "replicationcontroller-controller",
+                "namespace-controller",
                 "serviceaccount-controller",
+                "garbage-collector-controller",
                 "replicaset-controller",
                 "root-ca-certificate-publisher-controller"
             ]
@@ -311,7 +324,9 @@ mod tests {
                     "*",
                     "-serviceaccount",
                     "-replicaset",
-                    "-replicationcontroller"
+                    "-replicationcontroller",
+                    "-namespace",
+                    "-garbagecollector"
                 ])
                 .unwrap()
             ),
