@@ -960,12 +960,59 @@ fn deletion_semantics() {
     api.ok(&["run", "q", "--image=busybox"]);
     api.ok(&["delete", "pod", "q"]);
     assert!(api.fails(&["get", "pod", "q"]).contains("NotFound"));
-    // Namespaces go Terminating (the namespace controller finishes them).
+    // Namespaces go Terminating; the namespace controller empties them, reports what
+    // holds them in their conditions, and lets them go once empty.
+    let err = api.fails(&["delete", "ns", "default"]);
+    assert!(
+        err.contains("namespaces \"default\" is forbidden: this namespace may not be deleted"),
+        "{err}"
+    );
     api.ok(&["create", "ns", "gone"]);
+    api.ok(&[
+        "create",
+        "configmap",
+        "held",
+        "-n",
+        "gone",
+        "--from-literal=a=b",
+    ]);
+    api.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        "gone",
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"finalizers":["example.com/hold"]}}"#,
+    ]);
     api.ok(&["delete", "ns", "gone", "--wait=false"]);
     assert_eq!(
         api.ok(&["get", "ns", "gone", "-o", "jsonpath={.status.phase}"]),
         "Terminating"
+    );
+    let kcm_log =
+        || std::fs::read_to_string(dir.path().join("controller-manager.log")).unwrap_or_default();
+    integration_tests::wait_until(
+        "the namespace controller's conditions",
+        30,
+        || {
+            api.kubectl(&["get", "ns", "gone", "-o", "jsonpath={.status.conditions[?(@.type==\"NamespaceFinalizersRemaining\")].message}"])
+                .is_ok_and(|m| m == "Some content in the namespace has finalizers remaining: example.com/hold in 1 resource instances")
+        },
+        kcm_log,
+    );
+    let described = api.ok(&["describe", "ns", "gone"]);
+    assert!(
+        described.contains("NamespaceContentRemaining")
+            && described.contains("SomeResourcesRemain"),
+        "{described}"
+    );
+    // Only the finalize subresource changes spec.finalizers; other writes keep them.
+    api.ok(&["label", "ns", "gone", "x=y"]);
+    assert_eq!(
+        api.ok(&["get", "ns", "gone", "-o", "jsonpath={.spec.finalizers}"]),
+        r#"["kubernetes"]"#
     );
     let err = api.fails(&[
         "create",
@@ -991,6 +1038,26 @@ fn deletion_semantics() {
         "--from-literal=a=b",
     ]);
     assert!(err.contains("namespaces \"missing\" not found"), "{err}");
+    // With the last finalizer gone from its content, the namespace goes.
+    api.ok(&[
+        "patch",
+        "cm",
+        "held",
+        "-n",
+        "gone",
+        "--type=json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ]);
+    integration_tests::wait_until(
+        "the namespace gone",
+        30,
+        || {
+            api.kubectl(&["get", "ns", "gone"])
+                .is_err_and(|e| e.contains("NotFound"))
+        },
+        kcm_log,
+    );
 }
 
 #[test]

@@ -232,3 +232,186 @@ fn replication_controller_and_replica_set_keep_their_pods() {
     let table = api.ok(&["get", "rs", "frontend", "-o", "wide"]);
     assert!(table.contains("tier=frontend"), "{table}");
 }
+
+/// A ConfigMap owned by the objects `owners` names (`kind/name/uid`).
+fn owned_config_map(name: &str, owners: &[(&str, &str, &str, &str)]) -> String {
+    let refs: Vec<serde_json::Value> = owners
+        .iter()
+        .map(|(api_version, kind, owner, uid)| {
+            serde_json::json!({"apiVersion": api_version, "kind": kind, "name": owner, "uid": uid})
+        })
+        .collect();
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": name, "ownerReferences": refs},
+        "data": {"a": "b"},
+    })
+    .to_string()
+}
+
+#[test]
+fn cascading_deletion_background_foreground_orphan() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 2);
+    let api = &c.api;
+    let owners = |l: &str| {
+        api.kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            l,
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.ownerReferences[0].uid}{\" \"}{end}",
+        ])
+        .unwrap_or_default()
+    };
+
+    // --cascade=orphan: the ReplicaSet goes, its pods stay without an owner.
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(SEED_RS))
+        .unwrap();
+    c.wait("three frontend pods running", || {
+        c.running("tier=frontend").len() == 3
+    });
+    let pods = c.running("tier=frontend");
+    api.ok(&[
+        "delete",
+        "rs",
+        "frontend",
+        "--cascade=orphan",
+        "--timeout=60s",
+    ]);
+    c.wait("the pods orphaned", || {
+        api.kubectl(&["get", "rs", "frontend"]).is_err()
+            && c.running("tier=frontend") == pods
+            && owners("tier=frontend").trim().is_empty()
+    });
+    // A new ReplicaSet with the same selector adopts them instead of making pods.
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(SEED_RS))
+        .unwrap();
+    let uid = api.ok(&["get", "rs", "frontend", "-o", "jsonpath={.metadata.uid}"]);
+    c.wait("the orphans adopted", || {
+        owners("tier=frontend")
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            == vec![uid.as_str(); 3]
+    });
+    assert_eq!(c.running("tier=frontend"), pods);
+
+    // --cascade=foreground: the owner stays, marked, until its pods are gone.
+    api.ok(&[
+        "delete",
+        "rs",
+        "frontend",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    let marked = api
+        .kubectl(&[
+            "get",
+            "rs",
+            "frontend",
+            "-o",
+            "jsonpath={.metadata.finalizers}",
+        ])
+        .unwrap_or_default();
+    assert!(
+        marked.is_empty() || marked == r#"["foregroundDeletion"]"#,
+        "{marked}"
+    );
+    c.wait("pods and owner gone", || {
+        c.count("tier=frontend") == 0 && api.kubectl(&["get", "rs", "frontend"]).is_err()
+    });
+
+    // Background (kubectl's default): the owner goes at once, the collector takes the pods.
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(SEED_RC))
+        .unwrap();
+    c.wait("two nginx pods running", || {
+        c.running("app=nginx").len() == 2
+    });
+    api.ok(&["delete", "rc", "my-nginx", "--timeout=60s"]);
+    c.wait("the RC's pods gone", || c.count("app=nginx") == 0);
+
+    // Any kind may own any other: a ConfigMap owned by a ConfigMap goes with it; one
+    // with two owners loses only the reference to the one deleted.
+    api.ok(&["create", "configmap", "parent", "--from-literal=a=b"]);
+    api.ok(&["create", "configmap", "other", "--from-literal=a=b"]);
+    let puid = api.ok(&["get", "cm", "parent", "-o", "jsonpath={.metadata.uid}"]);
+    let ouid = api.ok(&["get", "cm", "other", "-o", "jsonpath={.metadata.uid}"]);
+    let child = owned_config_map("child", &[("v1", "ConfigMap", "parent", &puid)]);
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&child))
+        .unwrap();
+    let shared = owned_config_map(
+        "shared",
+        &[
+            ("v1", "ConfigMap", "parent", &puid),
+            ("v1", "ConfigMap", "other", &ouid),
+        ],
+    );
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&shared))
+        .unwrap();
+    // An owner that does not exist (a made-up UID under a real name): collected.
+    let dangling = owned_config_map(
+        "dangling",
+        &[(
+            "v1",
+            "ConfigMap",
+            "other",
+            "00000000-0000-0000-0000-000000000000",
+        )],
+    );
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&dangling))
+        .unwrap();
+    c.wait("the dangling one collected", || {
+        api.kubectl(&["get", "cm", "dangling"]).is_err()
+    });
+    assert!(api.kubectl(&["get", "cm", "child"]).is_ok());
+    api.ok(&["delete", "cm", "parent"]);
+    c.wait("the child collected, the shared one kept", || {
+        api.kubectl(&["get", "cm", "child"]).is_err()
+            && api
+                .kubectl(&[
+                    "get",
+                    "cm",
+                    "shared",
+                    "-o",
+                    "jsonpath={.metadata.ownerReferences[*].name}",
+                ])
+                .is_ok_and(|o| o == "other")
+    });
+
+    // A custom resource as owner: the collector finds the new kind by discovery.
+    let crd = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}
+";
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(crd)).unwrap();
+    c.wait("the Widget kind served", || {
+        api.kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some("apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n"),
+        )
+        .is_ok()
+    });
+    let wuid = api.ok(&["get", "widget", "w", "-o", "jsonpath={.metadata.uid}"]);
+    let part = owned_config_map("part", &[("example.com/v1", "Widget", "w", &wuid)]);
+    api.kubectl_stdin(&["create", "-f", "-"], Some(&part))
+        .unwrap();
+    api.ok(&["delete", "widget", "w"]);
+    wait_until(
+        "the Widget's ConfigMap collected",
+        90,
+        || api.kubectl(&["get", "cm", "part"]).is_err(),
+        || c.logs(),
+    );
+}

@@ -94,7 +94,14 @@ pub fn object_meta(kind: &str, obj: &Value, namespaced: bool) -> Errors {
     if finalizers.contains(&"orphan") && finalizers.contains(&"foregroundDeletion") {
         errs.push(FieldError::invalid_raw(
             "metadata.finalizers",
-            format!("[]string{{{}}}", finalizers.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(", ")),
+            format!(
+                "[]string{{{}}}",
+                finalizers
+                    .iter()
+                    .map(|f| format!("{f:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             "finalizer orphan and foregroundDeletion cannot be both set",
         ));
     }

@@ -1282,7 +1282,7 @@ impl Resources {
             let namespace = r.kind == "Namespace" && r.group.is_empty();
             if new.pointer("/metadata/deletionTimestamp").is_some()
                 && empty("/metadata/finalizers")
-                && !(namespace && !empty("/spec/finalizers"))
+                && (!namespace || empty("/spec/finalizers"))
                 && !(r.kind == "Pod" && grace_pending(&new))
             {
                 let release = self.derived(r)(&cur.object);
@@ -1796,7 +1796,11 @@ impl Resources {
             && r.group.is_empty()
             && ["default", "kube-system", "kube-public"].contains(&name)
         {
-            return Err(status::forbidden(r, name, "this namespace may not be deleted"));
+            return Err(status::forbidden(
+                r,
+                name,
+                "this namespace may not be deleted",
+            ));
         }
         let now = jiff::Timestamp::now();
         let policy = opts

@@ -31,7 +31,9 @@ impl ApiResource {
 
     /// Whether the resource supports every one of `verbs`.
     pub fn supports(&self, verbs: &[&str]) -> bool {
-        verbs.iter().all(|v| self.verbs.iter().any(|have| have == v))
+        verbs
+            .iter()
+            .all(|v| self.verbs.iter().any(|have| have == v))
     }
 }
 
@@ -90,16 +92,27 @@ pub fn preferred(resources: &[ApiResource]) -> Vec<ApiResource> {
         .collect()
 }
 
-/// Any object, seen only as its type and metadata (the rest of the body is dropped
-/// when decoding, so caches of every kind stay small).
+/// Any object, seen only as its type and metadata (the rest of the body, and the
+/// metadata's `managedFields`, are dropped when decoding, so caches of every kind stay
+/// small).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ObjectMetadata {
-    #[serde(rename = "apiVersion", default, skip_serializing_if = "String::is_empty")]
+    #[serde(
+        rename = "apiVersion",
+        default,
+        skip_serializing_if = "String::is_empty"
+    )]
     pub api_version: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub kind: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "without_managed_fields")]
     pub metadata: ObjectMeta,
+}
+
+fn without_managed_fields<'de, D: serde::Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
+    let mut m = ObjectMeta::deserialize(d)?;
+    m.managed_fields = None;
+    Ok(m)
 }
 
 impl crate::informer::Object for ObjectMetadata {
@@ -144,10 +157,15 @@ mod tests {
     fn metadata_view_drops_the_body() {
         let o: ObjectMetadata = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": {"name": "a", "uid": "u"}, "data": {"big": "x"},
+            "metadata": {"name": "a", "uid": "u", "managedFields": [{"manager": "m"}]},
+            "data": {"big": "x"},
         }))
         .unwrap();
         assert_eq!(o.metadata.uid.as_deref(), Some("u"));
-        assert_eq!(serde_json::to_value(&o).unwrap()["data"], serde_json::Value::Null);
+        assert!(o.metadata.managed_fields.is_none());
+        assert_eq!(
+            serde_json::to_value(&o).unwrap()["data"],
+            serde_json::Value::Null
+        );
     }
 }

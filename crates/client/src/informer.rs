@@ -262,12 +262,19 @@ impl<K: Object> Informer<K> {
                         }) => rv = resource_version,
                         Ok(WatchEvent::ErrorStatus(s)) if s.code == Some(410) => break 'watch,
                         Ok(WatchEvent::ErrorStatus(s)) => {
-                            tracing::warn!(resource = self.api.plural(), "watch error: {:?}", s.message);
+                            tracing::warn!(
+                                resource = self.api.plural(),
+                                "watch error: {:?}",
+                                s.message
+                            );
                             break;
                         }
                         Ok(WatchEvent::ErrorOther(_)) => break,
                         Err(e) => {
-                            tracing::debug!(resource = self.api.plural(), "watch stream ended: {e}");
+                            tracing::debug!(
+                                resource = self.api.plural(),
+                                "watch stream ended: {e}"
+                            );
                             break;
                         }
                     }

@@ -86,7 +86,11 @@ impl Graph {
             self.unlink(uid, &old.owners);
             // An owner waiting for its blocking dependents may now be free.
             for o in &old.owners {
-                if self.nodes.get(&o.uid).is_some_and(Node::deleting_dependents) {
+                if self
+                    .nodes
+                    .get(&o.uid)
+                    .is_some_and(Node::deleting_dependents)
+                {
                     todo.push(o.uid.clone());
                 }
             }
@@ -131,7 +135,11 @@ impl Graph {
         todo.extend(
             node.owners
                 .iter()
-                .filter(|o| self.nodes.get(&o.uid).is_some_and(Node::deleting_dependents))
+                .filter(|o| {
+                    self.nodes
+                        .get(&o.uid)
+                        .is_some_and(Node::deleting_dependents)
+                })
                 .map(|o| o.uid.clone()),
         );
         todo
@@ -144,6 +152,9 @@ struct Gc {
     queue: WorkQueue<String>,
     /// Every resource discovery found (all versions, preferred first), for owner lookups.
     resources: RwLock<Vec<ApiResource>>,
+    /// Objects with an owner of a kind not served (yet): looked at again when
+    /// discovery finds new resources.
+    unresolved: Mutex<BTreeSet<String>>,
 }
 
 /// Starts the collector: its informers are its own (one per discovered resource).
@@ -154,6 +165,7 @@ pub fn start(cx: &Context, _informers: &mut InformerFactory) -> Result<Runner, S
         graph: Mutex::default(),
         queue: queue.clone(),
         resources: RwLock::default(),
+        unresolved: Mutex::default(),
     });
     let counts_queue = queue.clone();
     Ok(Runner {
@@ -171,8 +183,7 @@ fn collectable(r: &ApiResource) -> bool {
 
 impl Gc {
     async fn run(self: Arc<Self>) {
-        let mut monitors: HashMap<(String, String), tokio::task::JoinHandle<()>> =
-            HashMap::new();
+        let mut monitors: HashMap<(String, String), tokio::task::JoinHandle<()>> = HashMap::new();
         let mut workers = None;
         loop {
             match dynamic::discover(&self.cx.client).await {
@@ -185,9 +196,9 @@ impl Gc {
                     let mut stores = Vec::new();
                     for r in &watched {
                         let id = (r.group.clone(), r.plural.clone());
-                        if !monitors.contains_key(&id) {
+                        if let std::collections::hash_map::Entry::Vacant(e) = monitors.entry(id) {
                             let (task, store) = self.monitor(Arc::new(r.clone()));
-                            monitors.insert(id, task);
+                            e.insert(task);
                             stores.push(store);
                         }
                     }
@@ -203,6 +214,20 @@ impl Gc {
                             t.abort();
                         }
                         self.forget_resource(&id);
+                    }
+                    if !stores.is_empty() && workers.is_some() {
+                        // New kinds: once their objects are in the graph, look again at
+                        // the objects whose owners were of an unknown kind.
+                        for _ in 0..100 {
+                            if stores.iter().all(|s| s.has_synced()) {
+                                break;
+                            }
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        let todo = std::mem::take(&mut *self.unresolved.lock().expect("lock"));
+                        for uid in todo {
+                            self.queue.add(uid);
+                        }
                     }
                     if workers.is_none() {
                         // Start on a full graph (bounded: owners missing from it are
@@ -293,7 +318,14 @@ impl Gc {
 
     /// The one decision for one object (see the module's documentation).
     async fn attempt_to_delete(&self, uid: &str) -> Result<(), Error> {
-        let Some(node) = self.graph.lock().expect("graph lock").nodes.get(uid).cloned() else {
+        let Some(node) = self
+            .graph
+            .lock()
+            .expect("graph lock")
+            .nodes
+            .get(uid)
+            .cloned()
+        else {
             return Ok(());
         };
         if node.deleting {
@@ -312,7 +344,7 @@ impl Gc {
         let mut dangling = Vec::new();
         let mut waiting = Vec::new();
         for r in &node.owners {
-            match self.owner_state(&node, r).await? {
+            match self.owner_state(uid, &node, r).await? {
                 None => dangling.push(r.clone()),
                 Some(owner) => {
                     if owner.deleting
@@ -376,6 +408,7 @@ impl Gc {
     /// name). The graph answers for owners it holds; the rest are read from the server.
     async fn owner_state(
         &self,
+        dependent_uid: &str,
         dependent: &Node,
         r: &OwnerReference,
     ) -> Result<Option<OwnerNow>, Error> {
@@ -398,6 +431,10 @@ impl Gc {
             .find(|x| x.group == group && x.kind == r.kind)
             .cloned();
         let Some(resource) = resource else {
+            self.unresolved
+                .lock()
+                .expect("lock")
+                .insert(dependent_uid.to_string());
             return Err(Error::Sync(format!(
                 "cannot look up owner {}/{} {:?}: the server serves no such kind",
                 r.api_version, r.kind, r.name
@@ -582,8 +619,13 @@ mod tests {
         let mut g = Graph::default();
         // An owner, and a dependent of it: the dependent is checked once.
         assert!(g.upsert("rs", node(&[], false, &[])).is_empty());
-        assert_eq!(g.upsert("pod", node(&[("rs", true)], false, &[])), vec!["pod"]);
-        assert!(g.upsert("pod", node(&[("rs", true)], false, &[])).is_empty());
+        assert_eq!(
+            g.upsert("pod", node(&[("rs", true)], false, &[])),
+            vec!["pod"]
+        );
+        assert!(g
+            .upsert("pod", node(&[("rs", true)], false, &[]))
+            .is_empty());
         // The owner deleted in the foreground: it and its dependents.
         assert_eq!(
             g.upsert("rs", node(&[], true, &[FOREGROUND])),

@@ -80,7 +80,10 @@ impl Progress {
     /// The namespace's deletion conditions, as upstream words them.
     fn conditions(&self) -> Vec<(&'static str, bool, &'static str, String)> {
         let list = |m: &BTreeMap<String, usize>, f: &dyn Fn(&String, &usize) -> String| {
-            m.iter().map(|(k, v)| f(k, v)).collect::<Vec<_>>().join(", ")
+            m.iter()
+                .map(|(k, v)| f(k, v))
+                .collect::<Vec<_>>()
+                .join(", ")
         };
         vec![
             match &self.discovery_failed {
@@ -244,7 +247,10 @@ async fn delete_content(cx: &Context, ns: &str) -> Progress {
         let api: Api<ObjectMetadata> = Api::dynamic(cx.client.clone(), r, Some(ns));
         let gr = group_resource(r);
         if r.supports(&["deletecollection"]) {
-            if let Err(e) = api.delete_collection(&background, &ListParams::default()).await {
+            if let Err(e) = api
+                .delete_collection(&background, &ListParams::default())
+                .await
+            {
                 p.failures.push(format!("{gr}: {e}"));
                 continue;
             }
@@ -284,7 +290,11 @@ async fn delete_content(cx: &Context, ns: &str) -> Progress {
 
 /// Writes the deletion conditions when they changed (lastTransitionTime moves only
 /// when a condition's status does).
-async fn update_conditions(api: &Api<Namespace>, ns: &Namespace, p: &Progress) -> Result<(), Error> {
+async fn update_conditions(
+    api: &Api<Namespace>,
+    ns: &Namespace,
+    p: &Progress,
+) -> Result<(), Error> {
     let old = ns
         .status
         .as_ref()
@@ -314,7 +324,10 @@ async fn update_conditions(api: &Api<Namespace>, ns: &Namespace, p: &Progress) -
         return Ok(());
     }
     let mut updated = ns.clone();
-    updated.status.get_or_insert_with(Default::default).conditions = Some(conditions);
+    updated
+        .status
+        .get_or_insert_with(Default::default)
+        .conditions = Some(conditions);
     match api
         .replace_status(ns.metadata.name.as_deref().unwrap_or_default(), &updated)
         .await
