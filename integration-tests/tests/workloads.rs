@@ -415,3 +415,386 @@ spec:
         || c.logs(),
     );
 }
+
+/// The seeds' nginx-deployment (000): maxSurge 1, maxUnavailable 0, 3 revisions kept.
+const SEED_DEPLOYMENT: &str = "apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: nginx-deployment
+  labels:
+    app: nginx
+spec:
+  replicas: 3
+  revisionHistoryLimit: 3
+  selector:
+    matchLabels:
+      app: nginx
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxSurge: 1
+      maxUnavailable: 0
+  template:
+    metadata:
+      labels:
+        app: nginx
+    spec:
+      containers:
+      - name: nginx
+        image: nginx:1.14.2
+        ports:
+        - containerPort: 80
+";
+
+impl Cluster {
+    /// `kubectl rollout status`, bounded.
+    fn rollout_status(&self, deploy: &str) -> Result<String, String> {
+        self.api.kubectl(&[
+            "rollout",
+            "status",
+            &format!("deployment/{deploy}"),
+            "--timeout=90s",
+        ])
+    }
+
+    /// The ScalingReplicaSet messages about a Deployment, in the order recorded.
+    fn scalings(&self, deploy: &str) -> Vec<String> {
+        let out = self.api.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.kind=Deployment,involvedObject.name={deploy},reason=ScalingReplicaSet"),
+            "-o",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut items: Vec<(u64, String)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        items.sort();
+        items.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The ReplicaSets with label selector `l`: `name image replicas revision`.
+    fn replica_sets(&self, l: &str) -> Vec<String> {
+        self.api
+            .ok(&[
+                "get", "rs", "-l", l, "-o",
+                "jsonpath={range .items[*]}{.metadata.name} {.spec.template.spec.containers[0].image} {.spec.replicas} {.metadata.annotations.deployment\\.kubernetes\\.io/revision}{\"\\n\"}{end}",
+            ])
+            .lines()
+            .map(String::from)
+            .collect()
+    }
+}
+
+#[test]
+fn deployment_rolls_out_back_pauses_and_scales() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    let api = &c.api;
+
+    // The seeds' Deployment: one ReplicaSet `<deploy>-<hash>`, its pods labelled with
+    // the hash and named after it; `rollout status` sees it complete.
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(SEED_DEPLOYMENT))
+        .unwrap();
+    let done = c
+        .rollout_status("nginx-deployment")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert!(
+        done.contains("deployment \"nginx-deployment\" successfully rolled out"),
+        "{done}"
+    );
+    let rss = c.replica_sets("app=nginx");
+    assert_eq!(rss.len(), 1, "{rss:?}");
+    let first: Vec<&str> = rss[0].split(' ').collect();
+    assert_eq!(first[1..], ["nginx:1.14.2", "3", "1"]);
+    let hash = first[0]
+        .strip_prefix("nginx-deployment-")
+        .unwrap()
+        .to_string();
+    let pods = c.running(&format!("app=nginx,pod-template-hash={hash}"));
+    assert_eq!(pods.len(), 3);
+    assert!(pods.iter().all(|p| p.starts_with(first[0])), "{pods:?}");
+    let table = api.ok(&["get", "deploy", "nginx-deployment"]);
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["nginx-deployment", "3/3", "3", "3"], "{table}");
+    assert_eq!(
+        api.ok(&[
+            "get",
+            "deploy",
+            "nginx-deployment",
+            "-o",
+            "jsonpath={.metadata.annotations.deployment\\.kubernetes\\.io/revision}"
+        ]),
+        "1"
+    );
+
+    // set image: a rolling update within maxSurge 1 / maxUnavailable 0 — the seeds'
+    // sequence of scalings, one pod at a time.
+    api.ok(&[
+        "set",
+        "image",
+        "deployment/nginx-deployment",
+        "nginx=nginx:1.16.1",
+    ]);
+    c.rollout_status("nginx-deployment")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let rss = c.replica_sets("app=nginx");
+    let new = rss
+        .iter()
+        .find(|r| r.contains("nginx:1.16.1"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let old = first[0];
+    assert_eq!(
+        c.scalings("nginx-deployment"),
+        vec![
+            format!("Scaled up replica set {old} to 3 from 0"),
+            format!("Scaled up replica set {new} to 1 from 0"),
+            format!("Scaled down replica set {old} to 2 from 3"),
+            format!("Scaled up replica set {new} to 2 from 1"),
+            format!("Scaled down replica set {old} to 1 from 2"),
+            format!("Scaled up replica set {new} to 3 from 2"),
+            format!("Scaled down replica set {old} to 0 from 1"),
+        ]
+    );
+    c.wait("old pods gone", || {
+        c.count(&format!("pod-template-hash={hash}")) == 0
+    });
+    api.ok(&[
+        "annotate",
+        "deployment/nginx-deployment",
+        "kubernetes.io/change-cause=image updated to 1.16.1",
+    ]);
+    c.wait("the change cause on the new ReplicaSet", || {
+        api.kubectl(&["rollout", "history", "deployment/nginx-deployment"])
+            .is_ok_and(|h| h.contains("image updated to 1.16.1"))
+    });
+    let history = api.ok(&["rollout", "history", "deployment/nginx-deployment"]);
+    let lines: Vec<Vec<&str>> = history
+        .lines()
+        .skip(2)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(lines[0], ["1", "<none>"], "{history}");
+    assert_eq!(lines[1][0], "2", "{history}");
+    let rev2 = api.ok(&[
+        "rollout",
+        "history",
+        "deployment/nginx-deployment",
+        "--revision=2",
+    ]);
+    assert!(
+        rev2.contains("Image:\tnginx:1.16.1") || rev2.contains("nginx:1.16.1"),
+        "{rev2}"
+    );
+
+    // rollout undo: revision 1's ReplicaSet comes back as revision 3.
+    let undo = api.ok(&["rollout", "undo", "deployment/nginx-deployment"]);
+    assert!(undo.contains("rolled back"), "{undo}");
+    c.rollout_status("nginx-deployment")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(
+        api.ok(&["get", "rs", old, "-o", "jsonpath={.spec.replicas} {.metadata.annotations.deployment\\.kubernetes\\.io/revision} {.metadata.annotations.deployment\\.kubernetes\\.io/revision-history}"]),
+        "3 3 1"
+    );
+    assert_eq!(
+        api.ok(&[
+            "get",
+            "deploy",
+            "nginx-deployment",
+            "-o",
+            "jsonpath={.spec.template.spec.containers[0].image}"
+        ]),
+        "nginx:1.14.2"
+    );
+    api.ok(&[
+        "rollout",
+        "undo",
+        "deployment/nginx-deployment",
+        "--to-revision=2",
+    ]);
+    c.rollout_status("nginx-deployment")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    assert_eq!(
+        api.ok(&["get", "rs", &new, "-o", "jsonpath={.spec.replicas} {.metadata.annotations.deployment\\.kubernetes\\.io/revision}"]),
+        "3 4"
+    );
+
+    // Paused: a template change waits; scaling still applies. Resumed: it rolls out.
+    api.ok(&["rollout", "pause", "deployment/nginx-deployment"]);
+    api.ok(&[
+        "set",
+        "image",
+        "deployment/nginx-deployment",
+        "nginx=nginx:1.17",
+    ]);
+    c.wait("the paused condition", || {
+        api.kubectl(&[
+            "get",
+            "deploy",
+            "nginx-deployment",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ])
+        .is_ok_and(|r| r == "DeploymentPaused")
+    });
+    api.ok(&["scale", "deployment/nginx-deployment", "--replicas=4"]);
+    c.wait("scaled while paused", || c.running("app=nginx").len() == 4);
+    assert_eq!(c.replica_sets("app=nginx").len(), 2);
+    assert!(c
+        .replica_sets("app=nginx")
+        .iter()
+        .all(|r| !r.contains("nginx:1.17")));
+    api.ok(&["rollout", "resume", "deployment/nginx-deployment"]);
+    c.rollout_status("nginx-deployment")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let current = c.replica_sets("app=nginx");
+    assert!(
+        current.iter().any(|r| r.contains("nginx:1.17 4 5")),
+        "{current:?}"
+    );
+
+    // revisionHistoryLimit 3: restarts make new ReplicaSets; beyond three old ones, the
+    // oldest revision goes.
+    for _ in 0..2 {
+        // (restartedAt has a resolution of one second.)
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        api.ok(&["rollout", "restart", "deployment/nginx-deployment"]);
+        c.rollout_status("nginx-deployment")
+            .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    }
+    c.wait("3 old ReplicaSets kept", || {
+        let rss = c.replica_sets("app=nginx");
+        rss.len() == 4 && !rss.iter().any(|r| r.starts_with(old))
+    });
+    assert!(api
+        .kubectl(&[
+            "get",
+            "pods",
+            "-l",
+            "app=nginx",
+            "-o",
+            "jsonpath={.items[*].metadata.annotations}"
+        ])
+        .unwrap()
+        .contains("kubectl.kubernetes.io/restartedAt"));
+
+    // Deleting the Deployment takes its ReplicaSets and pods (garbage collector).
+    api.ok(&["delete", "deployment", "nginx-deployment", "--timeout=60s"]);
+    c.wait("everything gone", || {
+        c.count("app=nginx") == 0 && c.replica_sets("app=nginx").is_empty()
+    });
+}
+
+#[test]
+fn deployment_recreate_and_progress_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 2);
+    let api = &c.api;
+
+    // `kubectl create deployment`, then Recreate: every old pod goes before new ones come.
+    api.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    c.rollout_status("web")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    api.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}"#,
+    ]);
+    let old = c.replica_sets("app=web")[0]
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    api.ok(&["set", "image", "deployment/web", "busybox=busybox:1.36"]);
+    c.rollout_status("web")
+        .unwrap_or_else(|e| panic!("{e}\n{}", c.logs()));
+    let new = c
+        .replica_sets("app=web")
+        .iter()
+        .find(|r| r.contains("busybox:1.36"))
+        .unwrap()
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        c.scalings("web"),
+        vec![
+            format!("Scaled up replica set {old} to 2 from 0"),
+            format!("Scaled down replica set {old} to 0 from 2"),
+            format!("Scaled up replica set {new} to 2 from 0"),
+        ]
+    );
+
+    // No progress within progressDeadlineSeconds (pods that fit no node):
+    // ProgressDeadlineExceeded, and `rollout status` fails as upstream's does.
+    let stuck = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: stuck}
+spec:
+  replicas: 1
+  progressDeadlineSeconds: 5
+  selector: {matchLabels: {app: stuck}}
+  template:
+    metadata: {labels: {app: stuck}}
+    spec:
+      nodeSelector: {nowhere: 'true'}
+      containers: [{name: c, image: busybox}]
+";
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(stuck))
+        .unwrap();
+    c.wait("the deadline exceeded", || {
+        api.kubectl(&[
+            "get",
+            "deploy",
+            "stuck",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Progressing\")].reason}",
+        ])
+        .is_ok_and(|r| r == "ProgressDeadlineExceeded")
+    });
+    let err = c.rollout_status("stuck").unwrap_err();
+    assert!(
+        err.contains("deployment \"stuck\" exceeded its progress deadline"),
+        "{err}"
+    );
+    let described = api.ok(&["describe", "deploy", "stuck"]);
+    let row = |cells: &[&str]| {
+        described
+            .lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == cells)
+    };
+    assert!(
+        row(&["Progressing", "False", "ProgressDeadlineExceeded"])
+            && row(&["Available", "False", "MinimumReplicasUnavailable"]),
+        "{described}"
+    );
+}

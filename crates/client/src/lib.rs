@@ -71,4 +71,9 @@ impl Error {
     pub fn is_conflict(&self) -> bool {
         self.code() == Some(409)
     }
+
+    /// A create refused because the name is taken.
+    pub fn is_already_exists(&self) -> bool {
+        self.reason() == Some("AlreadyExists")
+    }
 }

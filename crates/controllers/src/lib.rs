@@ -3,6 +3,7 @@
 //! [`WorkQueue`]; workers take keys and run an idempotent sync that reads the caches and
 //! writes through the API; a failed sync is retried with back-off.
 //!
+//! - [`deployment`]: Deployments roll their template out through ReplicaSets.
 //! - [`garbagecollector`]: objects whose owners are gone are deleted; orphan and
 //!   foreground deletion.
 //! - [`namespace`]: a deleted namespace's content goes, then the namespace.
@@ -11,9 +12,11 @@
 //! - [`root_ca_publisher`]: the `kube-root-ca.crt` ConfigMap (the cluster's CA bundle)
 //!   in every namespace.
 
+pub mod deployment;
 pub mod garbagecollector;
 pub mod informers;
 pub mod namespace;
+pub mod ownership;
 pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
@@ -108,7 +111,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
     },
     upstream("daemonset-controller", &["daemonset"]),
     upstream("job-controller", &["job"]),
-    upstream("deployment-controller", &["deployment"]),
+    Descriptor {
+        start: Some(deployment::start),
+        ..upstream("deployment-controller", &["deployment"])
+    },
     Descriptor {
         start: Some(replicaset::start::<k8s_openapi::api::apps::v1::ReplicaSet>),
         ..upstream("replicaset-controller", &["replicaset"])
@@ -308,6 +314,7 @@ mod tests {
                 "namespace-controller",
                 "serviceaccount-controller",
                 "garbage-collector-controller",
+                "deployment-controller",
                 "replicaset-controller",
                 "root-ca-certificate-publisher-controller"
             ]
@@ -326,7 +333,8 @@ mod tests {
                     "-replicaset",
                     "-replicationcontroller",
                     "-namespace",
-                    "-garbagecollector"
+                    "-garbagecollector",
+                    "-deployment"
                 ])
                 .unwrap()
             ),

@@ -20,6 +20,7 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec, Replicat
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
+use crate::ownership::{self, key};
 use crate::{Context, Error, InformerFactory, Runner};
 
 /// Pods created or deleted at most per sync (upstream's burstReplicas).
@@ -131,15 +132,7 @@ impl Expectations {
 }
 
 fn controller_of(p: &Pod) -> Option<&OwnerReference> {
-    p.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|r| r.controller == Some(true))
-}
-
-fn key(ns: &str, name: &str) -> String {
-    format!("{ns}/{name}")
+    ownership::controller_of(&p.metadata)
 }
 
 fn is_active(p: &Pod) -> bool {
@@ -338,14 +331,15 @@ impl<O: Owner> Sync<O> {
                     if matches {
                         owned.push(p.clone());
                     } else if !deleting {
-                        self.release(&api, &p, &uid).await?;
+                        ownership::release(&api, &p.metadata, &uid).await?;
                     }
                 }
                 Some(_) => {}
                 None if matches
                     && !deleting
                     && p.metadata.deletion_timestamp.is_none()
-                    && self.adopt(&api, &p, &owner).await? =>
+                    && ownership::adopt(&api, &p.metadata, ownership::controller_ref::<O>(m))
+                        .await? =>
                 {
                     owned.push(p.clone());
                 }
@@ -357,47 +351,6 @@ impl<O: Owner> Sync<O> {
             self.manage(k, &owner, &api, &active).await?;
         }
         self.update_status(&owner, &ns, &name, &active).await
-    }
-
-    async fn adopt(&self, api: &Api<Pod>, p: &Pod, owner: &O) -> Result<bool, Error> {
-        let m = owner.metadata();
-        let patch = json!({"metadata": {
-            "ownerReferences": [{
-                "apiVersion": <O as k8s_openapi::Resource>::API_VERSION, "kind": <O as k8s_openapi::Resource>::KIND,
-                "name": m.name, "uid": m.uid,
-                "controller": true, "blockOwnerDeletion": true,
-            }],
-            "uid": p.metadata.uid,
-        }});
-        match api
-            .patch(
-                p.metadata.name.as_deref().unwrap_or_default(),
-                &Patch::Strategic(patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(true),
-            Err(e) if e.is_not_found() || e.is_conflict() => Ok(false),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    async fn release(&self, api: &Api<Pod>, p: &Pod, uid: &str) -> Result<(), Error> {
-        let patch = json!({"metadata": {
-            "ownerReferences": [{"$patch": "delete", "uid": uid}],
-            "uid": p.metadata.uid,
-        }});
-        match api
-            .patch(
-                p.metadata.name.as_deref().unwrap_or_default(),
-                &Patch::Strategic(patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
     }
 
     fn involved(owner: &O) -> ObjectReference {
@@ -437,14 +390,7 @@ impl<O: Owner> Sync<O> {
                     labels: tm.labels.clone(),
                     annotations: tm.annotations.clone(),
                     finalizers: tm.finalizers.clone(),
-                    owner_references: Some(vec![OwnerReference {
-                        api_version: <O as k8s_openapi::Resource>::API_VERSION.into(),
-                        kind: <O as k8s_openapi::Resource>::KIND.into(),
-                        name: m.name.clone().unwrap_or_default(),
-                        uid: m.uid.clone().unwrap_or_default(),
-                        controller: Some(true),
-                        block_owner_deletion: Some(true),
-                    }]),
+                    owner_references: Some(vec![ownership::controller_ref::<O>(m)]),
                     ..Default::default()
                 },
                 spec: template.spec.clone(),

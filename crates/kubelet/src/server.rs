@@ -492,11 +492,12 @@ async fn exec(
     };
     // With a terminal, kubectl sends its size first: the terminal is made with it, so
     // runc (which applies sizes only once it holds the container's terminal) starts the
-    // command at that size. What else comes meanwhile is kept for later.
+    // command at that size. What else comes meanwhile is kept for later. (The wait is
+    // bounded; a loaded node may take more than a second to pass the size along.)
     let mut early = Vec::new();
     let mut size = None;
     if start.tty {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
         while size.is_none() {
             match tokio::time::timeout_at(deadline, input.message()).await {
                 Ok(Ok(Some(StreamInput {

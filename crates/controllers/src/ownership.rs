@@ -1,0 +1,81 @@
+//! Controller references: who controls an object, the reference a controller puts on
+//! what it makes, and adopting or releasing a dependent (upstream's
+//! `ControllerRefManager`). Writes are strategic merge patches that carry the
+//! dependent's UID, so they never touch another object made under the same name.
+
+use ferrokube_client::{Api, Patch};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::Error;
+
+/// The reference with `controller: true`, if any.
+pub fn controller_of(m: &ObjectMeta) -> Option<&OwnerReference> {
+    m.owner_references
+        .iter()
+        .flatten()
+        .find(|r| r.controller == Some(true))
+}
+
+/// The controller reference an owner of kind `O` puts on what it makes.
+pub fn controller_ref<O: k8s_openapi::Resource>(owner: &ObjectMeta) -> OwnerReference {
+    OwnerReference {
+        api_version: O::API_VERSION.into(),
+        kind: O::KIND.into(),
+        name: owner.name.clone().unwrap_or_default(),
+        uid: owner.uid.clone().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    }
+}
+
+/// `namespace/name`: the work-queue key of a namespaced object.
+pub fn key(ns: &str, name: &str) -> String {
+    format!("{ns}/{name}")
+}
+
+/// Makes `owner` the controller of an orphan; `false` when it is gone or changed.
+pub async fn adopt<K: Serialize + DeserializeOwned>(
+    api: &Api<K>,
+    dependent: &ObjectMeta,
+    owner: OwnerReference,
+) -> Result<bool, Error> {
+    let patch = json!({"metadata": {"ownerReferences": [owner], "uid": dependent.uid}});
+    match api
+        .patch(
+            dependent.name.as_deref().unwrap_or_default(),
+            &Patch::Strategic(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(true),
+        Err(e) if e.is_not_found() || e.is_conflict() => Ok(false),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Drops the reference to the owner with `owner_uid` from a dependent that no longer
+/// matches its selector.
+pub async fn release<K: Serialize + DeserializeOwned>(
+    api: &Api<K>,
+    dependent: &ObjectMeta,
+    owner_uid: &str,
+) -> Result<(), Error> {
+    let patch = json!({"metadata": {
+        "ownerReferences": [{"$patch": "delete", "uid": owner_uid}],
+        "uid": dependent.uid,
+    }});
+    match api
+        .patch(
+            dependent.name.as_deref().unwrap_or_default(),
+            &Patch::Strategic(patch),
+        )
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
