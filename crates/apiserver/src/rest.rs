@@ -785,6 +785,7 @@ impl Resources {
             if GENERATION_KINDS.contains(&r.kind) || self.custom(r).is_some() {
                 m.insert("generation".into(), json!(1));
             }
+            drop_empty_metadata(m);
         }
         defaults::apply(r.kind, obj);
         if r.subresources.contains(&"status") {
@@ -1039,6 +1040,7 @@ impl Resources {
                 }
             }
             m.remove("selfLink");
+            drop_empty_metadata(m);
         }
         defaults::apply(r.kind, &mut new);
         match (r.group, r.kind) {
@@ -1968,6 +1970,28 @@ impl Resources {
             "metadata": {"resourceVersion": revision.to_string()},
             "items": deleted,
         })))
+    }
+}
+
+/// Drops empty label, annotation, finalizer and owner lists from metadata, as Go's
+/// `omitempty` does (a patch that removes the last finalizer leaves none, not `[]`).
+fn drop_empty_metadata(m: &mut serde_json::Map<String, Value>) {
+    for k in [
+        "labels",
+        "annotations",
+        "finalizers",
+        "ownerReferences",
+        "managedFields",
+    ] {
+        let empty = match m.get(k) {
+            Some(Value::Array(a)) => a.is_empty(),
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(Value::Null) => true,
+            _ => false,
+        };
+        if empty {
+            m.remove(k);
+        }
     }
 }
 

@@ -767,9 +767,8 @@ impl Sync {
                     .and_then(|s| condition(s, "Progressing"))
                     .is_none()
             {
-                let mut status = d.status.clone().unwrap_or_default();
-                set_condition(
-                    &mut status,
+                self.write_condition(
+                    d,
                     new_condition(
                         "Progressing",
                         "True",
@@ -779,8 +778,8 @@ impl Sync {
                             copy.metadata.name.clone().unwrap_or_default()
                         ),
                     ),
-                );
-                self.write_status(d, status).await?;
+                )
+                .await?;
             }
             return Ok(Some(copy));
         }
@@ -845,17 +844,16 @@ impl Sync {
             }
             Err(e) => {
                 if progress_deadline(d).is_some() {
-                    let mut status = d.status.clone().unwrap_or_default();
-                    set_condition(
-                        &mut status,
+                    self.write_condition(
+                        d,
                         new_condition(
                             "Progressing",
                             "False",
                             RS_CREATE_ERROR,
                             format!("Failed to create new replica set {name:?}: {e}"),
                         ),
-                    );
-                    self.write_status(d, status).await?;
+                    )
+                    .await?;
                 }
                 self.event(
                     d,
@@ -879,17 +877,16 @@ impl Sync {
         self.set_deployment_revision(d, &new_revision.to_string())
             .await?;
         if progress_deadline(d).is_some() {
-            let mut status = d.status.clone().unwrap_or_default();
-            set_condition(
-                &mut status,
+            self.write_condition(
+                d,
                 new_condition(
                     "Progressing",
                     "True",
                     NEW_RS_CREATED,
                     format!("Created new replica set {name:?}"),
                 ),
-            );
-            self.write_status(d, status).await?;
+            )
+            .await?;
         }
         Ok(Some(created))
     }
@@ -927,6 +924,17 @@ impl Sync {
         Ok(())
     }
 
+    /// Sets one condition and writes the status.
+    async fn write_condition(
+        &self,
+        d: &mut Deployment,
+        c: DeploymentCondition,
+    ) -> Result<(), Error> {
+        let mut status = d.status.clone().unwrap_or_default();
+        set_condition(&mut status, c);
+        self.write_status(d, status).await
+    }
+
     /// Paused and resumed show in the Progressing condition.
     async fn check_paused_conditions(&self, mut d: Deployment) -> Result<Deployment, Error> {
         if progress_deadline(&d).is_none() {
@@ -955,9 +963,7 @@ impl Sync {
         } else {
             return Ok(d);
         };
-        let mut status = status;
-        set_condition(&mut status, c);
-        self.write_status(&mut d, status).await?;
+        self.write_condition(&mut d, c).await?;
         Ok(d)
     }
 

@@ -6,6 +6,8 @@
 //! - [`deployment`]: Deployments roll their template out through ReplicaSets.
 //! - [`garbagecollector`]: objects whose owners are gone are deleted; orphan and
 //!   foreground deletion.
+//! - [`job`]: Jobs run pods to completion; [`ttl_after_finished`] deletes finished Jobs
+//!   whose TTL is up.
 //! - [`namespace`]: a deleted namespace's content goes, then the namespace.
 //! - [`serviceaccount`]: the `default` ServiceAccount in every active namespace.
 //! - [`replicaset`]: ReplicaSets and ReplicationControllers keep their pods running.
@@ -13,13 +15,17 @@
 //!   in every namespace.
 
 pub mod deployment;
+pub mod expectations;
 pub mod garbagecollector;
 pub mod informers;
+pub mod job;
 pub mod namespace;
 pub mod ownership;
+pub mod pod_control;
 pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
+pub mod ttl_after_finished;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -110,7 +116,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
         ..upstream("garbage-collector-controller", &["garbagecollector"])
     },
     upstream("daemonset-controller", &["daemonset"]),
-    upstream("job-controller", &["job"]),
+    Descriptor {
+        start: Some(job::start),
+        ..upstream("job-controller", &["job"])
+    },
     Descriptor {
         start: Some(deployment::start),
         ..upstream("deployment-controller", &["deployment"])
@@ -174,7 +183,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
         &["pvc-protection"],
     ),
     upstream("persistentvolume-protection-controller", &["pv-protection"]),
-    upstream("ttl-after-finished-controller", &["ttl-after-finished"]),
+    Descriptor {
+        start: Some(ttl_after_finished::start),
+        ..upstream("ttl-after-finished-controller", &["ttl-after-finished"])
+    },
     Descriptor {
         start: Some(root_ca_publisher::start),
         ..upstream(
@@ -314,8 +326,10 @@ mod tests {
                 "namespace-controller",
                 "serviceaccount-controller",
                 "garbage-collector-controller",
+                "job-controller",
                 "deployment-controller",
                 "replicaset-controller",
+                "ttl-after-finished-controller",
                 "root-ca-certificate-publisher-controller"
             ]
         );
@@ -334,7 +348,9 @@ mod tests {
                     "-replicationcontroller",
                     "-namespace",
                     "-garbagecollector",
-                    "-deployment"
+                    "-deployment",
+                    "-job",
+                    "-ttl-after-finished"
                 ])
                 .unwrap()
             ),

@@ -6,13 +6,13 @@
 //! `availableReplicas`, `observedGeneration`).
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
 
 use ferrokube_api::selector::{Operator, Requirement};
 use ferrokube_api::LabelSelector;
-use ferrokube_client::events::{Kind as EventKind, Recorder};
+use ferrokube_client::events::Recorder;
 use ferrokube_client::informer::{Event, Kind};
 use ferrokube_client::{Api, Patch, Store, WorkQueue};
 use k8s_openapi::api::apps::v1::ReplicaSet;
@@ -20,13 +20,13 @@ use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec, Replicat
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
+use crate::expectations::Expectations;
 use crate::ownership::{self, key};
+use crate::pod_control;
 use crate::{Context, Error, InformerFactory, Runner};
 
 /// Pods created or deleted at most per sync (upstream's burstReplicas).
 const BURST: usize = 500;
-/// Expectations not met after this are given up (a watch event was lost).
-const EXPECTATIONS_TTL: Duration = Duration::from_secs(300);
 
 /// What the controller needs of a ReplicaSet or a ReplicationController.
 pub trait Owner:
@@ -100,35 +100,6 @@ impl Owner for ReplicationController {
         })
     }
     owner_fields!();
-}
-
-/// Creations and deletions asked for and not yet seen, per owner.
-#[derive(Default)]
-struct Expectations(Mutex<HashMap<String, (i64, i64, Instant)>>);
-
-impl Expectations {
-    fn expect(&self, key: &str, adds: i64, dels: i64) {
-        self.0
-            .lock()
-            .expect("expectations lock")
-            .insert(key.to_string(), (adds, dels, Instant::now()));
-    }
-    fn observed(&self, key: &str, adds: i64, dels: i64) {
-        if let Some(e) = self.0.lock().expect("expectations lock").get_mut(key) {
-            e.0 -= adds;
-            e.1 -= dels;
-        }
-    }
-    fn satisfied(&self, key: &str) -> bool {
-        self.0
-            .lock()
-            .expect("expectations lock")
-            .get(key)
-            .is_none_or(|(a, d, at)| (*a <= 0 && *d <= 0) || at.elapsed() > EXPECTATIONS_TTL)
-    }
-    fn forget(&self, key: &str) {
-        self.0.lock().expect("expectations lock").remove(key);
-    }
 }
 
 fn controller_of(p: &Pod) -> Option<&OwnerReference> {
@@ -375,7 +346,6 @@ impl<O: Owner> Sync<O> {
         active: &[Arc<Pod>],
     ) -> Result<(), Error> {
         let want = owner.replicas().max(0) as usize;
-        let ns = owner.metadata().namespace.clone().unwrap_or_default();
         if active.len() < want {
             let Some(template) = owner.template() else {
                 return Ok(());
@@ -396,52 +366,13 @@ impl<O: Owner> Sync<O> {
                 spec: template.spec.clone(),
                 status: None,
             };
-            // Slow start: 1, 2, 4, ... at a time, stopping at the first failure.
-            let mut created = 0;
-            let mut batch = 1;
-            while created < n {
-                let size = batch.min(n - created);
-                let mut calls = tokio::task::JoinSet::new();
-                for _ in 0..size {
-                    let (api, pod) = (api.clone(), pod.clone());
-                    calls.spawn(async move { api.create(&pod).await });
-                }
-                let mut failed = None;
-                while let Some(r) = calls.join_next().await {
-                    match r {
-                        Ok(Ok(p)) => {
-                            let name = p.metadata.name.unwrap_or_default();
-                            self.recorder
-                                .object(
-                                    &ns,
-                                    Self::involved(owner),
-                                    EventKind::Normal,
-                                    "SuccessfulCreate",
-                                    &format!("Created pod: {name}"),
-                                )
-                                .await;
-                        }
-                        Ok(Err(e)) => failed = Some(e.to_string()),
-                        Err(e) => failed = Some(e.to_string()),
-                    }
-                }
-                created += size;
-                if let Some(e) = failed {
-                    // What was not made will not be seen.
-                    self.expectations.observed(k, (n - created) as i64, 0);
-                    self.expectations.forget(k);
-                    self.recorder
-                        .object(
-                            &ns,
-                            Self::involved(owner),
-                            EventKind::Warning,
-                            "FailedCreate",
-                            &format!("Error creating: {e}"),
-                        )
-                        .await;
-                    return Err(Error::Sync(format!("creating pods: {e}")));
-                }
-                batch *= 2;
+            if let Err(e) =
+                pod_control::create_pods(api, vec![pod; n], &self.recorder, &Self::involved(owner))
+                    .await
+            {
+                // What failed or was not tried will not be seen.
+                self.expectations.forget(k);
+                return Err(Error::Sync(format!("creating pods: {e}")));
             }
         } else if active.len() > want {
             let mut victims: Vec<Arc<Pod>> = active.to_vec();
@@ -450,19 +381,11 @@ impl<O: Owner> Sync<O> {
             self.expectations.expect(k, 0, victims.len() as i64);
             for p in victims {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                match api.delete(&name, None).await {
-                    Ok(_) => {
-                        self.recorder
-                            .object(
-                                &ns,
-                                Self::involved(owner),
-                                EventKind::Normal,
-                                "SuccessfulDelete",
-                                &format!("Deleted pod: {name}"),
-                            )
-                            .await
-                    }
-                    Err(e) if e.is_not_found() => self.expectations.observed(k, 0, 1),
+                match pod_control::delete_pod(api, &name, &self.recorder, &Self::involved(owner))
+                    .await
+                {
+                    Ok(true) => {}
+                    Ok(false) => self.expectations.observed(k, 0, 1),
                     Err(e) => {
                         self.expectations.forget(k);
                         return Err(e.into());
@@ -657,17 +580,5 @@ mod tests {
             "2026-01-01T00:00:00Z",
         );
         assert_eq!(deletion_order(&cheap, &dear), Ordering::Less);
-    }
-
-    #[test]
-    fn expectations_hold_until_seen_or_expired() {
-        let e = Expectations::default();
-        assert!(e.satisfied("a"));
-        e.expect("a", 2, 0);
-        assert!(!e.satisfied("a"));
-        e.observed("a", 1, 0);
-        assert!(!e.satisfied("a"));
-        e.observed("a", 1, 0);
-        assert!(e.satisfied("a"));
     }
 }
