@@ -1,6 +1,7 @@
 //! kube-controller-manager: its flags, health and metrics endpoints, leader election
 //! between two replicas, and the controllers every namespace depends on (the `default`
-//! ServiceAccount, the `kube-root-ca.crt` ConfigMap), which pod admission waits for.
+//! ServiceAccount, the `kube-root-ca.crt` ConfigMap), which pod admission waits for; the
+//! pod garbage collector.
 
 use std::process::{Child, Command, Stdio};
 
@@ -272,4 +273,78 @@ fn service_accounts_and_root_ca_in_every_namespace() {
     ]);
     let c = Kcm::start(&api, "kcm-c", &[]);
     wait("the CA put back after a restart", 30, ca_in_team, &[&c]);
+}
+
+#[test]
+fn pod_garbage_collector_removes_finished_and_orphaned_pods() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = ApiServer::new(dir.path(), "127.0.0.1", free_port(), free_port(), vec![]);
+    api.controllers = false;
+    api.spawn();
+    api.wait_ready();
+    let kcm = Kcm::start(
+        &api,
+        "kcm",
+        &[
+            "--controllers=podgc,serviceaccount",
+            "--terminated-pod-gc-threshold=1",
+        ],
+    );
+    for node in ["kept", "gone"] {
+        api.kubectl_stdin(
+            &["create", "-f", "-"],
+            Some(&format!(
+                r#"{{"apiVersion":"v1","kind":"Node","metadata":{{"name":"{node}"}}}}"#
+            )),
+        )
+        .unwrap();
+    }
+    wait(
+        "the default ServiceAccount",
+        30,
+        || api.kubectl(&["get", "sa", "default"]).is_ok(),
+        &[&kcm],
+    );
+    let pod = |name: &str, node: &str| {
+        api.kubectl_stdin(
+            &["create", "-f", "-"],
+            Some(&format!(
+                r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"{name}"}},"spec":{{"nodeName":"{node}","containers":[{{"name":"c","image":"busybox"}}]}}}}"#
+            )),
+        )
+        .unwrap();
+    };
+    // Two finished pods with a threshold of one: the older goes.
+    for name in ["done-old", "done-new"] {
+        pod(name, "kept");
+        api.ok(&[
+            "patch",
+            "pod",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Succeeded"}}"#,
+        ]);
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    // A running pod whose node is deleted: collected after the quarantine.
+    pod("orphan", "gone");
+    pod("running", "kept");
+    api.ok(&["delete", "node", "gone"]);
+    wait(
+        "the older finished pod collected",
+        40,
+        || api.kubectl(&["get", "pod", "done-old"]).is_err(),
+        &[&kcm],
+    );
+    wait(
+        "the orphan collected",
+        90,
+        || api.kubectl(&["get", "pod", "orphan"]).is_err(),
+        &[&kcm],
+    );
+    for kept in ["done-new", "running"] {
+        assert!(api.kubectl(&["get", "pod", kept]).is_ok(), "{kept}");
+    }
 }

@@ -2,7 +2,7 @@
 //! the seeds' parallel Job running to completion, a failing Job hitting its
 //! backoffLimit after the 10 s back-off, Indexed completion, a pod failure policy,
 //! activeDeadlineSeconds, suspend and resume, ttlSecondsAfterFinished and
-//! `kubectl create job`.
+//! `kubectl create job`; a CronJob firing every minute (and `kubectl create job --from`).
 
 use integration_tests::apiserver::ApiServer;
 use integration_tests::node::*;
@@ -292,6 +292,133 @@ spec:
         "all job pods gone",
         60,
         || api.ok(&["get", "pods", "-o", "name"]).trim().is_empty(),
+        &node,
+    );
+}
+
+#[test]
+fn cronjob_fires_every_minute() {
+    let w = world();
+    let api = &w.api;
+    let node = start_node(&w, &w.dir.path().join("kubelet"));
+    let _sched = api.component(
+        "kube-scheduler",
+        "scheduler",
+        &["--leader-elect=false", "--secure-port=0"],
+    );
+    // Schedules and time zones are checked as upstream checks them.
+    let bad = |schedule: &str, tz: &str| {
+        api.kubectl_stdin(
+            &["apply", "-f", "-"],
+            Some(&format!(
+                "apiVersion: batch/v1\nkind: CronJob\nmetadata: {{name: bad}}\nspec:\n  schedule: '{schedule}'\n  {tz}\n  jobTemplate:\n    spec:\n      template:\n        spec:\n          restartPolicy: Never\n          containers: [{{name: c, image: busybox}}]\n"
+            )),
+        )
+        .unwrap_err()
+    };
+    let e = bad("* * * *", "");
+    assert!(
+        e.contains("spec.schedule: Invalid value: \"* * * *\": expected exactly 5 fields, found 4: * * * *"),
+        "{e}"
+    );
+    let e = bad("@hourly", "timeZone: Mars/Base");
+    assert!(
+        e.contains("spec.timeZone: Invalid value: \"Mars/Base\": unknown time zone Mars/Base"),
+        "{e}"
+    );
+
+    // The upstream tutorial's CronJob, every minute, keeping one successful Job.
+    apply(
+        api,
+        "apiVersion: batch/v1
+kind: CronJob
+metadata: {name: hello}
+spec:
+  schedule: '* * * * *'
+  timeZone: Etc/UTC
+  successfulJobsHistoryLimit: 1
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+          - name: hello
+            image: busybox
+            command: ['/bin/sh', '-c', 'date; echo Hello from the Kubernetes cluster']
+",
+    );
+    // A Job made by hand from it (kubectl create job --from).
+    api.ok(&["create", "job", "manual", "--from=cronjob/hello"]);
+    assert_eq!(
+        jsonpath(api, &["job", "manual"], "{.metadata.annotations.cronjob\\.kubernetes\\.io/instantiate}/{.metadata.ownerReferences[0].kind}"),
+        "manual/CronJob"
+    );
+    wait_for(
+        "the manual job complete",
+        60,
+        || condition(api, "manual", "Complete").starts_with("True/"),
+        &node,
+    );
+    // The scheduled one: `hello-<minutes since the epoch>` at the next minute.
+    wait_for(
+        "a scheduled job complete",
+        100,
+        || {
+            let last = jsonpath(api, &["cronjob", "hello"], "{.status.lastSuccessfulTime}");
+            !last.is_empty()
+                && jsonpath(api, &["jobs"], "{.items[*].metadata.name}")
+                    .split_whitespace()
+                    .any(|n| {
+                        n.starts_with("hello-")
+                            && condition(api, n, "Complete").starts_with("True/")
+                    })
+        },
+        &node,
+    );
+    let scheduled = jsonpath(api, &["cronjob", "hello"], "{.status.lastScheduleTime}");
+    let at: jiff::Timestamp = scheduled.parse().unwrap();
+    assert_eq!(at.as_second() % 60, 0, "{scheduled}");
+    let name = format!("hello-{}", at.as_second() / 60);
+    assert_eq!(
+        jsonpath(
+            api,
+            &["job", &name],
+            "{.metadata.annotations.batch\\.kubernetes\\.io/cronjob-scheduled-timestamp}"
+        ),
+        scheduled
+    );
+    let pod = jsonpath(
+        api,
+        &["pods", "-l", &format!("job-name={name}")],
+        "{.items[0].metadata.name}",
+    );
+    assert!(api
+        .ok(&["logs", &pod])
+        .contains("Hello from the Kubernetes cluster"));
+    let events = events_for(api, "hello");
+    assert!(events.contains(&format!("Created job {name}")), "{events}");
+    // successfulJobsHistoryLimit 1: of two finished Jobs, the older (manual) goes.
+    wait_for(
+        "the history limit applied",
+        30,
+        || api.kubectl(&["get", "job", "manual"]).is_err(),
+        &node,
+    );
+    let table = api.ok(&["get", "cronjob", "hello", "--no-headers"]);
+    assert!(
+        table.contains("* * * * *") && table.contains("Etc/UTC"),
+        "{table}"
+    );
+    api.ok(&["delete", "cronjob", "hello", "--timeout=60s"]);
+    wait_for(
+        "its jobs and pods gone",
+        60,
+        || {
+            api.ok(&["get", "jobs,pods", "-o", "name"])
+                .trim()
+                .is_empty()
+        },
         &node,
     );
 }

@@ -59,6 +59,10 @@ struct Args {
     /// Key (PEM) of --tls-cert-file.
     #[arg(long, requires = "tls_cert_file")]
     tls_private_key_file: Option<PathBuf>,
+    /// Finished pods kept before the pod garbage collector deletes the oldest (0: all
+    /// kept).
+    #[arg(long, default_value_t = ferrokube_controllers::podgc::DEFAULT_THRESHOLD)]
+    terminated_pod_gc_threshold: usize,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -158,6 +162,7 @@ async fn run(args: Args) -> Result<()> {
         client: client.clone(),
         root_ca,
         host: ferrokube_process::hostname(),
+        terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
     };
     let election = if args.leader_elect {
         let identity = ElectionConfig::identity(&ferrokube_process::hostname());

@@ -491,8 +491,16 @@ pub fn object(kind: &str, obj: &Value) -> Errors {
             ));
         }
         "CronJob" => {
-            if s(obj, "/spec/schedule").trim().is_empty() {
+            let schedule = s(obj, "/spec/schedule");
+            if schedule.trim().is_empty() {
                 errs.push(FieldError::required("spec.schedule", ""));
+            } else if let Err(e) = crate::cron::parse(schedule) {
+                errs.push(FieldError::invalid("spec.schedule", schedule, e));
+            }
+            if let Some(tz) = obj.pointer("/spec/timeZone").and_then(Value::as_str) {
+                if let Err(e) = crate::cron::time_zone(tz) {
+                    errs.push(FieldError::invalid("spec.timeZone", tz, e));
+                }
             }
             errs.extend(pod_spec(
                 obj.pointer("/spec/jobTemplate/spec/template/spec")

@@ -19,6 +19,7 @@
 
 pub mod checks;
 pub mod crd;
+pub mod cron;
 pub mod defaults;
 pub mod events;
 pub mod fields;

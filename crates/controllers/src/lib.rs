@@ -3,6 +3,7 @@
 //! [`WorkQueue`]; workers take keys and run an idempotent sync that reads the caches and
 //! writes through the API; a failed sync is retried with back-off.
 //!
+//! - [`cronjob`]: CronJobs make Jobs on their schedule.
 //! - [`deployment`]: Deployments roll their template out through ReplicaSets.
 //! - [`garbagecollector`]: objects whose owners are gone are deleted; orphan and
 //!   foreground deletion.
@@ -10,10 +11,12 @@
 //!   whose TTL is up.
 //! - [`namespace`]: a deleted namespace's content goes, then the namespace.
 //! - [`serviceaccount`]: the `default` ServiceAccount in every active namespace.
+//! - [`podgc`]: finished pods over the threshold, pods of nodes that are gone.
 //! - [`replicaset`]: ReplicaSets and ReplicationControllers keep their pods running.
 //! - [`root_ca_publisher`]: the `kube-root-ca.crt` ConfigMap (the cluster's CA bundle)
 //!   in every namespace.
 
+pub mod cronjob;
 pub mod deployment;
 pub mod expectations;
 pub mod garbagecollector;
@@ -22,6 +25,7 @@ pub mod job;
 pub mod namespace;
 pub mod ownership;
 pub mod pod_control;
+pub mod podgc;
 pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
@@ -51,6 +55,8 @@ pub struct Context {
     pub root_ca: Option<Arc<str>>,
     /// The host the controllers run on (their events' source).
     pub host: String,
+    /// Finished pods kept before the oldest are deleted (`--terminated-pod-gc-threshold`).
+    pub terminated_pod_gc_threshold: usize,
 }
 
 /// A controller of upstream's kube-controller-manager: its name, the names it is also
@@ -101,7 +107,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
             &["replicationcontroller"],
         )
     },
-    upstream("pod-garbage-collector-controller", &["podgc"]),
+    Descriptor {
+        start: Some(podgc::start),
+        ..upstream("pod-garbage-collector-controller", &["podgc"])
+    },
     upstream("resourcequota-controller", &["resourcequota"]),
     Descriptor {
         start: Some(namespace::start),
@@ -134,7 +143,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
     ),
     upstream("disruption-controller", &["disruption"]),
     upstream("statefulset-controller", &["statefulset"]),
-    upstream("cronjob-controller", &["cronjob"]),
+    Descriptor {
+        start: Some(cronjob::start),
+        ..upstream("cronjob-controller", &["cronjob"])
+    },
     upstream(
         "certificatesigningrequest-signing-controller",
         &["csrsigning"],
@@ -323,12 +335,14 @@ mod tests {
             implemented(all.clone()),
             vec![
                 "replicationcontroller-controller",
+                "pod-garbage-collector-controller",
                 "namespace-controller",
                 "serviceaccount-controller",
                 "garbage-collector-controller",
                 "job-controller",
                 "deployment-controller",
                 "replicaset-controller",
+                "cronjob-controller",
                 "ttl-after-finished-controller",
                 "root-ca-certificate-publisher-controller"
             ]
@@ -350,7 +364,9 @@ mod tests {
                     "-garbagecollector",
                     "-deployment",
                     "-job",
-                    "-ttl-after-finished"
+                    "-ttl-after-finished",
+                    "-cronjob",
+                    "-podgc"
                 ])
                 .unwrap()
             ),
