@@ -30,6 +30,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod quantity;
 pub mod registry;
+pub mod scheduling;
 pub mod selector;
 pub mod status;
 pub mod table;

@@ -1,72 +1,18 @@
 //! NodeAffinity: `nodeSelector` and required node affinity must match the node's labels
 //! (and `metadata.name` fields); preferred terms add their weights to the score.
 
-use std::collections::BTreeMap;
 
-use ferrokube_api::selector::{Operator, Requirement};
-use k8s_openapi::api::core::v1::{NodeSelectorRequirement, NodeSelectorTerm};
 
 use crate::cache::{Cache, NodeInfo, PodInfo};
 use crate::framework::{default_normalize, events, CycleState, Plugin, Points, Reject};
 
-/// A parsed node selector term: label requirements and `metadata.name` requirements;
-/// `None` when the term can match nothing (empty or invalid).
-#[derive(Debug, Clone)]
-pub struct Term {
-    labels: Vec<Requirement>,
-    fields: Vec<Requirement>,
-}
-
-fn requirement(r: &NodeSelectorRequirement) -> Option<Requirement> {
-    let values = r.values.clone().unwrap_or_default();
-    let operator = match r.operator.as_str() {
-        "In" => Operator::In,
-        "NotIn" => Operator::NotIn,
-        "Exists" => Operator::Exists,
-        "DoesNotExist" => Operator::DoesNotExist,
-        "Gt" => Operator::GreaterThan,
-        "Lt" => Operator::LessThan,
-        _ => return None,
-    };
-    Some(Requirement {
-        key: r.key.clone(),
-        operator,
-        values,
-    })
-}
-
-impl Term {
-    pub fn parse(t: &NodeSelectorTerm) -> Option<Term> {
-        let labels: Option<Vec<_>> = t
-            .match_expressions
-            .iter()
-            .flatten()
-            .map(requirement)
-            .collect();
-        let fields: Option<Vec<_>> = t.match_fields.iter().flatten().map(requirement).collect();
-        let (labels, fields) = (labels?, fields?);
-        if labels.is_empty() && fields.is_empty() {
-            return None;
-        }
-        Some(Term { labels, fields })
-    }
-
-    pub fn matches(&self, node: &NodeInfo) -> bool {
-        let name = BTreeMap::from([("metadata.name".to_string(), node.name.clone())]);
-        self.labels.iter().all(|r| r.matches(&node.labels))
-            && self
-                .fields
-                .iter()
-                .all(|r| r.key == "metadata.name" && r.matches(&name))
-    }
-}
+pub use ferrokube_api::scheduling::Term;
+use ferrokube_api::scheduling::RequiredNodeAffinity;
 
 /// What the plugin reads from the pod once per cycle.
 #[derive(Debug, Default)]
 pub struct State {
-    node_selector: BTreeMap<String, String>,
-    /// Required terms (any must match); `None`: no required affinity.
-    required: Option<Vec<Option<Term>>>,
+    required: RequiredNodeAffinity,
     preferred: Vec<(i32, Option<Term>)>,
 }
 
@@ -77,15 +23,7 @@ impl State {
             .and_then(|s| s.affinity.as_ref())
             .and_then(|a| a.node_affinity.as_ref());
         State {
-            node_selector: spec
-                .and_then(|s| s.node_selector.clone())
-                .unwrap_or_default(),
-            required: na
-                .and_then(|a| {
-                    a.required_during_scheduling_ignored_during_execution
-                        .as_ref()
-                })
-                .map(|r| r.node_selector_terms.iter().map(Term::parse).collect()),
+            required: RequiredNodeAffinity::of(spec),
             preferred: na
                 .and_then(|a| {
                     a.preferred_during_scheduling_ignored_during_execution
@@ -100,14 +38,7 @@ impl State {
 
     /// Whether the node satisfies nodeSelector and required node affinity.
     pub fn required_match(&self, node: &NodeInfo) -> bool {
-        self.node_selector
-            .iter()
-            .all(|(k, v)| node.labels.get(k) == Some(v))
-            && self.required.as_ref().is_none_or(|terms| {
-                terms
-                    .iter()
-                    .any(|t| t.as_ref().is_some_and(|t| t.matches(node)))
-            })
+        self.required.matches(&node.name, &node.labels)
     }
 }
 
@@ -162,7 +93,7 @@ impl Plugin for NodeAffinity {
             .map(|st| {
                 st.preferred
                     .iter()
-                    .filter(|(_, t)| t.as_ref().is_some_and(|t| t.matches(node)))
+                    .filter(|(_, t)| t.as_ref().is_some_and(|t| t.matches(&node.name, &node.labels)))
                     .map(|(w, _)| i64::from(*w))
                     .sum()
             })

@@ -6,30 +6,7 @@ use k8s_openapi::api::core::v1::{Taint, Toleration};
 use crate::cache::{Cache, NodeInfo, PodInfo};
 use crate::framework::{default_normalize, events, CycleState, Plugin, Points, Reject};
 
-/// Whether a toleration tolerates a taint (upstream's ToleratesTaint): the effect
-/// matches (empty: all), the key matches (empty with Exists: all keys), and with the
-/// Equal operator (the default) the value matches.
-pub fn tolerates(t: &Toleration, taint: &Taint) -> bool {
-    if t.effect
-        .as_deref()
-        .is_some_and(|e| !e.is_empty() && e != taint.effect)
-    {
-        return false;
-    }
-    let key = t.key.as_deref().unwrap_or_default();
-    if !key.is_empty() && key != taint.key {
-        return false;
-    }
-    match t.operator.as_deref().unwrap_or("Equal") {
-        "Exists" => true,
-        "Equal" | "" => {
-            key == taint.key
-                && t.value.as_deref().unwrap_or_default()
-                    == taint.value.as_deref().unwrap_or_default()
-        }
-        _ => false,
-    }
-}
+pub use ferrokube_api::scheduling::tolerates;
 
 /// The first of a node's NoSchedule or NoExecute taints the pod does not tolerate.
 pub fn untolerated<'a>(pod: &PodInfo, node: &'a NodeInfo) -> Option<&'a Taint> {
@@ -39,10 +16,7 @@ pub fn untolerated<'a>(pod: &PodInfo, node: &'a NodeInfo) -> Option<&'a Taint> {
         .as_ref()
         .and_then(|s| s.tolerations.as_deref())
         .unwrap_or_default();
-    node.taints.iter().find(|taint| {
-        (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-            && !tolerations.iter().any(|t| tolerates(t, taint))
-    })
+    ferrokube_api::scheduling::untolerated(&node.taints, tolerations, &["NoSchedule", "NoExecute"])
 }
 
 pub struct TaintToleration;
