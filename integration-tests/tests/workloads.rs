@@ -798,3 +798,221 @@ spec:
         "{described}"
     );
 }
+
+/// The upstream docs' DaemonSet (the seeds name DaemonSets for node agents).
+const FLUENTD: &str = "apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: fluentd-elasticsearch
+  namespace: kube-system
+  labels:
+    k8s-app: fluentd-logging
+spec:
+  selector:
+    matchLabels:
+      name: fluentd-elasticsearch
+  template:
+    metadata:
+      labels:
+        name: fluentd-elasticsearch
+    spec:
+      tolerations:
+      - key: node-role.kubernetes.io/control-plane
+        operator: Exists
+        effect: NoSchedule
+      containers:
+      - name: fluentd-elasticsearch
+        image: quay.io/fluentd_elasticsearch/fluentd:v2.5.2
+        resources:
+          limits:
+            memory: 200Mi
+          requests:
+            cpu: 100m
+            memory: 200Mi
+";
+
+#[test]
+fn daemonset_runs_on_every_node_and_rolls() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    let api = &c.api;
+    let ks = |args: &[&str]| -> String {
+        let mut a = args.to_vec();
+        a.extend_from_slice(&["-n", "kube-system"]);
+        api.kubectl(&a).unwrap_or_else(|e| e)
+    };
+    // Nodes of the running daemon pods.
+    let nodes = || -> Vec<String> {
+        let out = ks(&[
+            "get", "pods", "-l", "name=fluentd-elasticsearch", "--field-selector=status.phase=Running", "-o",
+            "jsonpath={range .items[*]}{.spec.nodeName} {.metadata.deletionTimestamp}{\"\\n\"}{end}",
+        ]);
+        let mut v: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split_once(' '))
+            .filter(|(_, d)| d.trim().is_empty())
+            .map(|(n, _)| n.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(FLUENTD))
+        .unwrap();
+    c.wait("a pod on each node", || {
+        nodes() == ["hollow-node-0", "hollow-node-1", "hollow-node-2"]
+    });
+    let status = ks(&[
+        "rollout",
+        "status",
+        "ds/fluentd-elasticsearch",
+        "--timeout=60s",
+    ]);
+    assert!(status.contains("successfully rolled out"), "{status}");
+    let row = ks(&["get", "ds", "fluentd-elasticsearch", "--no-headers"]);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[1..6], ["3", "3", "3", "3", "3"], "{row}");
+    // The pods carry the automatic tolerations and are pinned by node affinity.
+    let pod = ks(&[
+        "get",
+        "pods",
+        "-l",
+        "name=fluentd-elasticsearch",
+        "-o",
+        "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&pod).unwrap();
+    let p = &v["items"][0];
+    let tolerations = p["spec"]["tolerations"].to_string();
+    assert!(
+        tolerations.contains("node.kubernetes.io/unschedulable")
+            && tolerations.contains("node.kubernetes.io/not-ready"),
+        "{tolerations}"
+    );
+    assert_eq!(
+        p["spec"]["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+            ["nodeSelectorTerms"][0]["matchFields"][0]["key"],
+        "metadata.name"
+    );
+    assert!(p["metadata"]["labels"]["controller-revision-hash"].is_string());
+
+    // A NoSchedule taint keeps the running pod; a NoExecute one removes it.
+    api.ok(&["taint", "nodes", "hollow-node-2", "dedicated=x:NoSchedule"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert_eq!(nodes().len(), 3);
+    api.ok(&["taint", "nodes", "hollow-node-2", "dedicated=y:NoExecute"]);
+    wait_until(
+        "the pod off the NoExecute node",
+        60,
+        || nodes() == ["hollow-node-0", "hollow-node-1"],
+        || {
+            let kcm =
+                std::fs::read_to_string(api.dir.join("controller-manager.log")).unwrap_or_default();
+            format!(
+                "{}\n{}\n{}",
+                ks(&["get", "ds,pods", "-o", "wide"]),
+                api.kubectl(&[
+                    "get",
+                    "node",
+                    "hollow-node-2",
+                    "-o",
+                    "jsonpath={.spec.taints}"
+                ])
+                .unwrap_or_default(),
+                kcm.lines()
+                    .filter(|l| l.contains("daemonset") || l.contains("WARN"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        },
+    );
+    api.ok(&["taint", "nodes", "hollow-node-2", "dedicated-"]);
+    c.wait("back on it", || nodes().len() == 3);
+
+    // A new node gets one.
+    let extra = api.component(
+        "hollow-nodes",
+        "extra",
+        &["--nodes=1", "--name-prefix=extra-"],
+    );
+    c.wait("a pod on the new node", || {
+        nodes().contains(&"extra-0".to_string())
+    });
+
+    // A rolling update (maxUnavailable 1), its history, and undo.
+    ks(&[
+        "set",
+        "image",
+        "ds/fluentd-elasticsearch",
+        "fluentd-elasticsearch=quay.io/fluentd_elasticsearch/fluentd:v2.6.0",
+    ]);
+    let status = ks(&[
+        "rollout",
+        "status",
+        "ds/fluentd-elasticsearch",
+        "--timeout=90s",
+    ]);
+    assert!(
+        status.contains("successfully rolled out"),
+        "{status}\n{}",
+        c.logs()
+    );
+    c.wait("every pod updated", || {
+        ks(&[
+            "get",
+            "pods",
+            "-l",
+            "name=fluentd-elasticsearch",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ])
+        .split_whitespace()
+        .filter(|i| i.ends_with(":v2.6.0"))
+        .count()
+            == 4
+            && nodes().len() == 4
+    });
+    let revisions = ks(&["get", "controllerrevisions", "-o", "name"]);
+    assert_eq!(
+        revisions
+            .lines()
+            .filter(|l| l.contains("fluentd-elasticsearch-"))
+            .count(),
+        2,
+        "{revisions}"
+    );
+    let history = ks(&["rollout", "history", "ds/fluentd-elasticsearch"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+    let undo = ks(&["rollout", "undo", "ds/fluentd-elasticsearch"]);
+    assert!(undo.contains("rolled back"), "{undo}");
+    c.wait("back to v2.5.2", || {
+        ks(&[
+            "get",
+            "pods",
+            "-l",
+            "name=fluentd-elasticsearch",
+            "-o",
+            "jsonpath={.items[*].spec.containers[0].image}",
+        ])
+        .split_whitespace()
+        .filter(|i| i.ends_with(":v2.5.2"))
+        .count()
+            == 4
+            && nodes().len() == 4
+    });
+
+    // Deleting the DaemonSet takes its pods.
+    ks(&["delete", "ds", "fluentd-elasticsearch", "--timeout=60s"]);
+    c.wait("its pods gone", || {
+        ks(&[
+            "get",
+            "pods",
+            "-l",
+            "name=fluentd-elasticsearch",
+            "-o",
+            "name",
+        ])
+        .trim()
+        .is_empty()
+    });
+    drop(extra);
+}

@@ -252,7 +252,6 @@ pub fn list_strategy(kind: &str, path: &[String], field: &str) -> ListStrategy {
         "finalizers" if parent == "metadata" => MergePrimitives,
         "conditions" if parent == "status" => MergeKey("type"),
         "addresses" if kind == "Node" && parent == "status" => MergeKey("type"),
-        "taints" if kind == "Node" => MergeKey("key"),
         "topologySpreadConstraints" => MergeKey("topologyKey"),
         _ => Replace,
     }

@@ -4,6 +4,7 @@
 //! writes through the API; a failed sync is retried with back-off.
 //!
 //! - [`cronjob`]: CronJobs make Jobs on their schedule.
+//! - [`daemonset`]: a DaemonSet's pod on every node that should run it.
 //! - [`deployment`]: Deployments roll their template out through ReplicaSets.
 //! - [`garbagecollector`]: objects whose owners are gone are deleted; orphan and
 //!   foreground deletion.
@@ -17,6 +18,7 @@
 //!   in every namespace.
 
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod expectations;
 pub mod garbagecollector;
@@ -124,7 +126,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
         start: Some(garbagecollector::start),
         ..upstream("garbage-collector-controller", &["garbagecollector"])
     },
-    upstream("daemonset-controller", &["daemonset"]),
+    Descriptor {
+        start: Some(daemonset::start),
+        ..upstream("daemonset-controller", &["daemonset"])
+    },
     Descriptor {
         start: Some(job::start),
         ..upstream("job-controller", &["job"])
@@ -339,6 +344,7 @@ mod tests {
                 "namespace-controller",
                 "serviceaccount-controller",
                 "garbage-collector-controller",
+                "daemonset-controller",
                 "job-controller",
                 "deployment-controller",
                 "replicaset-controller",
@@ -366,7 +372,8 @@ mod tests {
                     "-job",
                     "-ttl-after-finished",
                     "-cronjob",
-                    "-podgc"
+                    "-podgc",
+                    "-daemonset"
                 ])
                 .unwrap()
             ),

@@ -1,13 +1,11 @@
 //! NodeAffinity: `nodeSelector` and required node affinity must match the node's labels
 //! (and `metadata.name` fields); preferred terms add their weights to the score.
 
-
-
 use crate::cache::{Cache, NodeInfo, PodInfo};
 use crate::framework::{default_normalize, events, CycleState, Plugin, Points, Reject};
 
-pub use ferrokube_api::scheduling::Term;
 use ferrokube_api::scheduling::RequiredNodeAffinity;
+pub use ferrokube_api::scheduling::Term;
 
 /// What the plugin reads from the pod once per cycle.
 #[derive(Debug, Default)]
@@ -93,7 +91,10 @@ impl Plugin for NodeAffinity {
             .map(|st| {
                 st.preferred
                     .iter()
-                    .filter(|(_, t)| t.as_ref().is_some_and(|t| t.matches(&node.name, &node.labels)))
+                    .filter(|(_, t)| {
+                        t.as_ref()
+                            .is_some_and(|t| t.matches(&node.name, &node.labels))
+                    })
                     .map(|(w, _)| i64::from(*w))
                     .sum()
             })
