@@ -1016,3 +1016,245 @@ fn daemonset_runs_on_every_node_and_rolls() {
     });
     drop(extra);
 }
+
+/// The docs' (and the seeds') web StatefulSet behind its headless Service.
+const WEB: &str = "apiVersion: v1
+kind: Service
+metadata:
+  name: nginx
+  labels: {app: nginx}
+spec:
+  ports: [{port: 80, name: web}]
+  clusterIP: None
+  selector: {app: nginx}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: web
+spec:
+  selector:
+    matchLabels: {app: nginx}
+  serviceName: nginx
+  replicas: 3
+  template:
+    metadata:
+      labels: {app: nginx}
+    spec:
+      terminationGracePeriodSeconds: 10
+      containers:
+      - name: nginx
+        image: registry.k8s.io/nginx-slim:0.24
+        ports: [{containerPort: 80, name: web}]
+        volumeMounts: [{name: www, mountPath: /usr/share/nginx/html}]
+  volumeClaimTemplates:
+  - metadata:
+      name: www
+    spec:
+      accessModes: [ReadWriteOnce]
+      storageClassName: my-storage-class
+      resources:
+        requests:
+          storage: 1Gi
+";
+
+#[test]
+fn statefulset_orders_names_and_keeps_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = Cluster::start(dir.path(), 3);
+    let api = &c.api;
+    // The StatefulSet's events in the order recorded.
+    let events = || -> Vec<String> {
+        let out = api.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=StatefulSet,involvedObject.name=web",
+            "-o",
+            "json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut items: Vec<(u64, String)> = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["metadata"]["resourceVersion"]
+                        .as_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap(),
+                    e["message"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        items.sort();
+        items.into_iter().map(|(_, m)| m).collect()
+    };
+    let images = || {
+        api.ok(&[
+            "get",
+            "pods",
+            "-l",
+            "app=nginx",
+            "--sort-by=.metadata.name",
+            "-o",
+            "jsonpath={range .items[*]}{.metadata.name}={.spec.containers[0].image} {end}",
+        ])
+    };
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(WEB)).unwrap();
+    c.wait("web-0, web-1, web-2 running", || {
+        let mut r = c.running("app=nginx");
+        r.sort();
+        r == ["web-0", "web-1", "web-2"]
+    });
+    let made: Vec<String> = events()
+        .into_iter()
+        .filter(|e| e.starts_with("create "))
+        .collect();
+    assert_eq!(
+        made,
+        vec![
+            "create Claim www-web-0 Pod web-0 in StatefulSet web success",
+            "create Pod web-0 in StatefulSet web successful",
+            "create Claim www-web-1 Pod web-1 in StatefulSet web success",
+            "create Pod web-1 in StatefulSet web successful",
+            "create Claim www-web-2 Pod web-2 in StatefulSet web success",
+            "create Pod web-2 in StatefulSet web successful",
+        ]
+    );
+    let p: serde_json::Value =
+        serde_json::from_str(&api.ok(&["get", "pod", "web-1", "-o", "json"])).unwrap();
+    assert_eq!(p["spec"]["hostname"], "web-1");
+    assert_eq!(p["spec"]["subdomain"], "nginx");
+    assert_eq!(
+        p["metadata"]["labels"]["statefulset.kubernetes.io/pod-name"],
+        "web-1"
+    );
+    assert_eq!(p["metadata"]["labels"]["apps.kubernetes.io/pod-index"], "1");
+    assert_eq!(
+        p["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "www")
+            .unwrap()["persistentVolumeClaim"]["claimName"],
+        "www-web-1"
+    );
+    let claims = api.ok(&["get", "pvc", "-l", "app=nginx", "-o", "name"]);
+    assert_eq!(claims.lines().count(), 3, "{claims}");
+    // (Defaulting gives the strategy `rollingUpdate: {partition: 0}`, so kubectl reports a
+    // partitioned roll out, as against upstream.)
+    let status = api.ok(&["rollout", "status", "sts/web", "--timeout=60s"]);
+    assert!(
+        status.contains("partitioned roll out complete: 3 new pods have been updated"),
+        "{status}"
+    );
+
+    // Scale down: the highest ordinal first, one at a time; the claims stay.
+    api.ok(&["scale", "sts", "web", "--replicas=1"]);
+    c.wait("only web-0", || c.count("app=nginx") == 1);
+    let deleted: Vec<String> = events()
+        .into_iter()
+        .filter(|e| e.starts_with("delete "))
+        .collect();
+    assert_eq!(
+        deleted,
+        vec![
+            "delete Pod web-2 in StatefulSet web successful",
+            "delete Pod web-1 in StatefulSet web successful",
+        ]
+    );
+    assert_eq!(
+        api.ok(&["get", "pvc", "-l", "app=nginx", "-o", "name"])
+            .lines()
+            .count(),
+        3
+    );
+    api.ok(&["scale", "sts", "web", "--replicas=3"]);
+    c.wait("back to three", || c.running("app=nginx").len() == 3);
+
+    // A rolling update: from the highest ordinal down.
+    api.ok(&[
+        "set",
+        "image",
+        "sts/web",
+        "nginx=registry.k8s.io/nginx-slim:0.27",
+    ]);
+    c.wait("every pod updated", || {
+        images().matches("nginx-slim:0.27").count() == 3
+            && api
+                .kubectl(&["get", "sts", "web", "-o", "jsonpath={.status.currentRevision}/{.status.updateRevision}/{.status.updatedReplicas}"])
+                .is_ok_and(|s| {
+                    let p: Vec<&str> = s.split('/').collect();
+                    p.len() == 3 && p[0] == p[1] && p[2] == "3"
+                })
+    });
+    let status = api.ok(&["rollout", "status", "sts/web", "--timeout=90s"]);
+    assert!(status.contains("3 new pods have been updated"), "{status}");
+    let order: Vec<String> = events()
+        .into_iter()
+        .filter(|e| e.starts_with("delete "))
+        .collect();
+    // (Repeated messages are one event with a count: the order is of their latest.)
+    assert_eq!(
+        order,
+        vec![
+            "delete Pod web-2 in StatefulSet web successful",
+            "delete Pod web-1 in StatefulSet web successful",
+            "delete Pod web-0 in StatefulSet web successful",
+        ]
+    );
+    // A partition: only ordinals at or above it are updated.
+    api.ok(&[
+        "patch",
+        "sts",
+        "web",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"updateStrategy":{"type":"RollingUpdate","rollingUpdate":{"partition":2}}}}"#,
+    ]);
+    api.ok(&[
+        "set",
+        "image",
+        "sts/web",
+        "nginx=registry.k8s.io/nginx-slim:0.28",
+    ]);
+    c.wait("web-2 alone updated", || {
+        images().trim()
+            == "web-0=registry.k8s.io/nginx-slim:0.27 web-1=registry.k8s.io/nginx-slim:0.27 web-2=registry.k8s.io/nginx-slim:0.28"
+    });
+
+    // Deleting it takes the pods, never the claims.
+    api.ok(&["delete", "sts", "web", "--timeout=60s"]);
+    c.wait("pods gone", || c.count("app=nginx") == 0);
+    assert_eq!(
+        api.ok(&["get", "pvc", "-l", "app=nginx", "-o", "name"])
+            .lines()
+            .count(),
+        3
+    );
+
+    // Parallel, with claims deleted on scale-down and with the set.
+    let par = WEB
+        .split("---\n")
+        .nth(1)
+        .unwrap()
+        .replace("name: web\n", "name: par\n")
+        .replace("replicas: 3", "replicas: 2\n  podManagementPolicy: Parallel\n  persistentVolumeClaimRetentionPolicy: {whenDeleted: Delete, whenScaled: Delete}")
+        .replace("app: nginx", "app: par");
+    api.kubectl_stdin(&["apply", "-f", "-"], Some(&par))
+        .unwrap();
+    c.wait("par-0 and par-1 running", || {
+        c.running("app=par").len() == 2
+    });
+    api.ok(&["scale", "sts", "par", "--replicas=1"]);
+    c.wait("par-1's claim gone with it", || {
+        c.count("app=par") == 1 && api.kubectl(&["get", "pvc", "www-par-1"]).is_err()
+    });
+    api.ok(&["delete", "sts", "par", "--timeout=60s"]);
+    c.wait("par-0's claim gone with the set", || {
+        api.kubectl(&["get", "pvc", "www-par-0"]).is_err()
+    });
+}

@@ -457,9 +457,36 @@ pub fn object(kind: &str, obj: &Value) -> Errors {
             "spec",
             ANY_RESTART,
         )),
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" => {
+        "Deployment" | "ReplicaSet" | "DaemonSet" => {
             non_negative(obj, "/spec/replicas", &mut errs);
             errs.extend(selector_and_template(obj, "/spec/template", ALWAYS));
+        }
+        "StatefulSet" => {
+            non_negative(obj, "/spec/replicas", &mut errs);
+            // The template's mounts may name volumeClaimTemplates: they count as volumes.
+            let mut with_claims = obj.clone();
+            let claims: Vec<Value> = obj
+                .pointer("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c.pointer("/metadata/name").cloned())
+                .map(|n| serde_json::json!({"name": n, "persistentVolumeClaim": {"claimName": n}}))
+                .collect();
+            if let Some(spec) = with_claims
+                .pointer_mut("/spec/template/spec")
+                .and_then(Value::as_object_mut)
+            {
+                let volumes = spec.entry("volumes").or_insert(Value::Array(vec![]));
+                if let Some(v) = volumes.as_array_mut() {
+                    v.extend(claims);
+                }
+            }
+            errs.extend(selector_and_template(
+                &with_claims,
+                "/spec/template",
+                ALWAYS,
+            ));
         }
         "ReplicationController" => {
             non_negative(obj, "/spec/replicas", &mut errs);

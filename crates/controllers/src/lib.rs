@@ -14,6 +14,7 @@
 //! - [`serviceaccount`]: the `default` ServiceAccount in every active namespace.
 //! - [`podgc`]: finished pods over the threshold, pods of nodes that are gone.
 //! - [`replicaset`]: ReplicaSets and ReplicationControllers keep their pods running.
+//! - [`statefulset`]: pods with stable names and storage, in order.
 //! - [`root_ca_publisher`]: the `kube-root-ca.crt` ConfigMap (the cluster's CA bundle)
 //!   in every namespace.
 
@@ -31,6 +32,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod ttl_after_finished;
 
 use std::future::Future;
@@ -147,7 +149,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
         &["horizontalpodautoscaling"],
     ),
     upstream("disruption-controller", &["disruption"]),
-    upstream("statefulset-controller", &["statefulset"]),
+    Descriptor {
+        start: Some(statefulset::start),
+        ..upstream("statefulset-controller", &["statefulset"])
+    },
     Descriptor {
         start: Some(cronjob::start),
         ..upstream("cronjob-controller", &["cronjob"])
@@ -348,6 +353,7 @@ mod tests {
                 "job-controller",
                 "deployment-controller",
                 "replicaset-controller",
+                "statefulset-controller",
                 "cronjob-controller",
                 "ttl-after-finished-controller",
                 "root-ca-certificate-publisher-controller"
@@ -373,7 +379,8 @@ mod tests {
                     "-ttl-after-finished",
                     "-cronjob",
                     "-podgc",
-                    "-daemonset"
+                    "-daemonset",
+                    "-statefulset"
                 ])
                 .unwrap()
             ),
