@@ -457,16 +457,16 @@ impl Cluster {
         ])
     }
 
-    /// The ScalingReplicaSet messages about a Deployment, in the order recorded.
-    fn scalings(&self, deploy: &str) -> Vec<String> {
-        let out = self.api.ok(&[
-            "get",
-            "events",
-            "--field-selector",
-            &format!("involvedObject.kind=Deployment,involvedObject.name={deploy},reason=ScalingReplicaSet"),
-            "-o",
-            "json",
-        ]);
+    /// The messages of the events about an object (of one reason, if given), in the
+    /// order last recorded (a repeated message is one event with a count).
+    fn messages(&self, kind: &str, name: &str, reason: Option<&str>) -> Vec<String> {
+        let mut selector = format!("involvedObject.kind={kind},involvedObject.name={name}");
+        if let Some(r) = reason {
+            selector.push_str(&format!(",reason={r}"));
+        }
+        let out = self
+            .api
+            .ok(&["get", "events", "--field-selector", &selector, "-o", "json"]);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         let mut items: Vec<(u64, String)> = v["items"]
             .as_array()
@@ -485,6 +485,11 @@ impl Cluster {
             .collect();
         items.sort();
         items.into_iter().map(|(_, m)| m).collect()
+    }
+
+    /// The ScalingReplicaSet messages about a Deployment, in the order recorded.
+    fn scalings(&self, deploy: &str) -> Vec<String> {
+        self.messages("Deployment", deploy, Some("ScalingReplicaSet"))
     }
 
     /// The ReplicaSets with label selector `l`: `name image replicas revision`.
@@ -1064,34 +1069,7 @@ fn statefulset_orders_names_and_keeps_storage() {
     let c = Cluster::start(dir.path(), 3);
     let api = &c.api;
     // The StatefulSet's events in the order recorded.
-    let events = || -> Vec<String> {
-        let out = api.ok(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=StatefulSet,involvedObject.name=web",
-            "-o",
-            "json",
-        ]);
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        let mut items: Vec<(u64, String)> = v["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                (
-                    e["metadata"]["resourceVersion"]
-                        .as_str()
-                        .unwrap()
-                        .parse()
-                        .unwrap(),
-                    e["message"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect();
-        items.sort();
-        items.into_iter().map(|(_, m)| m).collect()
-    };
+    let events = || c.messages("StatefulSet", "web", None);
     let images = || {
         api.ok(&[
             "get",

@@ -21,7 +21,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job, JobStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Time};
 
-use crate::ownership::{self, key};
+use crate::ownership::{self, key, object_key};
 use crate::{Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "cronjob";
@@ -75,13 +75,6 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
             async move { sync.sync(&k).await }
         })),
     })
-}
-
-fn object_key(m: &ObjectMeta) -> String {
-    key(
-        m.namespace.as_deref().unwrap_or_default(),
-        m.name.as_deref().unwrap_or_default(),
-    )
 }
 
 /// `Complete` or `Failed`, if the Job has finished.
@@ -140,15 +133,7 @@ struct Sync {
 impl Sync {
     async fn event(&self, cj: &CronJob, kind: EventKind, reason: &str, message: &str) {
         let m = &cj.metadata;
-        let involved = ObjectReference {
-            api_version: Some("batch/v1".into()),
-            kind: Some("CronJob".into()),
-            name: m.name.clone(),
-            namespace: m.namespace.clone(),
-            uid: m.uid.clone(),
-            resource_version: m.resource_version.clone(),
-            ..Default::default()
-        };
+        let involved = ownership::reference::<CronJob>(m);
         self.recorder
             .object(
                 m.namespace.as_deref().unwrap_or_default(),
@@ -389,7 +374,7 @@ impl Sync {
                 status
                     .active
                     .get_or_insert_with(Vec::new)
-                    .push(reference(&created));
+                    .push(ownership::reference::<Job>(&created.metadata));
             }
             Err(e) if e.is_already_exists() => {}
             Err(e) if crate::serviceaccount::namespace_terminating(&e) => return Ok(()),
@@ -498,18 +483,6 @@ fn rfc3339(t: Timestamp, tz: &TimeZone) -> String {
         return format!("{}Z", z.datetime().strftime("%Y-%m-%dT%H:%M:%S"));
     }
     z.strftime("%Y-%m-%dT%H:%M:%S%:z").to_string()
-}
-
-fn reference(j: &Job) -> ObjectReference {
-    ObjectReference {
-        api_version: Some("batch/v1".into()),
-        kind: Some("Job".into()),
-        name: j.metadata.name.clone(),
-        namespace: j.metadata.namespace.clone(),
-        uid: j.metadata.uid.clone(),
-        resource_version: j.metadata.resource_version.clone(),
-        ..Default::default()
-    }
 }
 
 /// The Job for one scheduled time: the template's labels and annotations, the

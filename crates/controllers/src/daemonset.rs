@@ -12,7 +12,7 @@
 //! beside the old one and removes the old one once the new is available; `OnDelete`
 //! waits for old pods to be deleted. Failed pods are deleted and made again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ferrokube_api::scheduling::{untolerated, RequiredNodeAffinity};
@@ -26,18 +26,16 @@ use k8s_openapi::api::core::v1::{
     ObjectReference, Pod, PodSpec, PodTemplateSpec, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use serde_json::json;
 
-use crate::deployment::{scaled_value, template_hash};
+use crate::deployment::scaled_value;
 use crate::expectations::Expectations;
-use crate::ownership::{self, key};
+use crate::ownership::{self, key, object_key};
+use crate::pod_status::{phase, ready_since};
+use crate::revisions::{self, REVISION_HASH};
 use crate::{pod_control, Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "daemonset";
 const COMPONENT: &str = "daemonset-controller";
-/// The label with the hash of the pod's ControllerRevision.
-pub const REVISION_HASH: &str = "controller-revision-hash";
 const TEMPLATE_GENERATION: &str = "pod-template-generation";
 
 /// Registers the informers; the runner syncs DaemonSets.
@@ -118,13 +116,6 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
             async move { sync.sync(&k).await }
         })),
     })
-}
-
-fn object_key(m: &ObjectMeta) -> String {
-    key(
-        m.namespace.as_deref().unwrap_or_default(),
-        m.name.as_deref().unwrap_or_default(),
-    )
 }
 
 fn toleration(key: &str, effect: &str) -> Toleration {
@@ -236,29 +227,9 @@ pub fn should_run(template: &PodTemplateSpec, node: &Node) -> (bool, bool) {
     (true, true)
 }
 
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn ready_since(p: &Pod) -> Option<i64> {
-    p.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
-        .map(|c| {
-            c.last_transition_time
-                .as_ref()
-                .map_or_else(|| jiff::Timestamp::now().as_second(), |t| t.0.as_second())
-        })
-}
-
 fn available(p: &Pod, min_ready: i64, now: i64) -> bool {
-    p.metadata.deletion_timestamp.is_none() && ready_since(p).is_some_and(|t| now - t >= min_ready)
+    p.metadata.deletion_timestamp.is_none()
+        && ready_since(p).is_some_and(|t| now - t.as_second() >= min_ready)
 }
 
 fn hash_of(p: &Pod) -> Option<&str> {
@@ -281,16 +252,7 @@ struct Sync {
 
 impl Sync {
     fn involved(ds: &DaemonSet) -> ObjectReference {
-        let m = &ds.metadata;
-        ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("DaemonSet".into()),
-            name: m.name.clone(),
-            namespace: m.namespace.clone(),
-            uid: m.uid.clone(),
-            resource_version: m.resource_version.clone(),
-            ..Default::default()
-        }
+        ownership::reference::<DaemonSet>(&ds.metadata)
     }
 
     async fn sync(&self, k: &str) -> Result<(), Error> {
@@ -588,74 +550,17 @@ impl Sync {
         (Vec::new(), allowed)
     }
 
-    /// The ControllerRevision of the current template (made, or renumbered when an old
-    /// one comes back); answers its hash.
+    /// The hash of the current template's ControllerRevision (made if new).
     async fn current_revision(&self, ds: &DaemonSet) -> Result<String, Error> {
-        let ns = ds.metadata.namespace.clone().unwrap_or_default();
-        let uid = ds.metadata.uid.clone().unwrap_or_default();
         let spec = ds.spec.clone().unwrap_or_default();
-        let mut template = serde_json::to_value(&spec.template).unwrap_or_default();
-        template["$patch"] = json!("replace");
-        let data = json!({"spec": {"template": template}});
-        let owned: Vec<Arc<ControllerRevision>> = self
-            .revisions
-            .list()
-            .into_iter()
-            .filter(|r| {
-                r.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && ownership::controller_of(&r.metadata).is_some_and(|o| o.uid == uid)
-            })
-            .collect();
-        let max = owned.iter().map(|r| r.revision).max().unwrap_or(0);
-        let api: Api<ControllerRevision> = Api::namespaced(self.cx.client.clone(), &ns);
-        if let Some(r) = owned
-            .iter()
-            .find(|r| r.data.as_ref().map(|d| &d.0) == Some(&data))
-        {
-            let hash = r
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(REVISION_HASH))
-                .cloned()
-                .unwrap_or_default();
-            if r.revision < max {
-                let mut bumped = (**r).clone();
-                bumped.revision = max + 1;
-                let name = r.metadata.name.clone().unwrap_or_default();
-                api.replace(&name, &bumped).await?;
-            }
-            return Ok(hash);
-        }
-        let collisions = ds.status.as_ref().and_then(|s| s.collision_count);
-        let hash = template_hash(&spec.template, collisions);
-        let name = format!("{}-{hash}", ds.metadata.name.as_deref().unwrap_or_default());
-        let mut labels: BTreeMap<String, String> = spec
-            .template
-            .metadata
-            .as_ref()
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default();
-        labels.insert(REVISION_HASH.into(), hash.clone());
-        let rev = ControllerRevision {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                namespace: Some(ns.clone()),
-                labels: Some(labels),
-                owner_references: Some(vec![ownership::controller_ref::<DaemonSet>(&ds.metadata)]),
-                ..Default::default()
-            },
-            data: Some(RawExtension(data)),
-            revision: max + 1,
-        };
-        match api.create(&rev).await {
-            Ok(_) => Ok(hash),
-            // Made before (the cache is behind): retry when it shows.
-            Err(e) if e.is_already_exists() => Err(Error::Sync(format!(
-                "controller revision {name} already exists"
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        revisions::current::<DaemonSet>(
+            &self.cx.client,
+            &self.revisions,
+            &ds.metadata,
+            &spec.template,
+            ds.status.as_ref().and_then(|s| s.collision_count),
+        )
+        .await
     }
 
     /// Old revisions beyond `revisionHistoryLimit` that no pod uses go, oldest first.
@@ -666,7 +571,6 @@ impl Sync {
         hash: &str,
     ) -> Result<(), Error> {
         let ns = ds.metadata.namespace.clone().unwrap_or_default();
-        let uid = ds.metadata.uid.clone().unwrap_or_default();
         let limit = ds
             .spec
             .as_ref()
@@ -674,22 +578,9 @@ impl Sync {
             .unwrap_or(10)
             .max(0) as usize;
         let live: Vec<&str> = pods.iter().filter_map(|p| hash_of(p)).collect();
-        let mut old: Vec<Arc<ControllerRevision>> = self
-            .revisions
-            .list()
+        let mut old: Vec<Arc<ControllerRevision>> = revisions::owned(&self.revisions, &ds.metadata)
             .into_iter()
-            .filter(|r| {
-                r.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && ownership::controller_of(&r.metadata).is_some_and(|o| o.uid == uid)
-            })
-            .filter(|r| {
-                let h = r
-                    .metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(REVISION_HASH));
-                h.is_none_or(|h| h != hash && !live.contains(&h.as_str()))
-            })
+            .filter(|r| revisions::hash_of(r).is_none_or(|h| h != hash && !live.contains(&h)))
             .collect();
         if old.len() <= limit {
             return Ok(());
@@ -760,6 +651,7 @@ fn pod_for(ds: &DaemonSet, node: &str, hash: &str) -> Pod {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     fn node(name: &str, labels: serde_json::Value, taints: serde_json::Value) -> Node {
         serde_json::from_value(json!({

@@ -22,13 +22,13 @@ use ferrokube_client::{Api, Store, WorkQueue};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentCondition, DeploymentStatus, ReplicaSet, ReplicaSetSpec,
 };
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector as ApiSelector, ObjectMeta, Time,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use crate::ownership::{self, key};
+use crate::ownership::{self, key, object_key};
 use crate::{Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "deployment";
@@ -152,13 +152,6 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
             async move { sync.sync(&k).await }
         })),
     })
-}
-
-fn object_key(m: &ObjectMeta) -> String {
-    key(
-        m.namespace.as_deref().unwrap_or_default(),
-        m.name.as_deref().unwrap_or_default(),
-    )
 }
 
 fn selector(d: &Deployment) -> Option<LabelSelector> {
@@ -542,15 +535,7 @@ impl Sync {
 
     async fn event(&self, d: &Deployment, kind: EventKind, reason: &str, message: &str) {
         let m = &d.metadata;
-        let involved = ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("Deployment".into()),
-            name: m.name.clone(),
-            namespace: m.namespace.clone(),
-            uid: m.uid.clone(),
-            resource_version: m.resource_version.clone(),
-            ..Default::default()
-        };
+        let involved = ownership::reference::<Deployment>(m);
         self.recorder
             .object(
                 m.namespace.as_deref().unwrap_or_default(),

@@ -34,7 +34,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::json;
 
 use crate::expectations::Expectations;
-use crate::ownership::{self, key};
+use crate::ownership::{self, key, object_key};
+use crate::pod_status::{is_ready, phase};
 use crate::{pod_control, Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "job";
@@ -113,27 +114,6 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
             async move { sync.sync(&k).await }
         })),
     })
-}
-
-fn object_key(m: &ObjectMeta) -> String {
-    key(
-        m.namespace.as_deref().unwrap_or_default(),
-        m.name.as_deref().unwrap_or_default(),
-    )
-}
-
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn is_ready(p: &Pod) -> bool {
-    p.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn has_finalizer(p: &Pod) -> bool {
@@ -333,16 +313,7 @@ struct Counts {
 
 impl Sync {
     fn involved(job: &Job) -> ObjectReference {
-        let m = &job.metadata;
-        ObjectReference {
-            api_version: Some("batch/v1".into()),
-            kind: Some("Job".into()),
-            name: m.name.clone(),
-            namespace: m.namespace.clone(),
-            uid: m.uid.clone(),
-            resource_version: m.resource_version.clone(),
-            ..Default::default()
-        }
+        ownership::reference::<Job>(&job.metadata)
     }
 
     async fn event(&self, job: &Job, kind: EventKind, reason: &str, message: &str) {

@@ -4,6 +4,7 @@
 //! dependent's UID, so they never touch another object made under the same name.
 
 use ferrokube_client::{Api, Patch};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -77,5 +78,26 @@ pub async fn release<K: Serialize + DeserializeOwned>(
         Ok(_) => Ok(()),
         Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// `namespace/name` of an object's metadata.
+pub fn object_key(m: &ObjectMeta) -> String {
+    key(
+        m.namespace.as_deref().unwrap_or_default(),
+        m.name.as_deref().unwrap_or_default(),
+    )
+}
+
+/// A reference to an object of kind `K` (what events name as their object).
+pub fn reference<K: k8s_openapi::Resource>(m: &ObjectMeta) -> ObjectReference {
+    ObjectReference {
+        api_version: Some(K::API_VERSION.into()),
+        kind: Some(K::KIND.into()),
+        name: m.name.clone(),
+        namespace: m.namespace.clone(),
+        uid: m.uid.clone(),
+        resource_version: m.resource_version.clone(),
+        ..Default::default()
     }
 }

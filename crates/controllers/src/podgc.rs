@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
 use serde_json::json;
 
+use crate::pod_status::phase;
 use crate::{Context, Error, InformerFactory, Runner};
 
 const PERIOD: Duration = Duration::from_secs(20);
@@ -57,13 +58,6 @@ struct PodGc {
     threshold: usize,
     /// Nodes pods are bound to that the cache lacks, and since when.
     missing_since: Mutex<HashMap<String, Instant>>,
-}
-
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
 }
 
 fn node_of(p: &Pod) -> &str {

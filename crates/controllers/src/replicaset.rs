@@ -23,6 +23,7 @@ use serde_json::json;
 use crate::expectations::Expectations;
 use crate::ownership::{self, key};
 use crate::pod_control;
+use crate::pod_status::{is_active, is_ready, ready_since};
 use crate::{Context, Error, InformerFactory, Runner};
 
 /// Pods created or deleted at most per sync (upstream's burstReplicas).
@@ -104,30 +105,6 @@ impl Owner for ReplicationController {
 
 fn controller_of(p: &Pod) -> Option<&OwnerReference> {
     ownership::controller_of(&p.metadata)
-}
-
-fn is_active(p: &Pod) -> bool {
-    let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
-    p.metadata.deletion_timestamp.is_none() && !matches!(phase, Some("Succeeded") | Some("Failed"))
-}
-
-fn is_ready(p: &Pod) -> bool {
-    ready_since(p).is_some()
-}
-
-fn ready_since(p: &Pod) -> Option<jiff::Timestamp> {
-    p.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
-        .map(|c| {
-            c.last_transition_time
-                .as_ref()
-                .map(|t| t.0)
-                .unwrap_or_else(jiff::Timestamp::now)
-        })
 }
 
 /// Registers the informers; the runner syncs owners with a few workers.
@@ -325,16 +302,7 @@ impl<O: Owner> Sync<O> {
     }
 
     fn involved(owner: &O) -> ObjectReference {
-        let m = owner.metadata();
-        ObjectReference {
-            api_version: Some(<O as k8s_openapi::Resource>::API_VERSION.into()),
-            kind: Some(<O as k8s_openapi::Resource>::KIND.into()),
-            name: m.name.clone(),
-            namespace: m.namespace.clone(),
-            uid: m.uid.clone(),
-            resource_version: m.resource_version.clone(),
-            ..Default::default()
-        }
+        ownership::reference::<O>(owner.metadata())
     }
 
     /// Creates or deletes pods toward `spec.replicas`.

@@ -25,12 +25,11 @@ use k8s_openapi::api::core::v1::{
     PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
-use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
 use serde_json::json;
 
-use crate::daemonset::REVISION_HASH;
-use crate::deployment::template_hash;
-use crate::ownership::{self, key};
+use crate::ownership::{self, key, object_key};
+use crate::pod_status::{phase, ready_since};
+use crate::revisions::{self, REVISION_HASH};
 use crate::{Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "statefulset";
@@ -88,13 +87,6 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
     })
 }
 
-fn object_key(m: &ObjectMeta) -> String {
-    key(
-        m.namespace.as_deref().unwrap_or_default(),
-        m.name.as_deref().unwrap_or_default(),
-    )
-}
-
 /// The ordinal of a pod named `<sts>-<n>`.
 pub fn ordinal_of(set: &str, pod: &str) -> Option<i32> {
     let n = pod.strip_prefix(set)?.strip_prefix('-')?;
@@ -109,34 +101,13 @@ pub fn claim_name(claim: &str, set: &str, ordinal: i32) -> String {
     format!("{claim}-{set}-{ordinal}")
 }
 
-fn phase(p: &Pod) -> &str {
-    p.status
-        .as_ref()
-        .and_then(|s| s.phase.as_deref())
-        .unwrap_or_default()
-}
-
-fn ready_since(p: &Pod) -> Option<i64> {
-    p.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready" && c.status == "True")
-        .map(|c| {
-            c.last_transition_time
-                .as_ref()
-                .map_or_else(|| jiff::Timestamp::now().as_second(), |t| t.0.as_second())
-        })
-}
-
 fn healthy(p: &Pod) -> bool {
     p.metadata.deletion_timestamp.is_none() && phase(p) == "Running" && ready_since(p).is_some()
 }
 
 /// Running, Ready, and Ready for `min_ready` seconds.
 fn available(p: &Pod, min_ready: i64, now: i64) -> bool {
-    healthy(p) && ready_since(p).is_some_and(|t| now - t >= min_ready)
+    healthy(p) && ready_since(p).is_some_and(|t| now - t.as_second() >= min_ready)
 }
 
 fn hash_of(p: &Pod) -> Option<&str> {
@@ -159,16 +130,7 @@ struct Sync {
 
 impl Sync {
     fn involved(set: &StatefulSet) -> ObjectReference {
-        let m = &set.metadata;
-        ObjectReference {
-            api_version: Some("apps/v1".into()),
-            kind: Some("StatefulSet".into()),
-            name: m.name.clone(),
-            namespace: m.namespace.clone(),
-            uid: m.uid.clone(),
-            resource_version: m.resource_version.clone(),
-            ..Default::default()
-        }
+        ownership::reference::<StatefulSet>(&set.metadata)
     }
 
     async fn event(&self, set: &StatefulSet, kind: EventKind, reason: &str, message: &str) {
@@ -332,7 +294,7 @@ impl Sync {
         if let Some(left) = live
             .iter()
             .filter(|p| healthy(p) && !settled(p))
-            .filter_map(|p| ready_since(p).map(|t| t + min_ready - now))
+            .filter_map(|p| ready_since(p).map(|t| t.as_second() + min_ready - now))
             .min()
         {
             self.queue.add_after(
@@ -365,109 +327,31 @@ impl Sync {
     /// The ControllerRevision hashes of the template now (made if new) and of the
     /// revision the pods were last fully at.
     async fn revisions(&self, set: &StatefulSet) -> Result<(String, String), Error> {
-        let ns = set.metadata.namespace.clone().unwrap_or_default();
-        let uid = set.metadata.uid.clone().unwrap_or_default();
         let name = set.metadata.name.clone().unwrap_or_default();
         let spec = set.spec.clone().unwrap_or_default();
-        let mut template = serde_json::to_value(&spec.template).unwrap_or_default();
-        template["$patch"] = json!("replace");
-        let data = json!({"spec": {"template": template}});
-        let owned: Vec<Arc<ControllerRevision>> = self
-            .revisions
-            .list()
-            .into_iter()
-            .filter(|r| {
-                r.metadata.namespace.as_deref() == Some(ns.as_str())
-                    && ownership::controller_of(&r.metadata).is_some_and(|o| o.uid == uid)
-            })
-            .collect();
-        let label = |r: &ControllerRevision| {
-            r.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(REVISION_HASH))
-                .cloned()
-                .unwrap_or_default()
-        };
+        let update = revisions::current::<StatefulSet>(
+            &self.cx.client,
+            &self.revisions,
+            &set.metadata,
+            &spec.template,
+            set.status.as_ref().and_then(|s| s.collision_count),
+        )
+        .await?;
         let current = set
             .status
             .as_ref()
             .and_then(|s| s.current_revision.clone())
             .and_then(|c| c.strip_prefix(&format!("{name}-")).map(String::from));
-        let max = owned.iter().map(|r| r.revision).max().unwrap_or(0);
-        let api: Api<ControllerRevision> = Api::namespaced(self.cx.client.clone(), &ns);
-        let update = if let Some(r) = owned
-            .iter()
-            .find(|r| r.data.as_ref().map(|d| &d.0) == Some(&data))
-        {
-            if r.revision < max {
-                let mut bumped = (**r).clone();
-                bumped.revision = max + 1;
-                api.replace(r.metadata.name.as_deref().unwrap_or_default(), &bumped)
-                    .await?;
-            }
-            label(r)
-        } else {
-            let hash = template_hash(
-                &spec.template,
-                set.status.as_ref().and_then(|s| s.collision_count),
-            );
-            let mut labels: BTreeMap<String, String> = spec
-                .template
-                .metadata
-                .as_ref()
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
-            labels.insert(REVISION_HASH.into(), hash.clone());
-            let rev = ControllerRevision {
-                metadata: ObjectMeta {
-                    name: Some(format!("{name}-{hash}")),
-                    namespace: Some(ns.clone()),
-                    labels: Some(labels),
-                    owner_references: Some(vec![ownership::controller_ref::<StatefulSet>(
-                        &set.metadata,
-                    )]),
-                    ..Default::default()
-                },
-                data: Some(RawExtension(data)),
-                revision: max + 1,
-            };
-            match api.create(&rev).await {
-                Ok(_) => {}
-                Err(e) if e.is_already_exists() => {
-                    return Err(Error::Sync(format!(
-                        "controller revision {name}-{hash} already exists"
-                    )))
-                }
-                Err(e) => return Err(e.into()),
-            }
-            hash
-        };
         Ok((update.clone(), current.unwrap_or(update)))
     }
 
     /// The pod template of the revision with `hash` (the current spec's if it is gone).
     fn template_of(&self, set: &StatefulSet, hash: &str) -> PodTemplateSpec {
-        let uid = set.metadata.uid.clone();
-        let spec_template = set.spec.clone().unwrap_or_default().template;
-        self.revisions
-            .list()
-            .into_iter()
-            .find(|r| {
-                ownership::controller_of(&r.metadata).map(|o| Some(&o.uid)) == Some(uid.as_ref())
-                    && r.metadata
-                        .labels
-                        .as_ref()
-                        .and_then(|l| l.get(REVISION_HASH))
-                        .map(String::as_str)
-                        == Some(hash)
-            })
-            .and_then(|r| {
-                let mut t = r.data.as_ref()?.0.pointer("/spec/template")?.clone();
-                t.as_object_mut()?.remove("$patch");
-                serde_json::from_value(t).ok()
-            })
-            .unwrap_or(spec_template)
+        revisions::owned(&self.revisions, &set.metadata)
+            .iter()
+            .find(|r| revisions::hash_of(r) == Some(hash))
+            .and_then(|r| revisions::template_of(r))
+            .unwrap_or_else(|| set.spec.clone().unwrap_or_default().template)
     }
 
     async fn create_pod(
