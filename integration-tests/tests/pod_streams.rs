@@ -364,7 +364,10 @@ spec:
             "{proto}: {err}"
         );
 
-        // A terminal of the caller's size (kubectl under `script`, in a pty).
+        // A terminal of the caller's size (kubectl under `script`, in a pty). Sizes travel
+        // apart from the command (upstream applies them asynchronously too): on a loaded
+        // machine the first may land just after the command starts, so it waits (bounded)
+        // for the size to show.
         let out = in_terminal(
             kubectl(
                 api,
@@ -378,7 +381,7 @@ spec:
                     "--",
                     "sh",
                     "-c",
-                    "tty; stty size",
+                    "tty; i=0; while [ \"$(stty size 2>/dev/null)\" != '37 91' ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done; stty size",
                 ],
             ),
             "stty cols 91 rows 37",
