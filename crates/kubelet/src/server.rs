@@ -239,6 +239,28 @@ impl Kubelet for Service {
         let id = self.pods.running_id(&t.uid, &t.container).ok_or_else(|| {
             Status::not_found(format!("container not found (\"{}\")", t.container))
         })?;
+        if start.tty {
+            // With a terminal, `exec` first waits for the client's size, which the client
+            // can only send once this call has answered (it upgrades its connection on
+            // the answer): answer now and start the command meanwhile.
+            let (tx, rx) = mpsc::channel(16);
+            let pods = self.pods.clone();
+            tokio::spawn(async move {
+                match exec(&pods, &id, start, input).await {
+                    Ok(mut out) => {
+                        while let Some(m) = out.recv().await {
+                            if tx.send(m).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(status) => {
+                        let _ = tx.send(Err(status)).await;
+                    }
+                }
+            });
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let rx = exec(&self.pods, &id, start, input).await?;
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -492,12 +514,12 @@ async fn exec(
     };
     // With a terminal, kubectl sends its size first: the terminal is made with it, so
     // runc (which applies sizes only once it holds the container's terminal) starts the
-    // command at that size. What else comes meanwhile is kept for later. (The wait is
-    // bounded; a loaded node may take more than a second to pass the size along.)
+    // command at that size. What else comes meanwhile is kept for later. (Bounded: a
+    // client that sends no size gets the default one.)
     let mut early = Vec::new();
     let mut size = None;
     if start.tty {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while size.is_none() {
             match tokio::time::timeout_at(deadline, input.message()).await {
                 Ok(Ok(Some(StreamInput {
