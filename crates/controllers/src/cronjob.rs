@@ -13,7 +13,6 @@ use std::time::Duration;
 
 use ferrokube_api::cron::{self, Schedule};
 use ferrokube_client::events::{Kind as EventKind, Recorder};
-use ferrokube_client::informer::Event;
 use ferrokube_client::{Api, Store, WorkQueue};
 use jiff::tz::TimeZone;
 use jiff::Timestamp;
@@ -21,7 +20,7 @@ use k8s_openapi::api::batch::v1::{CronJob, Job, JobStatus};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, ObjectMeta, Time};
 
-use crate::ownership::{self, key, object_key};
+use crate::ownership::{self};
 use crate::{Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "cronjob";
@@ -34,31 +33,8 @@ const MAX_MISSED: usize = 100;
 /// Registers the informers; the runner syncs CronJobs.
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let queue: WorkQueue<String> = WorkQueue::new();
-    let cronjobs = {
-        let inf = informers.informer::<CronJob>();
-        let q = queue.clone();
-        inf.on_event(move |e| {
-            let (Event::Added(c) | Event::Updated(_, c) | Event::Deleted(c)) = e;
-            q.add(object_key(&c.metadata));
-        });
-        inf.store()
-    };
-    let jobs = {
-        let inf = informers.informer::<Job>();
-        let q = queue.clone();
-        inf.on_event(move |e| {
-            let (Event::Added(j) | Event::Updated(_, j) | Event::Deleted(j)) = e;
-            if let Some(r) = ownership::controller_of(&j.metadata) {
-                if r.kind == "CronJob" {
-                    q.add(key(
-                        j.metadata.namespace.as_deref().unwrap_or_default(),
-                        &r.name,
-                    ));
-                }
-            }
-        });
-        inf.store()
-    };
+    let cronjobs = crate::queue_own::<CronJob>(informers, &queue);
+    let jobs = crate::queue_controller::<CronJob, Job>(informers, &queue, None);
     let sync = Arc::new(Sync {
         cx: cx.clone(),
         cronjobs,
@@ -66,15 +42,10 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         queue: queue.clone(),
         recorder: Recorder::for_component(cx.client.clone(), COMPONENT, &cx.host, ""),
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(QUEUE, queue, 5, move |k| {
-            let sync = sync.clone();
-            async move { sync.sync(&k).await }
-        })),
-    })
+    Ok(Runner::new(QUEUE, queue, 5, move |k| {
+        let sync = sync.clone();
+        async move { sync.sync(&k).await }
+    }))
 }
 
 /// `Complete` or `Failed`, if the Job has finished.
@@ -457,22 +428,12 @@ impl Sync {
         cj: &mut CronJob,
         status: k8s_openapi::api::batch::v1::CronJobStatus,
     ) -> Result<(), Error> {
-        if cj.status.clone().unwrap_or_default() == status {
-            return Ok(());
-        }
         let mut updated = cj.clone();
         updated.status = Some(status);
-        let ns = cj.metadata.namespace.clone().unwrap_or_default();
-        let name = cj.metadata.name.clone().unwrap_or_default();
-        let api: Api<CronJob> = Api::namespaced(self.cx.client.clone(), &ns);
-        match api.replace_status(&name, &updated).await {
-            Ok(c) => {
-                *cj = c;
-                Ok(())
-            }
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
+        if let Some(stored) = crate::write_status(&self.cx.client, &*cj, &updated).await? {
+            *cj = stored;
         }
+        Ok(())
     }
 }
 

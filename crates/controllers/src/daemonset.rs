@@ -22,14 +22,14 @@ use ferrokube_client::informer::Event;
 use ferrokube_client::{Api, Store, WorkQueue};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, DaemonSetStatus};
 use k8s_openapi::api::core::v1::{
-    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectReference, Pod, PodSpec, PodTemplateSpec, Toleration,
+    Affinity, Node, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, Pod,
+    PodSpec, PodTemplateSpec, Toleration,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::deployment::scaled_value;
 use crate::expectations::Expectations;
-use crate::ownership::{self, key, object_key};
+use crate::ownership::{self, object_key};
 use crate::pod_status::{phase, ready_since};
 use crate::revisions::{self, REVISION_HASH};
 use crate::{pod_control, Context, Error, InformerFactory, Runner};
@@ -42,15 +42,7 @@ const TEMPLATE_GENERATION: &str = "pod-template-generation";
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let queue: WorkQueue<String> = WorkQueue::new();
     let expectations = Arc::new(Expectations::default());
-    let daemonsets = {
-        let inf = informers.informer::<DaemonSet>();
-        let q = queue.clone();
-        inf.on_event(move |e| {
-            let (Event::Added(d) | Event::Updated(_, d) | Event::Deleted(d)) = e;
-            q.add(object_key(&d.metadata));
-        });
-        inf.store()
-    };
+    let daemonsets = crate::queue_own::<DaemonSet>(informers, &queue);
     // Any node change may change where daemon pods belong.
     {
         let (q, dss) = (queue.clone(), daemonsets.clone());
@@ -71,32 +63,8 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         });
     }
     let nodes = informers.informer::<Node>().store();
-    let pods = {
-        let inf = informers.informer::<Pod>();
-        let (q, exp) = (queue.clone(), expectations.clone());
-        inf.on_event(move |e| {
-            let notify = |p: &Pod, added: bool, deleted: bool| {
-                if let Some(r) = ownership::controller_of(&p.metadata) {
-                    if r.kind == "DaemonSet" {
-                        let k = key(p.metadata.namespace.as_deref().unwrap_or_default(), &r.name);
-                        exp.observed(&k, i64::from(added), i64::from(deleted));
-                        q.add(k);
-                    }
-                }
-            };
-            match e {
-                Event::Added(p) => notify(p, true, false),
-                Event::Updated(old, p) => notify(
-                    p,
-                    false,
-                    old.metadata.deletion_timestamp.is_none()
-                        && p.metadata.deletion_timestamp.is_some(),
-                ),
-                Event::Deleted(p) => notify(p, false, p.metadata.deletion_timestamp.is_none()),
-            }
-        });
-        inf.store()
-    };
+    let pods =
+        crate::queue_controller::<DaemonSet, Pod>(informers, &queue, Some(expectations.clone()));
     let revisions = informers.informer::<ControllerRevision>().store();
     let sync = Arc::new(Sync {
         cx: cx.clone(),
@@ -107,15 +75,10 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         expectations,
         recorder: Recorder::for_component(cx.client.clone(), COMPONENT, &cx.host, ""),
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(QUEUE, queue, 2, move |k| {
-            let sync = sync.clone();
-            async move { sync.sync(&k).await }
-        })),
-    })
+    Ok(Runner::new(QUEUE, queue, 2, move |k| {
+        let sync = sync.clone();
+        async move { sync.sync(&k).await }
+    }))
 }
 
 fn toleration(key: &str, effect: &str) -> Toleration {
@@ -251,10 +214,6 @@ struct Sync {
 }
 
 impl Sync {
-    fn involved(ds: &DaemonSet) -> ObjectReference {
-        ownership::reference::<DaemonSet>(&ds.metadata)
-    }
-
     async fn sync(&self, k: &str) -> Result<(), Error> {
         let Some(ds) = self.daemonsets.get(k) else {
             self.expectations.forget(k);
@@ -313,7 +272,7 @@ impl Sync {
                 self.recorder
                     .object(
                         &ns,
-                        Self::involved(&ds),
+                        ownership::reference::<DaemonSet>(&ds.metadata),
                         EventKind::Warning,
                         "FailedDaemonPod",
                         &format!(
@@ -396,15 +355,25 @@ impl Sync {
                 .expect(k, create_on.len() as i64, delete.len() as i64);
             for p in &delete {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                if !pod_control::delete_pod(&api, &name, &self.recorder, &Self::involved(&ds))
-                    .await?
+                if !pod_control::delete_pod(
+                    &api,
+                    &name,
+                    &self.recorder,
+                    &ownership::reference::<DaemonSet>(&ds.metadata),
+                )
+                .await?
                 {
                     self.expectations.observed(k, 0, 1);
                 }
             }
             let new_pods: Vec<Pod> = create_on.iter().map(|n| pod_for(&ds, n, &hash)).collect();
-            if let Err(e) =
-                pod_control::create_pods(&api, new_pods, &self.recorder, &Self::involved(&ds)).await
+            if let Err(e) = pod_control::create_pods(
+                &api,
+                new_pods,
+                &self.recorder,
+                &ownership::reference::<DaemonSet>(&ds.metadata),
+            )
+            .await
             {
                 self.expectations.forget(k);
                 return Err(Error::Sync(format!("creating pods: {e}")));
@@ -421,39 +390,8 @@ impl Sync {
         sel: &LabelSelector,
         api: &Api<Pod>,
     ) -> Result<Vec<Arc<Pod>>, Error> {
-        let ns = ds.metadata.namespace.clone().unwrap_or_default();
-        let uid = ds.metadata.uid.clone().unwrap_or_default();
-        let mut owned = Vec::new();
-        for p in self.pods.list() {
-            if p.metadata.namespace.as_deref() != Some(ns.as_str()) {
-                continue;
-            }
-            let matches = sel.matches(&p.metadata.labels.clone().unwrap_or_default());
-            match ownership::controller_of(&p.metadata) {
-                Some(r) if r.uid == uid => {
-                    if matches {
-                        owned.push(p.clone());
-                    } else if ds.metadata.deletion_timestamp.is_none() {
-                        ownership::release(api, &p.metadata, &uid).await?;
-                    }
-                }
-                Some(_) => {}
-                None if matches
-                    && ds.metadata.deletion_timestamp.is_none()
-                    && p.metadata.deletion_timestamp.is_none()
-                    && ownership::adopt(
-                        api,
-                        &p.metadata,
-                        ownership::controller_ref::<DaemonSet>(&ds.metadata),
-                    )
-                    .await? =>
-                {
-                    owned.push(p.clone())
-                }
-                None => {}
-            }
-        }
-        Ok(owned)
+        let matches = |p: &Pod| sel.matches(&p.metadata.labels.clone().unwrap_or_default());
+        ownership::claim::<DaemonSet, _>(api, &ds.metadata, self.pods.list(), matches, None).await
     }
 
     /// The old pods a rolling update deletes now, and the nodes that get a surge pod.
@@ -602,19 +540,10 @@ impl Sync {
     }
 
     async fn write_status(&self, ds: &DaemonSet, status: DaemonSetStatus) -> Result<(), Error> {
-        if ds.status.as_ref() == Some(&status) {
-            return Ok(());
-        }
         let mut updated = ds.clone();
         updated.status = Some(status);
-        let ns = ds.metadata.namespace.clone().unwrap_or_default();
-        let name = ds.metadata.name.clone().unwrap_or_default();
-        let api: Api<DaemonSet> = Api::namespaced(self.cx.client.clone(), &ns);
-        match api.replace_status(&name, &updated).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        crate::write_status(&self.cx.client, ds, &updated).await?;
+        Ok(())
     }
 }
 

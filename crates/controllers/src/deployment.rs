@@ -67,15 +67,7 @@ const RS_CREATE_ERROR: &str = "ReplicaSetCreateError";
 /// Registers the informers; the runner syncs Deployments.
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let queue: WorkQueue<String> = WorkQueue::new();
-    let deployments = {
-        let inf = informers.informer::<Deployment>();
-        let q = queue.clone();
-        inf.on_event(move |e| {
-            let (Event::Added(d) | Event::Updated(_, d) | Event::Deleted(d)) = e;
-            q.add(object_key(&d.metadata));
-        });
-        inf.store()
-    };
+    let deployments = crate::queue_own::<Deployment>(informers, &queue);
     let replica_sets = {
         let inf = informers.informer::<ReplicaSet>();
         let (q, deployments) = (queue.clone(), deployments.clone());
@@ -143,15 +135,10 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         queue: queue.clone(),
         recorder: Recorder::for_component(cx.client.clone(), COMPONENT, &cx.host, ""),
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(QUEUE, queue, WORKERS, move |k| {
-            let sync = sync.clone();
-            async move { sync.sync(&k).await }
-        })),
-    })
+    Ok(Runner::new(QUEUE, queue, WORKERS, move |k| {
+        let sync = sync.clone();
+        async move { sync.sync(&k).await }
+    }))
 }
 
 fn selector(d: &Deployment) -> Option<LabelSelector> {
@@ -555,40 +542,18 @@ impl Sync {
         sel: &LabelSelector,
         ns: &str,
     ) -> Result<Vec<ReplicaSet>, Error> {
-        let uid = d.metadata.uid.clone().unwrap_or_default();
-        let deleting = d.metadata.deletion_timestamp.is_some();
+        let matches =
+            |rs: &ReplicaSet| sel.matches(&rs.metadata.labels.clone().unwrap_or_default());
         let api = self.api(ns);
-        let mut owned = Vec::new();
-        for rs in self.replica_sets.list() {
-            if rs.metadata.namespace.as_deref() != Some(ns) {
-                continue;
-            }
-            let matches = sel.matches(&rs.metadata.labels.clone().unwrap_or_default());
-            match ownership::controller_of(&rs.metadata) {
-                Some(r) if r.uid == uid => {
-                    if matches {
-                        owned.push((*rs).clone());
-                    } else if !deleting {
-                        ownership::release(&api, &rs.metadata, &uid).await?;
-                    }
-                }
-                Some(_) => {}
-                None if matches
-                    && !deleting
-                    && rs.metadata.deletion_timestamp.is_none()
-                    && ownership::adopt(
-                        &api,
-                        &rs.metadata,
-                        ownership::controller_ref::<Deployment>(&d.metadata),
-                    )
-                    .await? =>
-                {
-                    owned.push((*rs).clone());
-                }
-                None => {}
-            }
-        }
-        Ok(owned)
+        let owned = ownership::claim::<Deployment, _>(
+            &api,
+            &d.metadata,
+            self.replica_sets.list(),
+            matches,
+            None,
+        )
+        .await?;
+        Ok(owned.iter().map(|rs| (**rs).clone()).collect())
     }
 
     /// The ReplicaSet of the current template (the oldest, if several) and the others.
@@ -897,15 +862,11 @@ impl Sync {
         d: &mut Deployment,
         status: DeploymentStatus,
     ) -> Result<(), Error> {
-        if d.status.as_ref() == Some(&status) {
-            return Ok(());
-        }
         let mut updated = d.clone();
         updated.status = Some(status);
-        let ns = d.metadata.namespace.clone().unwrap_or_default();
-        let name = d.metadata.name.clone().unwrap_or_default();
-        let api: Api<Deployment> = Api::namespaced(self.cx.client.clone(), &ns);
-        *d = api.replace_status(&name, &updated).await?;
+        if let Some(stored) = crate::write_status(&self.cx.client, &*d, &updated).await? {
+            *d = stored;
+        }
         Ok(())
     }
 

@@ -26,15 +26,14 @@ use std::time::Duration;
 
 use ferrokube_api::LabelSelector;
 use ferrokube_client::events::{Kind as EventKind, Recorder};
-use ferrokube_client::informer::Event;
 use ferrokube_client::{Api, Patch, Store, WorkQueue};
 use k8s_openapi::api::batch::v1::{Job, JobCondition, JobStatus, UncountedTerminatedPods};
-use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{EnvVar, EnvVarSource, ObjectFieldSelector, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use serde_json::json;
 
 use crate::expectations::Expectations;
-use crate::ownership::{self, key, object_key};
+use crate::ownership::{self};
 use crate::pod_status::{is_ready, phase};
 use crate::{pod_control, Context, Error, InformerFactory, Runner};
 
@@ -62,40 +61,8 @@ struct BackoffRecord {
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let queue: WorkQueue<String> = WorkQueue::new();
     let expectations = Arc::new(Expectations::default());
-    let jobs = {
-        let inf = informers.informer::<Job>();
-        let q = queue.clone();
-        inf.on_event(move |e| {
-            let (Event::Added(j) | Event::Updated(_, j) | Event::Deleted(j)) = e;
-            q.add(object_key(&j.metadata));
-        });
-        inf.store()
-    };
-    let pods = {
-        let inf = informers.informer::<Pod>();
-        let (q, exp) = (queue.clone(), expectations.clone());
-        inf.on_event(move |e| {
-            let notify = |p: &Pod, added: bool, deleted: bool| {
-                if let Some(r) = ownership::controller_of(&p.metadata) {
-                    if r.kind == "Job" {
-                        let k = key(p.metadata.namespace.as_deref().unwrap_or_default(), &r.name);
-                        exp.observed(&k, i64::from(added), i64::from(deleted));
-                        q.add(k);
-                    }
-                }
-            };
-            match e {
-                Event::Added(p) => notify(p, true, false),
-                Event::Updated(old, p) => {
-                    let now_deleting = old.metadata.deletion_timestamp.is_none()
-                        && p.metadata.deletion_timestamp.is_some();
-                    notify(p, false, now_deleting)
-                }
-                Event::Deleted(p) => notify(p, false, p.metadata.deletion_timestamp.is_none()),
-            }
-        });
-        inf.store()
-    };
+    let jobs = crate::queue_own::<Job>(informers, &queue);
+    let pods = crate::queue_controller::<Job, Pod>(informers, &queue, Some(expectations.clone()));
     let sync = Arc::new(Sync {
         cx: cx.clone(),
         jobs,
@@ -105,15 +72,10 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         queue: queue.clone(),
         recorder: Recorder::for_component(cx.client.clone(), COMPONENT, &cx.host, ""),
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(QUEUE, queue, WORKERS, move |k| {
-            let sync = sync.clone();
-            async move { sync.sync(&k).await }
-        })),
-    })
+    Ok(Runner::new(QUEUE, queue, WORKERS, move |k| {
+        let sync = sync.clone();
+        async move { sync.sync(&k).await }
+    }))
 }
 
 fn has_finalizer(p: &Pod) -> bool {
@@ -312,15 +274,11 @@ struct Counts {
 }
 
 impl Sync {
-    fn involved(job: &Job) -> ObjectReference {
-        ownership::reference::<Job>(&job.metadata)
-    }
-
     async fn event(&self, job: &Job, kind: EventKind, reason: &str, message: &str) {
         self.recorder
             .object(
                 job.metadata.namespace.as_deref().unwrap_or_default(),
-                Self::involved(job),
+                ownership::reference::<Job>(&job.metadata),
                 kind,
                 reason,
                 message,
@@ -441,7 +399,13 @@ impl Sync {
             // Nothing more runs.
             for p in &active {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                pod_control::delete_pod(&api, &name, &self.recorder, &Self::involved(&job)).await?;
+                pod_control::delete_pod(
+                    &api,
+                    &name,
+                    &self.recorder,
+                    &ownership::reference::<Job>(&job.metadata),
+                )
+                .await?;
             }
             active.clear();
         } else if self.expectations.satisfied(k) {
@@ -493,43 +457,28 @@ impl Sync {
         Ok(())
     }
 
-    /// The Job's pods: its own, and orphans its selector matches (adopted).
+    /// The Job's pods: its own that match its selector, orphans it matches (adopted),
+    /// and its own that stopped matching released with their tracking finalizer.
     async fn claim(&self, job: &Job, api: &Api<Pod>) -> Result<Vec<Arc<Pod>>, Error> {
-        let ns = job.metadata.namespace.clone().unwrap_or_default();
-        let uid = job.metadata.uid.clone().unwrap_or_default();
         let selector = job
             .spec
             .as_ref()
             .and_then(|s| s.selector.as_ref())
             .and_then(|s| LabelSelector::from_api(s).ok())
             .filter(|s| !s.is_everything());
-        let mut owned = Vec::new();
-        for p in self.pods.list() {
-            if p.metadata.namespace.as_deref() != Some(ns.as_str()) {
-                continue;
-            }
-            let matches = selector
+        let matches = |p: &Pod| {
+            selector
                 .as_ref()
-                .is_some_and(|s| s.matches(&p.metadata.labels.clone().unwrap_or_default()));
-            match ownership::controller_of(&p.metadata) {
-                Some(r) if r.uid == uid => owned.push(p.clone()),
-                Some(_) => {}
-                None if matches
-                    && job.metadata.deletion_timestamp.is_none()
-                    && p.metadata.deletion_timestamp.is_none()
-                    && ownership::adopt(
-                        api,
-                        &p.metadata,
-                        ownership::controller_ref::<Job>(&job.metadata),
-                    )
-                    .await? =>
-                {
-                    owned.push(p.clone())
-                }
-                None => {}
-            }
-        }
-        Ok(owned)
+                .is_some_and(|s| s.matches(&p.metadata.labels.clone().unwrap_or_default()))
+        };
+        ownership::claim::<Job, _>(
+            api,
+            &job.metadata,
+            self.pods.list(),
+            matches,
+            Some(TRACKING_FINALIZER),
+        )
+        .await
     }
 
     fn counts(&self, pods: &[Arc<Pod>]) -> Counts {
@@ -718,8 +667,13 @@ impl Sync {
             self.expectations.expect(k, 0, extra.len() as i64);
             for p in extra {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                if !pod_control::delete_pod(api, &name, &self.recorder, &Self::involved(job))
-                    .await?
+                if !pod_control::delete_pod(
+                    api,
+                    &name,
+                    &self.recorder,
+                    &ownership::reference::<Job>(&job.metadata),
+                )
+                .await?
                 {
                     self.expectations.observed(k, 0, 1);
                 }
@@ -757,8 +711,13 @@ impl Sync {
             return Ok(active);
         }
         self.expectations.expect(k, pods.len() as i64, 0);
-        if let Err(e) =
-            pod_control::create_pods(api, pods, &self.recorder, &Self::involved(job)).await
+        if let Err(e) = pod_control::create_pods(
+            api,
+            pods,
+            &self.recorder,
+            &ownership::reference::<Job>(&job.metadata),
+        )
+        .await
         {
             self.expectations.forget(k);
             return Err(Error::Sync(format!("creating pods: {e}")));
@@ -767,15 +726,11 @@ impl Sync {
     }
 
     async fn write_status(&self, job: &mut Job, status: JobStatus) -> Result<(), Error> {
-        if job.status.as_ref() == Some(&status) {
-            return Ok(());
-        }
         let mut updated = job.clone();
         updated.status = Some(status);
-        let ns = job.metadata.namespace.clone().unwrap_or_default();
-        let name = job.metadata.name.clone().unwrap_or_default();
-        let api: Api<Job> = Api::namespaced(self.cx.client.clone(), &ns);
-        *job = api.replace_status(&name, &updated).await?;
+        if let Some(stored) = crate::write_status(&self.cx.client, &*job, &updated).await? {
+            *job = stored;
+        }
         Ok(())
     }
 }

@@ -40,7 +40,11 @@ pub mod ttl_after_finished;
 use std::future::Future;
 use std::sync::Arc;
 
-use ferrokube_client::{Client, QueueCounts, WorkQueue};
+use ferrokube_client::informer::{Event, Kind};
+use ferrokube_client::{Api, Client, QueueCounts, Store, WorkQueue};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::expectations::Expectations;
 
 pub use informers::InformerFactory;
 
@@ -265,9 +269,14 @@ pub fn select(flag: &[String]) -> Result<Vec<&'static Descriptor>, String> {
 }
 
 impl Runner {
-    /// The runner of a controller whose queue holds namespace names: one worker calling
-    /// `sync` for each.
-    pub fn namespaced<F, Fut>(queue_name: &'static str, queue: WorkQueue<String>, sync: F) -> Runner
+    /// The runner of a controller draining `queue` with `workers` workers calling `sync`
+    /// for each key.
+    pub fn new<F, Fut>(
+        queue_name: &'static str,
+        queue: WorkQueue<String>,
+        workers: usize,
+        sync: F,
+    ) -> Runner
     where
         F: Fn(String) -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Result<(), Error>> + Send + 'static,
@@ -276,8 +285,82 @@ impl Runner {
         Runner {
             queue_name,
             counts: Box::new(move || counts_queue.counts()),
-            run: Box::pin(work(queue_name, queue, 1, sync)),
+            run: Box::pin(work(queue_name, queue, workers, sync)),
         }
+    }
+}
+
+/// Registers the informer of `K` queueing the key of every object added, changed or
+/// deleted; its store.
+pub fn queue_own<K: Kind>(informers: &mut InformerFactory, queue: &WorkQueue<String>) -> Store<K> {
+    let inf = informers.informer::<K>();
+    let q = queue.clone();
+    inf.on_event(move |e| {
+        let (Event::Added(o) | Event::Updated(_, o) | Event::Deleted(o)) = e;
+        q.add(ownership::object_key(o.metadata()));
+    });
+    inf.store()
+}
+
+/// Registers the informer of dependents `D` queueing the key of their controller when
+/// it is of kind `O`, and telling `expectations` (if given) of creations seen and of
+/// deletions seen (a dependent starting to terminate, or gone without having
+/// terminated); its store.
+pub fn queue_controller<O: k8s_openapi::Resource, D: Kind>(
+    informers: &mut InformerFactory,
+    queue: &WorkQueue<String>,
+    expectations: Option<Arc<Expectations>>,
+) -> Store<D> {
+    let inf = informers.informer::<D>();
+    let q = queue.clone();
+    inf.on_event(move |e| {
+        let notify = |d: &D, added: bool, deleted: bool| {
+            let m = d.metadata();
+            if let Some(r) = ownership::controller_of(m).filter(|r| r.kind == O::KIND) {
+                let k = ownership::key(m.namespace.as_deref().unwrap_or_default(), &r.name);
+                if let Some(exp) = &expectations {
+                    exp.observed(&k, i64::from(added), i64::from(deleted));
+                }
+                q.add(k);
+            }
+        };
+        match e {
+            Event::Added(d) => notify(d, true, false),
+            Event::Updated(old, d) => notify(
+                d,
+                false,
+                old.metadata().deletion_timestamp.is_none()
+                    && d.metadata().deletion_timestamp.is_some(),
+            ),
+            Event::Deleted(d) => notify(d, false, d.metadata().deletion_timestamp.is_none()),
+        }
+    });
+    inf.store()
+}
+
+/// Writes `updated` (an object with a new status) through the status subresource,
+/// unless it equals `current`; the stored object, or `None` when nothing was written
+/// or the object is gone.
+pub async fn write_status<K>(client: &Client, current: &K, updated: &K) -> Result<Option<K>, Error>
+where
+    K: k8s_openapi::Resource<Scope = k8s_openapi::NamespaceResourceScope>
+        + k8s_openapi::Metadata<Ty = ObjectMeta>
+        + serde::Serialize
+        + serde::de::DeserializeOwned
+        + PartialEq,
+{
+    if current == updated {
+        return Ok(None);
+    }
+    let m = updated.metadata();
+    let api: Api<K> = Api::namespaced(client.clone(), m.namespace.as_deref().unwrap_or_default());
+    match api
+        .replace_status(m.name.as_deref().unwrap_or_default(), updated)
+        .await
+    {
+        Ok(stored) => Ok(Some(stored)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 

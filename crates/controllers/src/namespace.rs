@@ -38,24 +38,19 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
     });
     let cx = cx.clone();
     let requeue = queue.clone();
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(QUEUE, queue, WORKERS, move |name| {
-            let (cx, requeue) = (cx.clone(), requeue.clone());
-            async move {
-                match sync(&cx, &name).await? {
-                    // Content is still going (pods terminating): look again then.
-                    Some(wait) => {
-                        requeue.add_after(name, wait);
-                        Ok(())
-                    }
-                    None => Ok(()),
+    Ok(Runner::new(QUEUE, queue, WORKERS, move |name| {
+        let (cx, requeue) = (cx.clone(), requeue.clone());
+        async move {
+            match sync(&cx, &name).await? {
+                // Content is still going (pods terminating): look again then.
+                Some(wait) => {
+                    requeue.add_after(name, wait);
+                    Ok(())
                 }
+                None => Ok(()),
             }
-        })),
-    })
+        }
+    }))
 }
 
 /// What one pass over a namespace's content found.

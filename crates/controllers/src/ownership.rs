@@ -3,6 +3,8 @@
 //! `ControllerRefManager`). Writes are strategic merge patches that carry the
 //! dependent's UID, so they never touch another object made under the same name.
 
+use std::sync::Arc;
+
 use ferrokube_client::{Api, Patch};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -58,16 +60,20 @@ pub async fn adopt<K: Serialize + DeserializeOwned>(
 }
 
 /// Drops the reference to the owner with `owner_uid` from a dependent that no longer
-/// matches its selector.
+/// matches its selector, and the owner's `finalizer` on it if one is named.
 pub async fn release<K: Serialize + DeserializeOwned>(
     api: &Api<K>,
     dependent: &ObjectMeta,
     owner_uid: &str,
+    finalizer: Option<&str>,
 ) -> Result<(), Error> {
-    let patch = json!({"metadata": {
+    let mut patch = json!({"metadata": {
         "ownerReferences": [{"$patch": "delete", "uid": owner_uid}],
         "uid": dependent.uid,
     }});
+    if let Some(f) = finalizer {
+        patch["metadata"]["$deleteFromPrimitiveList/finalizers"] = json!([f]);
+    }
     match api
         .patch(
             dependent.name.as_deref().unwrap_or_default(),
@@ -79,6 +85,53 @@ pub async fn release<K: Serialize + DeserializeOwned>(
         Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
         Err(e) => Err(e.into()),
     }
+}
+
+/// The dependents an owner of kind `O` controls (upstream's `ClaimObjects`), from
+/// `candidates` in the owner's namespace: its own that `matches` accepts; orphans it
+/// accepts, adopted unless the owner or the orphan is being deleted; and its own that
+/// stopped matching, released (dropping `finalizer`, the owner's mark on its
+/// dependents, if named) unless the owner is being deleted.
+pub async fn claim<O, K>(
+    api: &Api<K>,
+    owner: &ObjectMeta,
+    candidates: Vec<Arc<K>>,
+    matches: impl Fn(&K) -> bool,
+    finalizer: Option<&str>,
+) -> Result<Vec<Arc<K>>, Error>
+where
+    O: k8s_openapi::Resource,
+    K: k8s_openapi::Metadata<Ty = ObjectMeta> + Serialize + DeserializeOwned,
+{
+    let uid = owner.uid.as_deref().unwrap_or_default();
+    let deleting = owner.deletion_timestamp.is_some();
+    let mut owned = Vec::new();
+    for d in candidates {
+        let m = d.metadata();
+        if m.namespace != owner.namespace {
+            continue;
+        }
+        let matched = matches(&d);
+        match controller_of(m) {
+            Some(r) if r.uid == uid => {
+                if matched {
+                    owned.push(d);
+                } else if !deleting {
+                    release(api, m, uid, finalizer).await?;
+                }
+            }
+            Some(_) => {}
+            None if matched
+                && !deleting
+                && m.deletion_timestamp.is_none()
+                && adopt(api, m, controller_ref::<O>(owner)).await? =>
+            {
+                owned.push(d)
+            }
+            None => {}
+        }
+    }
+    Ok(owned)
 }
 
 /// `namespace/name` of an object's metadata.

@@ -16,7 +16,7 @@ use ferrokube_client::events::Recorder;
 use ferrokube_client::informer::{Event, Kind};
 use ferrokube_client::{Api, Patch, Store, WorkQueue};
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::{ObjectReference, Pod, PodTemplateSpec, ReplicationController};
+use k8s_openapi::api::core::v1::{Pod, PodTemplateSpec, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
@@ -184,15 +184,10 @@ pub fn start<O: Owner>(cx: &Context, informers: &mut InformerFactory) -> Result<
         queue: queue.clone(),
         recorder: Recorder::for_component(cx.client.clone(), O::COMPONENT, &cx.host, ""),
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: O::QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(O::QUEUE, queue, 5, move |k| {
-            let sync = sync.clone();
-            async move { sync.sync(&k).await }
-        })),
-    })
+    Ok(Runner::new(O::QUEUE, queue, 5, move |k| {
+        let sync = sync.clone();
+        async move { sync.sync(&k).await }
+    }))
 }
 
 struct Sync<O> {
@@ -259,50 +254,18 @@ impl<O: Owner> Sync<O> {
             m.namespace.clone().unwrap_or_default(),
             m.name.clone().unwrap_or_default(),
         );
-        let uid = m.uid.clone().unwrap_or_default();
         let Some(selector) = owner.selector().filter(|s| !s.is_everything()) else {
             return Ok(());
         };
         let deleting = m.deletion_timestamp.is_some();
         let api: Api<Pod> = Api::namespaced(self.cx.client.clone(), &ns);
-        // Claim: ours that match, orphans that match (adopted), ours that no longer match
-        // (released).
-        let mut owned: Vec<Arc<Pod>> = Vec::new();
-        for p in self.pods.list() {
-            if p.metadata.namespace.as_deref() != Some(ns.as_str()) {
-                continue;
-            }
-            let labels = p.metadata.labels.clone().unwrap_or_default();
-            let matches = selector.matches(&labels);
-            match controller_of(&p) {
-                Some(r) if r.uid == uid => {
-                    if matches {
-                        owned.push(p.clone());
-                    } else if !deleting {
-                        ownership::release(&api, &p.metadata, &uid).await?;
-                    }
-                }
-                Some(_) => {}
-                None if matches
-                    && !deleting
-                    && p.metadata.deletion_timestamp.is_none()
-                    && ownership::adopt(&api, &p.metadata, ownership::controller_ref::<O>(m))
-                        .await? =>
-                {
-                    owned.push(p.clone());
-                }
-                None => {}
-            }
-        }
+        let matches = |p: &Pod| selector.matches(&p.metadata.labels.clone().unwrap_or_default());
+        let owned = ownership::claim::<O, _>(&api, m, self.pods.list(), matches, None).await?;
         let active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
         if !deleting && self.expectations.satisfied(k) {
             self.manage(k, &owner, &api, &active).await?;
         }
         self.update_status(&owner, &ns, &name, &active).await
-    }
-
-    fn involved(owner: &O) -> ObjectReference {
-        ownership::reference::<O>(owner.metadata())
     }
 
     /// Creates or deletes pods toward `spec.replicas`.
@@ -334,9 +297,13 @@ impl<O: Owner> Sync<O> {
                 spec: template.spec.clone(),
                 status: None,
             };
-            if let Err(e) =
-                pod_control::create_pods(api, vec![pod; n], &self.recorder, &Self::involved(owner))
-                    .await
+            if let Err(e) = pod_control::create_pods(
+                api,
+                vec![pod; n],
+                &self.recorder,
+                &ownership::reference::<O>(owner.metadata()),
+            )
+            .await
             {
                 // What failed or was not tried will not be seen.
                 self.expectations.forget(k);
@@ -349,8 +316,13 @@ impl<O: Owner> Sync<O> {
             self.expectations.expect(k, 0, victims.len() as i64);
             for p in victims {
                 let name = p.metadata.name.clone().unwrap_or_default();
-                match pod_control::delete_pod(api, &name, &self.recorder, &Self::involved(owner))
-                    .await
+                match pod_control::delete_pod(
+                    api,
+                    &name,
+                    &self.recorder,
+                    &ownership::reference::<O>(owner.metadata()),
+                )
+                .await
                 {
                     Ok(true) => {}
                     Ok(false) => self.expectations.observed(k, 0, 1),

@@ -48,14 +48,10 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         root_ca,
         config_maps,
     });
-    Ok(Runner::namespaced(
-        "root_ca_cert_publisher",
-        queue,
-        move |ns| {
-            let sync = sync.clone();
-            async move { sync.sync(&ns).await }
-        },
-    ))
+    Ok(Runner::new("root_ca_cert_publisher", queue, 1, move |ns| {
+        let sync = sync.clone();
+        async move { sync.sync(&ns).await }
+    }))
 }
 
 struct Sync {

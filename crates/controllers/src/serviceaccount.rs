@@ -55,7 +55,7 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         namespaces,
         accounts,
     });
-    Ok(Runner::namespaced("serviceaccount", queue, move |ns| {
+    Ok(Runner::new("serviceaccount", queue, 1, move |ns| {
         let sync = sync.clone();
         async move { sync.sync(&ns).await }
     }))

@@ -17,17 +17,15 @@ use std::sync::Arc;
 
 use ferrokube_api::LabelSelector;
 use ferrokube_client::events::{Kind as EventKind, Recorder};
-use ferrokube_client::informer::Event;
 use ferrokube_client::{Api, Store, WorkQueue};
 use k8s_openapi::api::apps::v1::{ControllerRevision, StatefulSet, StatefulSetStatus};
 use k8s_openapi::api::core::v1::{
-    ObjectReference, PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod,
-    PodTemplateSpec, Volume,
+    PersistentVolumeClaim, PersistentVolumeClaimVolumeSource, Pod, PodTemplateSpec, Volume,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use serde_json::json;
 
-use crate::ownership::{self, key, object_key};
+use crate::ownership::{self, key};
 use crate::pod_status::{phase, ready_since};
 use crate::revisions::{self, REVISION_HASH};
 use crate::{Context, Error, InformerFactory, Runner};
@@ -40,31 +38,8 @@ pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 /// Registers the informers; the runner syncs StatefulSets.
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let queue: WorkQueue<String> = WorkQueue::new();
-    let sets = {
-        let inf = informers.informer::<StatefulSet>();
-        let q = queue.clone();
-        inf.on_event(move |e| {
-            let (Event::Added(s) | Event::Updated(_, s) | Event::Deleted(s)) = e;
-            q.add(object_key(&s.metadata));
-        });
-        inf.store()
-    };
-    let pods = {
-        let inf = informers.informer::<Pod>();
-        let q = queue.clone();
-        inf.on_event(move |e| {
-            let (Event::Added(p) | Event::Updated(_, p) | Event::Deleted(p)) = e;
-            if let Some(r) = ownership::controller_of(&p.metadata) {
-                if r.kind == "StatefulSet" {
-                    q.add(key(
-                        p.metadata.namespace.as_deref().unwrap_or_default(),
-                        &r.name,
-                    ));
-                }
-            }
-        });
-        inf.store()
-    };
+    let sets = crate::queue_own::<StatefulSet>(informers, &queue);
+    let pods = crate::queue_controller::<StatefulSet, Pod>(informers, &queue, None);
     let claims = informers.informer::<PersistentVolumeClaim>().store();
     let revisions = informers.informer::<ControllerRevision>().store();
     let sync = Arc::new(Sync {
@@ -76,15 +51,10 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         queue: queue.clone(),
         recorder: Recorder::for_component(cx.client.clone(), COMPONENT, &cx.host, ""),
     });
-    let counts_queue = queue.clone();
-    Ok(Runner {
-        queue_name: QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(QUEUE, queue, 5, move |k| {
-            let sync = sync.clone();
-            async move { sync.sync(&k).await }
-        })),
-    })
+    Ok(Runner::new(QUEUE, queue, 5, move |k| {
+        let sync = sync.clone();
+        async move { sync.sync(&k).await }
+    }))
 }
 
 /// The ordinal of a pod named `<sts>-<n>`.
@@ -129,15 +99,11 @@ struct Sync {
 }
 
 impl Sync {
-    fn involved(set: &StatefulSet) -> ObjectReference {
-        ownership::reference::<StatefulSet>(&set.metadata)
-    }
-
     async fn event(&self, set: &StatefulSet, kind: EventKind, reason: &str, message: &str) {
         self.recorder
             .object(
                 set.metadata.namespace.as_deref().unwrap_or_default(),
-                Self::involved(set),
+                ownership::reference::<StatefulSet>(&set.metadata),
                 kind,
                 reason,
                 message,
@@ -152,7 +118,6 @@ impl Sync {
         let set = (*set).clone();
         let name = set.metadata.name.clone().unwrap_or_default();
         let ns = set.metadata.namespace.clone().unwrap_or_default();
-        let uid = set.metadata.uid.clone().unwrap_or_default();
         let spec = set.spec.clone().unwrap_or_default();
         let Ok(selector) = LabelSelector::from_api(&spec.selector) else {
             return Ok(());
@@ -161,33 +126,18 @@ impl Sync {
             return Ok(());
         }
         let api: Api<Pod> = Api::namespaced(self.cx.client.clone(), &ns);
-        // Own pods (and orphans named and labelled as ours, adopted).
+        // Its pods: named and labelled as its members (upstream's isMemberOf).
+        let matches = |p: &Pod| {
+            ordinal_of(&name, p.metadata.name.as_deref().unwrap_or_default()).is_some()
+                && selector.matches(&p.metadata.labels.clone().unwrap_or_default())
+        };
         let mut pods: BTreeMap<i32, Arc<Pod>> = BTreeMap::new();
-        for p in self.pods.list() {
-            if p.metadata.namespace.as_deref() != Some(ns.as_str()) {
-                continue;
-            }
-            let pname = p.metadata.name.clone().unwrap_or_default();
-            let Some(ord) = ordinal_of(&name, &pname) else {
-                continue;
-            };
-            let matches = selector.matches(&p.metadata.labels.clone().unwrap_or_default());
-            match ownership::controller_of(&p.metadata) {
-                Some(r) if r.uid == uid && matches => {
-                    pods.insert(ord, p.clone());
-                }
-                None if matches
-                    && set.metadata.deletion_timestamp.is_none()
-                    && ownership::adopt(
-                        &api,
-                        &p.metadata,
-                        ownership::controller_ref::<StatefulSet>(&set.metadata),
-                    )
-                    .await? =>
-                {
-                    pods.insert(ord, p.clone());
-                }
-                _ => {}
+        for p in
+            ownership::claim::<StatefulSet, _>(&api, &set.metadata, self.pods.list(), matches, None)
+                .await?
+        {
+            if let Some(ord) = ordinal_of(&name, p.metadata.name.as_deref().unwrap_or_default()) {
+                pods.insert(ord, p);
             }
         }
         let (update_hash, current_hash) = self.revisions(&set).await?;
@@ -563,19 +513,10 @@ impl Sync {
         set: &StatefulSet,
         status: StatefulSetStatus,
     ) -> Result<(), Error> {
-        if set.status.as_ref() == Some(&status) {
-            return Ok(());
-        }
         let mut updated = set.clone();
         updated.status = Some(status);
-        let ns = set.metadata.namespace.clone().unwrap_or_default();
-        let name = set.metadata.name.clone().unwrap_or_default();
-        let api: Api<StatefulSet> = Api::namespaced(self.cx.client.clone(), &ns);
-        match api.replace_status(&name, &updated).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        crate::write_status(&self.cx.client, set, &updated).await?;
+        Ok(())
     }
 }
 

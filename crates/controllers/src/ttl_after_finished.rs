@@ -51,57 +51,52 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
     };
     let cx = cx.clone();
     let requeue = queue.clone();
-    let counts_queue = queue.clone();
     let jobs = Arc::new(jobs);
-    Ok(Runner {
-        queue_name: QUEUE,
-        counts: Box::new(move || counts_queue.counts()),
-        run: Box::pin(crate::work(QUEUE, queue, 5, move |k| {
-            let (cx, requeue, jobs) = (cx.clone(), requeue.clone(), jobs.clone());
-            async move {
-                let Some(job) = jobs.get(&k) else {
-                    return Ok(());
-                };
-                let Some(at) = expires_at(&job) else {
-                    return Ok(());
-                };
-                let left = at - jiff::Timestamp::now().as_second();
-                if left > 0 {
-                    requeue.add_after(k, Duration::from_secs(left as u64));
-                    return Ok(());
-                }
-                let ns = job.metadata.namespace.clone().unwrap_or_default();
-                let name = job.metadata.name.clone().unwrap_or_default();
-                let api: Api<Job> = Api::namespaced(cx.client.clone(), &ns);
-                // The cache may be behind (the TTL changed): read it again.
-                let Some(fresh) = api.get_opt(&name).await? else {
-                    return Ok(());
-                };
-                if fresh.metadata.uid != job.metadata.uid
-                    || expires_at(&fresh).is_none_or(|t| t > jiff::Timestamp::now().as_second())
-                {
-                    requeue.add(k);
-                    return Ok(());
-                }
-                tracing::info!(
-                    namespace = ns,
-                    job = name,
-                    "deleting finished job: its TTL expired"
-                );
-                let opts = DeleteOptions {
-                    propagation_policy: Some("Foreground".into()),
-                    preconditions: Some(Preconditions {
-                        uid: fresh.metadata.uid.clone(),
-                        resource_version: None,
-                    }),
-                    ..Default::default()
-                };
-                match api.delete(&name, Some(&opts)).await {
-                    Ok(_) => Ok(()),
-                    Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
-                    Err(e) => Err(Error::from(e)),
-                }
+    Ok(Runner::new(QUEUE, queue, 5, move |k| {
+        let (cx, requeue, jobs) = (cx.clone(), requeue.clone(), jobs.clone());
+        async move {
+            let Some(job) = jobs.get(&k) else {
+                return Ok(());
+            };
+            let Some(at) = expires_at(&job) else {
+                return Ok(());
+            };
+            let left = at - jiff::Timestamp::now().as_second();
+            if left > 0 {
+                requeue.add_after(k, Duration::from_secs(left as u64));
+                return Ok(());
             }
-        })),
-    })
+            let ns = job.metadata.namespace.clone().unwrap_or_default();
+            let name = job.metadata.name.clone().unwrap_or_default();
+            let api: Api<Job> = Api::namespaced(cx.client.clone(), &ns);
+            // The cache may be behind (the TTL changed): read it again.
+            let Some(fresh) = api.get_opt(&name).await? else {
+                return Ok(());
+            };
+            if fresh.metadata.uid != job.metadata.uid
+                || expires_at(&fresh).is_none_or(|t| t > jiff::Timestamp::now().as_second())
+            {
+                requeue.add(k);
+                return Ok(());
+            }
+            tracing::info!(
+                namespace = ns,
+                job = name,
+                "deleting finished job: its TTL expired"
+            );
+            let opts = DeleteOptions {
+                propagation_policy: Some("Foreground".into()),
+                preconditions: Some(Preconditions {
+                    uid: fresh.metadata.uid.clone(),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            match api.delete(&name, Some(&opts)).await {
+                Ok(_) => Ok(()),
+                Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
+                Err(e) => Err(Error::from(e)),
+            }
+        }
+    }))
 }
