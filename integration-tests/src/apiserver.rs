@@ -22,6 +22,8 @@ pub struct ApiServer {
     /// Whether a kube-controller-manager runs beside it, started once the server is
     /// ready (default: yes; pods need the `default` ServiceAccount it makes).
     pub controllers: bool,
+    /// More kube-controller-manager flags.
+    pub controller_args: Vec<String>,
     controller_manager: std::sync::Mutex<Option<Child>>,
 }
 
@@ -50,6 +52,7 @@ impl ApiServer {
             extra,
             netns: None,
             controllers: true,
+            controller_args: vec![],
             controller_manager: std::sync::Mutex::new(None),
         }
     }
@@ -126,6 +129,7 @@ impl ApiServer {
             .arg(self.dir.join("pki/ca.crt"))
             .args(["--bind-address", &self.ip])
             .args(["--secure-port", &free_port().to_string()])
+            .args(&self.controller_args)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -63,6 +63,45 @@ struct Args {
     /// kept).
     #[arg(long, default_value_t = ferrokube_controllers::podgc::DEFAULT_THRESHOLD)]
     terminated_pod_gc_threshold: usize,
+    /// Give Nodes pod CIDRs from --cluster-cidr (node-ipam-controller).
+    #[arg(long, default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    allocate_node_cidrs: bool,
+    /// The pods' CIDR range(s), comma-separated (one IPv4, one IPv6).
+    #[arg(long, default_value = "")]
+    cluster_cidr: String,
+    /// The Services' CIDR range(s); node ranges overlapping them are never handed out.
+    #[arg(long, default_value = "")]
+    service_cluster_ip_range: String,
+    /// The size of each Node's range (both families; see the per-family flags).
+    #[arg(long)]
+    node_cidr_mask_size: Option<u8>,
+    /// The size of each Node's IPv4 range (default 24).
+    #[arg(long)]
+    node_cidr_mask_size_ipv4: Option<u8>,
+    /// The size of each Node's IPv6 range (default 64).
+    #[arg(long)]
+    node_cidr_mask_size_ipv6: Option<u8>,
+    /// How often Node health is checked (Go duration).
+    #[arg(long, default_value = "5s", value_parser = duration)]
+    node_monitor_period: Duration,
+    /// How long a running Node may be silent before it is marked unhealthy.
+    #[arg(long, default_value = "50s", value_parser = duration)]
+    node_monitor_grace_period: Duration,
+    /// How long a starting Node may be silent before it is marked unhealthy.
+    #[arg(long, default_value = "1m0s", value_parser = duration)]
+    node_startup_grace_period: Duration,
+    /// Nodes per second tainted NoExecute when their zone is healthy.
+    #[arg(long, default_value_t = 0.1)]
+    node_eviction_rate: f64,
+    /// Nodes per second tainted NoExecute when their zone is unhealthy.
+    #[arg(long, default_value_t = 0.01)]
+    secondary_node_eviction_rate: f64,
+    /// Zones of at most this many Nodes are not tainted while unhealthy.
+    #[arg(long, default_value_t = 50)]
+    large_cluster_size_threshold: usize,
+    /// The share of not-ready Nodes (at least 3) that makes a zone unhealthy.
+    #[arg(long, default_value_t = 0.55)]
+    unhealthy_zone_threshold: f64,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -163,6 +202,22 @@ async fn run(args: Args) -> Result<()> {
         root_ca,
         host: ferrokube_process::hostname(),
         terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        node_ipam: ferrokube_controllers::nodeipam::Config {
+            allocate: args.allocate_node_cidrs,
+            cluster_cidr: args.cluster_cidr.clone(),
+            service_cidr: args.service_cluster_ip_range.clone(),
+            mask_ipv4: args.node_cidr_mask_size_ipv4.or(args.node_cidr_mask_size),
+            mask_ipv6: args.node_cidr_mask_size_ipv6.or(args.node_cidr_mask_size),
+        },
+        node_lifecycle: ferrokube_controllers::nodelifecycle::Config {
+            monitor_period: args.node_monitor_period,
+            grace_period: args.node_monitor_grace_period,
+            startup_grace_period: args.node_startup_grace_period,
+            eviction_rate: args.node_eviction_rate,
+            secondary_eviction_rate: args.secondary_node_eviction_rate,
+            large_cluster_threshold: args.large_cluster_size_threshold,
+            unhealthy_zone_threshold: args.unhealthy_zone_threshold,
+        },
     };
     let election = if args.leader_elect {
         let identity = ElectionConfig::identity(&ferrokube_process::hostname());

@@ -26,6 +26,8 @@ pub mod garbagecollector;
 pub mod informers;
 pub mod job;
 pub mod namespace;
+pub mod nodeipam;
+pub mod nodelifecycle;
 pub mod ownership;
 pub mod pod_control;
 pub mod pod_status;
@@ -35,6 +37,7 @@ pub mod revisions;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
 pub mod statefulset;
+pub mod taint_eviction;
 pub mod ttl_after_finished;
 
 use std::future::Future;
@@ -67,6 +70,10 @@ pub struct Context {
     pub host: String,
     /// Finished pods kept before the oldest are deleted (`--terminated-pod-gc-threshold`).
     pub terminated_pod_gc_threshold: usize,
+    /// Pod ranges for Nodes (`--allocate-node-cidrs`, `--cluster-cidr`, ...).
+    pub node_ipam: nodeipam::Config,
+    /// When Nodes count as unhealthy and how fast they are tainted.
+    pub node_lifecycle: nodelifecycle::Config,
 }
 
 /// A controller of upstream's kube-controller-manager: its name, the names it is also
@@ -184,9 +191,18 @@ pub const CONTROLLERS: &[Descriptor] = &[
         disabled_by_default: true,
         ..upstream("token-cleaner-controller", &["tokencleaner"])
     },
-    upstream("node-ipam-controller", &["nodeipam"]),
-    upstream("node-lifecycle-controller", &["nodelifecycle"]),
-    upstream("taint-eviction-controller", &[]),
+    Descriptor {
+        start: Some(nodeipam::start),
+        ..upstream("node-ipam-controller", &["nodeipam"])
+    },
+    Descriptor {
+        start: Some(nodelifecycle::start),
+        ..upstream("node-lifecycle-controller", &["nodelifecycle"])
+    },
+    Descriptor {
+        start: Some(taint_eviction::start),
+        ..upstream("taint-eviction-controller", &[])
+    },
     upstream("service-lb-controller", &["service"]),
     upstream("node-route-controller", &["route"]),
     upstream("cloud-node-lifecycle-controller", &["cloud-node-lifecycle"]),
@@ -338,6 +354,31 @@ pub fn queue_controller<O: k8s_openapi::Resource, D: Kind>(
     inf.store()
 }
 
+/// Records a Node's new status as upstream's node controllers do: a Normal event
+/// `<reason>` saying `Node <name> status is now: <reason>`.
+pub async fn record_node_status_change(
+    recorder: &ferrokube_client::events::Recorder,
+    node: &str,
+    reason: &str,
+) {
+    let involved = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Node".into()),
+        name: Some(node.into()),
+        uid: Some(node.into()),
+        ..Default::default()
+    };
+    recorder
+        .object(
+            "default",
+            involved,
+            ferrokube_client::events::Kind::Normal,
+            reason,
+            &format!("Node {node} status is now: {reason}"),
+        )
+        .await;
+}
+
 /// Writes `updated` (an object with a new status) through the status subresource,
 /// unless it equals `current`; the stored object, or `None` when nothing was written
 /// or the object is gone.
@@ -440,6 +481,9 @@ mod tests {
                 "replicaset-controller",
                 "statefulset-controller",
                 "cronjob-controller",
+                "node-ipam-controller",
+                "node-lifecycle-controller",
+                "taint-eviction-controller",
                 "ttl-after-finished-controller",
                 "root-ca-certificate-publisher-controller"
             ]
@@ -465,7 +509,10 @@ mod tests {
                     "-cronjob",
                     "-podgc",
                     "-daemonset",
-                    "-statefulset"
+                    "-statefulset",
+                    "-nodeipam",
+                    "-nodelifecycle",
+                    "-taint-eviction-controller"
                 ])
                 .unwrap()
             ),
