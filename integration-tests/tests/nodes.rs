@@ -304,3 +304,199 @@ fn node_lifecycle_taints_evicts_and_allocates_ranges() {
     }
     c.parts.clear();
 }
+
+#[test]
+fn drain_evicts_within_the_disruption_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = Cluster::start(dir.path());
+    c.parts.push(c.api.component(
+        "hollow-nodes",
+        "hollow",
+        &["--nodes=2", "--node-lease-duration-seconds=4"],
+    ));
+    c.wait("two nodes", || {
+        c.api
+            .kubectl(&["get", "nodes", "-o", "name"])
+            .is_ok_and(|o| o.lines().count() == 2)
+    });
+    // Everything starts on hollow-node-0.
+    c.api.kubectl(&["cordon", "hollow-node-1"]).unwrap();
+    c.apply(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: 3
+  selector:
+    matchLabels: {app: web}
+  template:
+    metadata:
+      labels: {app: web}
+    spec:
+      containers:
+      - name: web
+        image: busybox
+---
+apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: web-pdb
+spec:
+  minAvailable: 2
+  selector:
+    matchLabels: {app: web}
+---
+apiVersion: apps/v1
+kind: DaemonSet
+metadata:
+  name: agent
+spec:
+  selector:
+    matchLabels: {app: agent}
+  template:
+    metadata:
+      labels: {app: agent}
+    spec:
+      containers:
+      - name: agent
+        image: busybox
+"#,
+    );
+    c.pod("loner", "hollow-node-0", "[]");
+    let status = |c: &Cluster| {
+        c.jsonpath(
+            "pdb/web-pdb",
+            "{.status.expectedPods} {.status.currentHealthy} {.status.desiredHealthy} {.status.disruptionsAllowed}",
+        )
+    };
+    c.wait("the budget's status", || status(&c) == "3 3 2 1");
+    let table = c.api.kubectl(&["get", "pdb", "web-pdb"]).unwrap();
+    assert!(table.contains("ALLOWED DISRUPTIONS"), "{table}");
+    assert_eq!(
+        c.jsonpath(
+            "pdb/web-pdb",
+            "{.status.conditions[?(@.type==\"DisruptionAllowed\")].reason}"
+        ),
+        "SufficientPods"
+    );
+    c.api.kubectl(&["uncordon", "hollow-node-1"]).unwrap();
+
+    // Without the flags, drain refuses the DaemonSet's and the bare pod.
+    let refused = c
+        .api
+        .kubectl(&["drain", "hollow-node-0", "--timeout=10s"])
+        .unwrap_err();
+    assert!(
+        refused.contains("cannot delete DaemonSet-managed Pods")
+            && refused.contains("cannot delete Pods that declare no controller"),
+        "{refused}"
+    );
+
+    // The eviction subresource says why it refuses: a budget that allows nothing.
+    c.apply(
+        r#"apiVersion: policy/v1
+kind: PodDisruptionBudget
+metadata:
+  name: agent-pdb
+spec:
+  minAvailable: 2
+  selector:
+    matchLabels: {app: agent}
+"#,
+    );
+    c.wait("the agent budget's status", || {
+        c.jsonpath(
+            "pdb/agent-pdb",
+            "{.status.expectedPods} {.status.disruptionsAllowed}",
+        ) == "2 0"
+    });
+    let agent = c.jsonpath(
+        "pods",
+        "{.items[?(@.metadata.labels.app==\"agent\")].metadata.name}",
+    );
+    let agent = agent.split_whitespace().next().unwrap().to_string();
+    let eviction = dir.path().join("eviction.json");
+    std::fs::write(
+        &eviction,
+        format!(r#"{{"apiVersion":"policy/v1","kind":"Eviction","metadata":{{"name":"{agent}","namespace":"default"}}}}"#),
+    )
+    .unwrap();
+    let err = c
+        .api
+        .kubectl(&[
+            "create",
+            "--raw",
+            &format!("/api/v1/namespaces/default/pods/{agent}/eviction"),
+            "-f",
+            eviction.to_str().unwrap(),
+        ])
+        .unwrap_err();
+    assert!(
+        err.contains("Cannot evict pod as it would violate the pod's disruption budget."),
+        "{err}"
+    );
+    c.api.kubectl(&["delete", "pdb", "agent-pdb"]).unwrap();
+
+    // Drain: cordons, evicts the Deployment's pods one budget-allowed disruption at a
+    // time (the others wait, 429, until replacements on the other node are ready),
+    // deletes the bare pod (--force) and leaves the DaemonSet's.
+    let run = c
+        .api
+        .kubectl_command(&[
+            "drain",
+            "hollow-node-0",
+            "--ignore-daemonsets",
+            "--force",
+            "--timeout=90s",
+        ])
+        .output()
+        .unwrap();
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&run.stdout),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(run.status.success(), "drain: {out}\n{}", c.logs());
+    // Three evictions at once against one allowed disruption: the others were refused
+    // and retried.
+    assert!(
+        out.contains("(will retry after 5s): Cannot evict pod as it would violate the pod's disruption budget."),
+        "{out}"
+    );
+    assert!(out.contains("node/hollow-node-0 drained"), "{out}");
+    assert!(out.contains("evicting pod default/web-"), "{out}");
+    assert_eq!(
+        c.jsonpath("node/hollow-node-0", "{.spec.unschedulable}"),
+        "true"
+    );
+    let on_node = |node: &str| {
+        c.api
+            .kubectl(&[
+                "get",
+                "pods",
+                "--field-selector",
+                &format!("spec.nodeName={node}"),
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.labels.app}{\" \"}{end}",
+            ])
+            .unwrap()
+    };
+    assert_eq!(on_node("hollow-node-0").trim(), "agent");
+    c.wait("web running on the other node", || {
+        on_node("hollow-node-1").matches("web").count() == 3
+    });
+    assert!(c.deleting("loner"));
+    c.wait("the budget healthy again", || status(&c) == "3 3 2 1");
+    let events = c
+        .api
+        .kubectl(&[
+            "get",
+            "events",
+            "-o",
+            "custom-columns=REASON:.reason,MSG:.message",
+        ])
+        .unwrap();
+    assert!(!events.contains("NotDeleted"), "{events}");
+    c.parts.clear();
+}

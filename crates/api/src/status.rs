@@ -66,6 +66,31 @@ pub fn with_causes(
     )
 }
 
+/// 429: the server refuses for now (`Retry-After` as `retryAfterSeconds` when
+/// non-zero), with causes (an eviction a disruption budget blocks).
+pub fn too_many_requests(message: &str, retry_after: i32, causes: Vec<StatusCause>) -> StatusError {
+    failure(
+        429,
+        "TooManyRequests",
+        message.to_string(),
+        Some(StatusDetails {
+            causes: Some(causes),
+            retry_after_seconds: (retry_after > 0).then_some(retry_after),
+            ..Default::default()
+        }),
+    )
+}
+
+/// A failure with a code and message only (no reason), as some upstream handlers answer.
+pub fn failure_without_reason(code: i32, message: &str) -> StatusError {
+    StatusError(Box::new(Status {
+        code: Some(code),
+        message: Some(message.to_string()),
+        status: Some("Failure".to_string()),
+        ..Default::default()
+    }))
+}
+
 /// 404: `pods "x" not found`.
 pub fn not_found(r: &ResourceInfo, name: &str) -> StatusError {
     let msg = format!("{} \"{name}\" not found", r.qualified_name());

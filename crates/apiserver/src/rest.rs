@@ -83,6 +83,9 @@ const GENERATION_KINDS: &[&str] = &[
     "PersistentVolumeClaim",
 ];
 
+/// The most evictions a PodDisruptionBudget may hold unconfirmed by its controller.
+const MAX_DISRUPTED_PODS: usize = 2000;
+
 /// How a response should look, from the `Accept` header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -1656,78 +1659,275 @@ impl Resources {
         })
     }
 
-    /// `pods/eviction`: a delete that respects PodDisruptionBudgets.
+    /// `pods/eviction` (upstream's EvictionREST): a delete that respects the pod's
+    /// PodDisruptionBudget. Pods that are Pending, finished or already terminating go
+    /// at once; a pod with one budget goes when the budget allows a disruption (the
+    /// budget's `disruptionsAllowed` is taken down and the pod noted in its
+    /// `disruptedPods`), or, not being Ready, when the budget is healthy anyway (or its
+    /// `unhealthyPodEvictionPolicy` is AlwaysAllow). The pod gets a `DisruptionTarget`
+    /// condition (`EvictionByEvictionAPI`) before it is deleted.
     async fn evict(&self, r: &ResourceInfo, call: &Call<'_>) -> Result<Answer, StatusError> {
         let ns = call.path.namespace.clone().unwrap_or_default();
         let name = call.path.name.clone().unwrap_or_default();
+        let body = if call.body.is_empty() {
+            json!({})
+        } else {
+            parse_body(&call.body, "application/json")?
+        };
+        if let Some(n) = body.pointer("/metadata/name").and_then(Value::as_str) {
+            if n != name {
+                return Err(status::bad_request(
+                    "name in URL does not match name in Eviction object",
+                ));
+            }
+        }
+        let mut opts = body.get("deleteOptions").cloned().unwrap_or(json!({}));
+        if call.query.get("dryRun") == Some("All") {
+            opts["dryRun"] = json!(["All"]);
+        }
+        let dry = opts.get("dryRun").is_some();
+        let rv_unset = opts.pointer("/preconditions/resourceVersion").is_none();
+        let success = || Answer {
+            code: StatusCode::CREATED,
+            body: json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+            warnings: vec![],
+        };
         let pod = self
             .objects
             .get(&self.key(r, Some(&ns), &name))
             .await?
             .ok_or_else(|| status::not_found(r, &name))?;
-        let pdb = ferrokube_api::registry::builtin("policy", "poddisruptionbudgets");
-        let budgets = self
-            .objects
-            .list(&list_prefix(&pdb, Some(&ns)), "", 0, 0)
-            .await?;
-        let labels = meta::labels(&pod.object);
         let phase = pod
             .object
             .pointer("/status/phase")
             .and_then(Value::as_str)
-            .unwrap_or_default();
-        if phase != "Succeeded" && phase != "Failed" {
-            for b in budgets.items {
-                let Some(sel) = b.object.pointer("/spec/selector") else {
-                    continue;
-                };
-                let Ok(api) = serde_json::from_value(sel.clone()) else {
-                    continue;
-                };
-                let Ok(sel) = LabelSelector::from_api(&api) else {
-                    continue;
-                };
-                if !sel.matches(&labels) {
-                    continue;
+            .unwrap_or_default()
+            .to_string();
+        let terminating = pod.object.pointer("/metadata/deletionTimestamp").is_some();
+        let rv = pod.revision.to_string();
+        // Already disrupted (finished or terminating) or not yet running: no budget
+        // to respect.
+        if matches!(phase.as_str(), "Succeeded" | "Failed" | "Pending") || terminating {
+            let mut o = opts.clone();
+            if !matches!(phase.as_str(), "Succeeded" | "Failed") && !terminating && rv_unset {
+                o["preconditions"]["resourceVersion"] = json!(rv);
+            }
+            self.disrupt_and_delete(r, &ns, &name, o, dry).await?;
+            return Ok(success());
+        }
+        let pdb_info = ferrokube_api::registry::builtin("policy", "poddisruptionbudgets");
+        let labels = meta::labels(&pod.object);
+        let budgets: Vec<Stored> = self
+            .objects
+            .list(&list_prefix(&pdb_info, Some(&ns)), "", 0, 0)
+            .await?
+            .items
+            .into_iter()
+            .filter(|b| {
+                // A budget without a selector, or an empty one, matches nothing here.
+                b.object
+                    .pointer("/spec/selector")
+                    .and_then(|s| serde_json::from_value(s.clone()).ok())
+                    .and_then(|s| LabelSelector::from_api(&s).ok())
+                    .is_some_and(|s| !s.is_everything() && s.matches(&labels))
+            })
+            .collect();
+        if budgets.len() > 1 {
+            return Err(status::failure_without_reason(
+                500,
+                "This pod has more than one PodDisruptionBudget, which the eviction subresource does not support.",
+            ));
+        }
+        let Some(budget) = budgets.into_iter().next() else {
+            self.disrupt_and_delete(r, &ns, &name, opts, dry).await?;
+            return Ok(success());
+        };
+        let pdb_name = meta::name(&budget.object).to_string();
+        let int = |p: &str| {
+            budget
+                .object
+                .pointer(p)
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+        };
+        let ready = pod
+            .object
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Ready" && c["status"] == "True")
+            });
+        let always_allow = budget
+            .object
+            .pointer("/spec/unhealthyPodEvictionPolicy")
+            .and_then(Value::as_str)
+            == Some("AlwaysAllow");
+        let still_processing = |name: &str| {
+            status::too_many_requests(
+                "Cannot evict pod as it would violate the pod's disruption budget.",
+                10,
+                vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
+                        reason: Some("DisruptionBudget".into()),
+                        message: Some(format!(
+                            "The disruption budget {name} is still being processed by the server."
+                        )),
+                        field: None,
+                    },
+                ],
+            )
+        };
+        // Not Ready: it counts for nothing, so it may go while the budget is healthy.
+        if !ready
+            && (always_allow
+                || (int("/status/currentHealthy") >= int("/status/desiredHealthy")
+                    && int("/status/desiredHealthy") > 0))
+        {
+            let mut o = opts.clone();
+            if rv_unset {
+                o["preconditions"]["resourceVersion"] = json!(rv);
+            }
+            return match self.disrupt_and_delete(r, &ns, &name, o, dry).await {
+                Ok(()) => Ok(success()),
+                Err(e) if e.code() == 409 && rv_unset => Err(still_processing(&pdb_name)),
+                Err(e) => Err(e),
+            };
+        }
+        let pdb_key = self.key(&pdb_info, Some(&ns), &pdb_name);
+        let pod_name = name.clone();
+        let decrement = |cur: Option<&Stored>| -> Result<Update, StatusError> {
+            let Some(cur) = cur else {
+                return Err(still_processing(&pdb_name));
+            };
+            let mut b = cur.object.clone();
+            let get = |p: &str| b.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            if get("/status/observedGeneration") < get("/metadata/generation") {
+                return Err(still_processing(&pdb_name));
+            }
+            let allowed = get("/status/disruptionsAllowed");
+            if allowed < 0 {
+                return Err(status::forbidden(
+                    &pdb_info,
+                    &pdb_name,
+                    "pdb disruptions allowed is negative",
+                ));
+            }
+            let disrupted = b
+                .pointer("/status/disruptedPods")
+                .and_then(Value::as_object)
+                .map_or(0, |m| m.len());
+            if disrupted > MAX_DISRUPTED_PODS {
+                return Err(status::forbidden(
+                    &pdb_info,
+                    &pdb_name,
+                    "DisruptedPods map too big - too many evictions not confirmed by PDB controller",
+                ));
+            }
+            if allowed == 0 {
+                return Err(status::too_many_requests(
+                    "Cannot evict pod as it would violate the pod's disruption budget.",
+                    0,
+                    vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
+                        reason: Some("DisruptionBudget".into()),
+                        message: Some(format!(
+                            "The disruption budget {pdb_name} needs {} healthy pods and has {} currently",
+                            get("/status/desiredHealthy"),
+                            get("/status/currentHealthy")
+                        )),
+                        field: None,
+                    }],
+                ));
+            }
+            if dry {
+                return Ok(Update::Keep);
+            }
+            let st = &mut b["status"];
+            st["disruptionsAllowed"] = json!(allowed - 1);
+            if allowed - 1 == 0 {
+                if let Some(cs) = st.get_mut("conditions").and_then(Value::as_array_mut) {
+                    for c in cs.iter_mut().filter(|c| c["type"] == "DisruptionAllowed") {
+                        if c["status"] != "False" {
+                            c["status"] = json!("False");
+                            c["lastTransitionTime"] = json!(meta::now());
+                        }
+                        c["reason"] = json!("InsufficientPods");
+                    }
                 }
-                let allowed = b
-                    .object
-                    .pointer("/status/disruptionsAllowed")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0);
-                if allowed <= 0 {
-                    return Err(status::with_causes(
-                        429,
-                        "TooManyRequests",
-                        "Cannot evict pod as it would violate the pod's disruption budget.".into(),
-                        vec![k8s_openapi::apimachinery::pkg::apis::meta::v1::StatusCause {
-                            reason: Some("DisruptionBudget".into()),
-                            message: Some(format!(
-                                "The disruption budget {} needs {} healthy pods and has {} currently",
-                                meta::name(&b.object),
-                                b.object.pointer("/status/desiredHealthy").and_then(Value::as_i64).unwrap_or(0),
-                                b.object.pointer("/status/currentHealthy").and_then(Value::as_i64).unwrap_or(0)
-                            )),
-                            field: None,
-                        }],
-                    ));
+            }
+            if !st["disruptedPods"].is_object() {
+                st["disruptedPods"] = json!({});
+            }
+            st["disruptedPods"][&pod_name] = json!(meta::now());
+            Ok(Update::Put(b))
+        };
+        self.objects
+            .update(&pdb_key, &|_| Vec::new(), decrement)
+            .await?;
+        self.disrupt_and_delete(r, &ns, &name, opts, dry).await?;
+        Ok(success())
+    }
+
+    /// Marks a pod `DisruptionTarget` (EvictionByEvictionAPI) and deletes it with
+    /// `opts`; a resourceVersion precondition there applies to both writes.
+    async fn disrupt_and_delete(
+        &self,
+        r: &ResourceInfo,
+        ns: &str,
+        name: &str,
+        mut opts: Value,
+        dry: bool,
+    ) -> Result<(), StatusError> {
+        if !dry {
+            let key = self.key(r, Some(ns), name);
+            let want_rv = opts
+                .pointer("/preconditions/resourceVersion")
+                .and_then(Value::as_str)
+                .map(String::from);
+            let mark = |cur: Option<&Stored>| -> Result<Update, StatusError> {
+                let Some(cur) = cur else {
+                    return Err(status::not_found(r, name));
+                };
+                if want_rv
+                    .as_deref()
+                    .is_some_and(|rv| rv != cur.revision.to_string())
+                {
+                    return Err(status::conflict(r, name, status::MODIFIED));
+                }
+                let mut p = cur.object.clone();
+                if p.pointer("/metadata/deletionTimestamp").is_some() {
+                    return Ok(Update::Keep);
+                }
+                if !p["status"]["conditions"].is_array() {
+                    p["status"]["conditions"] = json!([]);
+                }
+                let cs = p["status"]["conditions"]
+                    .as_array_mut()
+                    .expect("made an array");
+                if cs
+                    .iter()
+                    .any(|c| c["type"] == "DisruptionTarget" && c["status"] == "True")
+                {
+                    return Ok(Update::Keep);
+                }
+                cs.retain(|c| c["type"] != "DisruptionTarget");
+                cs.push(json!({
+                    "type": "DisruptionTarget",
+                    "status": "True",
+                    "reason": "EvictionByEvictionAPI",
+                    "message": "Eviction API: evicting",
+                    "lastTransitionTime": meta::now(),
+                }));
+                Ok(Update::Put(p))
+            };
+            if let Outcome::Written(s) = self.objects.update(&key, &self.derived(r), mark).await? {
+                if want_rv.is_some() {
+                    opts["preconditions"]["resourceVersion"] = json!(s.revision.to_string());
                 }
             }
         }
-        let opts = call.body.is_empty().then(|| json!({})).map_or_else(
-            || {
-                parse_body(&call.body, "application/json")
-                    .map(|e| e.get("deleteOptions").cloned().unwrap_or(json!({})))
-            },
-            Ok,
-        )?;
-        self.delete_object(r, Some(&ns), &name, &opts, false)
-            .await?;
-        Ok(Answer {
-            code: StatusCode::CREATED,
-            body: json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
-            warnings: vec![],
-        })
+        self.delete_object(r, Some(ns), name, &opts, dry).await?;
+        Ok(())
     }
 
     fn delete_options(&self, call: &Call<'_>) -> Result<Value, StatusError> {

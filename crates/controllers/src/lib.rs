@@ -21,6 +21,7 @@
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod informers;
@@ -161,7 +162,10 @@ pub const CONTROLLERS: &[Descriptor] = &[
         "horizontal-pod-autoscaler-controller",
         &["horizontalpodautoscaling"],
     ),
-    upstream("disruption-controller", &["disruption"]),
+    Descriptor {
+        start: Some(disruption::start),
+        ..upstream("disruption-controller", &["disruption"])
+    },
     Descriptor {
         start: Some(statefulset::start),
         ..upstream("statefulset-controller", &["statefulset"])
@@ -479,6 +483,7 @@ mod tests {
                 "job-controller",
                 "deployment-controller",
                 "replicaset-controller",
+                "disruption-controller",
                 "statefulset-controller",
                 "cronjob-controller",
                 "node-ipam-controller",
@@ -512,7 +517,8 @@ mod tests {
                     "-statefulset",
                     "-nodeipam",
                     "-nodelifecycle",
-                    "-taint-eviction-controller"
+                    "-taint-eviction-controller",
+                    "-disruption"
                 ])
                 .unwrap()
             ),
