@@ -30,6 +30,11 @@ pub struct World {
 
 /// Starts a node's world: namespace, API server, registry with the test images.
 pub fn world() -> World {
+    world_with_controllers(&[])
+}
+
+/// ... with these kube-controller-manager flags.
+pub fn world_with_controllers(controller_args: &[&str]) -> World {
     let ns = NetNs::new();
     let dir = tempfile::tempdir().unwrap();
     let mut api = ApiServer::new(
@@ -40,6 +45,7 @@ pub fn world() -> World {
         vec![],
     );
     api.netns = Some(ns.name.clone());
+    api.controller_args = controller_args.iter().map(|a| a.to_string()).collect();
     api.spawn();
     api.wait_ready();
     let reg = LocalRegistry::start_in(&dir.path().join("registry"), Some(&ns.name));
@@ -174,10 +180,18 @@ pub fn spawn_node(
         .stderr(Stdio::null())
         .status();
     let cfg = root.join("config.yaml");
+    // The node shares the host's disk (as kind's do): disk pressure is the host's
+    // business, unless a test sets its own thresholds. (Otherwise a full build disk
+    // taints the node `disk-pressure` and nothing schedules on it.)
+    let eviction = if config.contains("evictionHard") {
+        ""
+    } else {
+        "evictionHard:\n  memory.available: 100Mi\n  nodefs.available: \"0%\"\n  nodefs.inodesFree: \"0%\"\n  imagefs.available: \"0%\"\n"
+    };
     std::fs::write(
         &cfg,
         format!(
-            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\npodLogsDir: {}\n{config}",
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkind: KubeletConfiguration\nnodeStatusUpdateFrequency: 2s\nclusterDNS: [10.96.0.10]\nstaticPodPath: {}\npodLogsDir: {}\n{eviction}{config}",
             root.join("manifests").display(),
             root.join("logs").display()
         ),

@@ -102,6 +102,21 @@ struct Args {
     /// The share of not-ready Nodes (at least 3) that makes a zone unhealthy.
     #[arg(long, default_value_t = 0.55)]
     unhealthy_zone_threshold: f64,
+    /// How often each HorizontalPodAutoscaler is synced.
+    #[arg(long, default_value = "15s", value_parser = duration)]
+    horizontal_pod_autoscaler_sync_period: Duration,
+    /// How far from its target a metric may be without a rescale.
+    #[arg(long, default_value_t = 0.1)]
+    horizontal_pod_autoscaler_tolerance: f64,
+    /// How long the highest recent recommendation holds a scale-down back.
+    #[arg(long, default_value = "5m0s", value_parser = duration)]
+    horizontal_pod_autoscaler_downscale_stabilization: Duration,
+    /// How long after a pod starts its CPU may be skipped as still initialising.
+    #[arg(long, default_value = "5m0s", value_parser = duration)]
+    horizontal_pod_autoscaler_cpu_initialization_period: Duration,
+    /// How long after a pod starts a not-ready pod counts as never ready.
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    horizontal_pod_autoscaler_initial_readiness_delay: Duration,
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -217,6 +232,13 @@ async fn run(args: Args) -> Result<()> {
             secondary_eviction_rate: args.secondary_node_eviction_rate,
             large_cluster_threshold: args.large_cluster_size_threshold,
             unhealthy_zone_threshold: args.unhealthy_zone_threshold,
+        },
+        hpa: ferrokube_controllers::podautoscaler::Config {
+            sync_period: args.horizontal_pod_autoscaler_sync_period,
+            tolerance: args.horizontal_pod_autoscaler_tolerance,
+            downscale_stabilization: args.horizontal_pod_autoscaler_downscale_stabilization,
+            cpu_initialization_period: args.horizontal_pod_autoscaler_cpu_initialization_period,
+            initial_readiness_delay: args.horizontal_pod_autoscaler_initial_readiness_delay,
         },
     };
     let election = if args.leader_elect {

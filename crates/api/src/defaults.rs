@@ -174,6 +174,45 @@ pub fn apply(kind: &str, obj: &mut Value) {
         "HorizontalPodAutoscaler" => {
             if let Some(spec) = object(o, "spec") {
                 default(spec, "minReplicas", json!(1));
+                // autoscaling/v2: no metrics means 80% CPU utilization.
+                if spec
+                    .get("metrics")
+                    .and_then(Value::as_array)
+                    .is_none_or(|m| m.is_empty())
+                {
+                    spec.insert(
+                        "metrics".into(),
+                        json!([{"type": "Resource", "resource": {"name": "cpu",
+                            "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+                    );
+                }
+                // A behavior given is completed with upstream's defaults.
+                if let Some(b) = spec.get_mut("behavior").and_then(Value::as_object_mut) {
+                    // (scaleDown's window stays unset: the controller's
+                    // --horizontal-pod-autoscaler-downscale-stabilization applies.)
+                    for (dir, window, policies) in [
+                        (
+                            "scaleUp",
+                            Some(0),
+                            json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                                   {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+                        ),
+                        (
+                            "scaleDown",
+                            None,
+                            json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+                        ),
+                    ] {
+                        let rules = b.entry(dir).or_insert_with(|| json!({})).as_object_mut();
+                        if let Some(r) = rules {
+                            if let Some(w) = window {
+                                default(r, "stabilizationWindowSeconds", json!(w));
+                            }
+                            default(r, "selectPolicy", json!("Max"));
+                            default(r, "policies", policies);
+                        }
+                    }
+                }
             }
         }
         "Ingress" => {

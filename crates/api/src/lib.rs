@@ -23,6 +23,7 @@ pub mod cron;
 pub mod defaults;
 pub mod events;
 pub mod fields;
+pub mod hpa;
 pub mod keys;
 pub mod meta;
 pub mod openapi;

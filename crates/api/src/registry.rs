@@ -344,6 +344,18 @@ pub static BUILTIN: &[ResourceInfo] = &[
         ALL,
         STATUS,
     ),
+    // autoscaling/v1 (the same objects, converted: `ferrokube_api::hpa`)
+    res(
+        "autoscaling",
+        "v1",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        "horizontalpodautoscaler",
+        true,
+        &["hpa"],
+        ALL,
+        STATUS,
+    ),
     // batch/v1
     res(
         "batch",
@@ -712,6 +724,8 @@ mod tests {
         let reg = Registry::default();
         let mut all: Vec<&str> = reg.in_category("all").iter().map(|r| r.plural).collect();
         all.sort_unstable();
+        // (HorizontalPodAutoscalers are served in two versions.)
+        all.dedup();
         assert_eq!(
             all,
             [

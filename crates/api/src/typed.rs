@@ -40,6 +40,7 @@ macro_rules! builtin_types {
             ("apps", "ReplicaSet") => k8s_openapi::api::apps::v1::ReplicaSet,
             ("apps", "StatefulSet") => k8s_openapi::api::apps::v1::StatefulSet,
             ("autoscaling", "HorizontalPodAutoscaler") => k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler,
+            ("autoscaling/v1", "HorizontalPodAutoscaler") => k8s_openapi::api::autoscaling::v1::HorizontalPodAutoscaler,
             ("batch", "CronJob") => k8s_openapi::api::batch::v1::CronJob,
             ("batch", "Job") => k8s_openapi::api::batch::v1::Job,
             ("certificates.k8s.io", "CertificateSigningRequest") => k8s_openapi::api::certificates::v1::CertificateSigningRequest,
@@ -75,7 +76,18 @@ macro_rules! round_trip {
 }
 
 /// Decodes `obj` as `kind` of `group`. Kinds without a compiled type (custom resources)
-/// come back unchanged. The error is the type mismatch, as a message.
+/// come back unchanged. The error is the type mismatch, as a message. (A kind served in
+/// an older version besides its stored one is found as `group/version`, see
+/// [`type_group`].)
+/// The group under which [`decode`] finds the type of `kind` in `group`/`version`.
+pub fn type_group<'a>(group: &'a str, version: &str, kind: &str) -> std::borrow::Cow<'a, str> {
+    if group == "autoscaling" && version == "v1" && kind == "HorizontalPodAutoscaler" {
+        std::borrow::Cow::Owned(format!("{group}/{version}"))
+    } else {
+        std::borrow::Cow::Borrowed(group)
+    }
+}
+
 pub fn decode(group: &str, kind: &str, obj: &Value) -> Result<Decoded, String> {
     let rt = crate::builtin_types!(round_trip, group, kind, obj,);
     let Some(rt) = rt else {

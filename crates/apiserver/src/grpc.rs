@@ -150,6 +150,12 @@ impl ResourceService {
             Ok(x) => x,
             Err(e) => return Ok(error_response(&e)),
         };
+        if info.group == ferrokube_api::registry::METRICS_GROUP {
+            return Ok(self
+                .api
+                .resource_metrics(&info, verb, &path, &query, &headers)
+                .await);
+        }
         let call = Call {
             applied: false,
             method: &method,

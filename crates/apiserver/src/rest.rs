@@ -701,7 +701,8 @@ impl Resources {
                 }
                 typed::Decoded { object, unknown }
             }
-            None => typed::decode(r.group, r.kind, &obj).map_err(cannot)?,
+            None => typed::decode(&typed::type_group(r.group, r.version, r.kind), r.kind, &obj)
+                .map_err(cannot)?,
         };
         if !d.unknown.is_empty() {
             match validation {
@@ -2220,11 +2221,31 @@ fn is_events_api(r: &ResourceInfo) -> bool {
     r.group == "events.k8s.io" && r.kind == "Event"
 }
 
+/// Whether `r` is autoscaling/v1's HorizontalPodAutoscaler (stored as autoscaling/v2).
+fn is_hpa_v1(r: &ResourceInfo) -> bool {
+    r.group == "autoscaling" && r.version == "v1" && r.kind == "HorizontalPodAutoscaler"
+}
+
 impl Resources {
     /// An object (or list) from storage in the form `r` serves it.
     pub fn present(&self, r: &ResourceInfo, v: &mut Value) {
         if self.custom(r).is_some() {
             present_version(r, v);
+        } else if is_hpa_v1(r) {
+            let mine = |o: &Value| o.get("kind").and_then(Value::as_str) == Some(r.kind);
+            if mine(v) {
+                *v = ferrokube_api::hpa::to_v1(v);
+            } else if let Some(items) = v.get_mut("items").and_then(Value::as_array_mut) {
+                for i in items.iter_mut() {
+                    let had_type = i.get("apiVersion").is_some();
+                    *i = ferrokube_api::hpa::to_v1(i);
+                    if !had_type {
+                        if let Some(o) = i.as_object_mut() {
+                            o.remove("apiVersion");
+                        }
+                    }
+                }
+            }
         } else if is_events_api(r) {
             let convert = |o: &Value| {
                 if o.get("kind").and_then(Value::as_str) == Some("Event")
@@ -2255,6 +2276,8 @@ impl Resources {
     fn to_storage(r: &ResourceInfo, v: Value) -> Value {
         if is_events_api(r) {
             ferrokube_api::events::to_core(&v)
+        } else if is_hpa_v1(r) {
+            ferrokube_api::hpa::to_v2(&v)
         } else {
             v
         }

@@ -270,6 +270,12 @@ where
             .await
     }
 
+    /// Reads a subresource (`scale`).
+    pub async fn get_subresource(&self, name: &str, sub: &str) -> Result<K, Error> {
+        self.send("get", name, sub, Default::default(), "", vec![])
+            .await
+    }
+
     /// `get`, with `None` for NotFound.
     pub async fn get_opt(&self, name: &str) -> Result<Option<K>, Error> {
         match self.get(name).await {

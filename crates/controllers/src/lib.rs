@@ -32,6 +32,7 @@ pub mod nodelifecycle;
 pub mod ownership;
 pub mod pod_control;
 pub mod pod_status;
+pub mod podautoscaler;
 pub mod podgc;
 pub mod replicaset;
 pub mod revisions;
@@ -75,6 +76,8 @@ pub struct Context {
     pub node_ipam: nodeipam::Config,
     /// When Nodes count as unhealthy and how fast they are tainted.
     pub node_lifecycle: nodelifecycle::Config,
+    /// The horizontal pod autoscaler's periods and tolerance.
+    pub hpa: podautoscaler::Config,
 }
 
 /// A controller of upstream's kube-controller-manager: its name, the names it is also
@@ -158,10 +161,13 @@ pub const CONTROLLERS: &[Descriptor] = &[
         start: Some(replicaset::start::<k8s_openapi::api::apps::v1::ReplicaSet>),
         ..upstream("replicaset-controller", &["replicaset"])
     },
-    upstream(
-        "horizontal-pod-autoscaler-controller",
-        &["horizontalpodautoscaling"],
-    ),
+    Descriptor {
+        start: Some(podautoscaler::start),
+        ..upstream(
+            "horizontal-pod-autoscaler-controller",
+            &["horizontalpodautoscaling"],
+        )
+    },
     Descriptor {
         start: Some(disruption::start),
         ..upstream("disruption-controller", &["disruption"])
@@ -483,6 +489,7 @@ mod tests {
                 "job-controller",
                 "deployment-controller",
                 "replicaset-controller",
+                "horizontal-pod-autoscaler-controller",
                 "disruption-controller",
                 "statefulset-controller",
                 "cronjob-controller",
@@ -518,7 +525,8 @@ mod tests {
                     "-nodeipam",
                     "-nodelifecycle",
                     "-taint-eviction-controller",
-                    "-disruption"
+                    "-disruption",
+                    "-horizontalpodautoscaling"
                 ])
                 .unwrap()
             ),

@@ -686,20 +686,10 @@ impl Lifecycle {
                     t.queued.clear();
                 }
             }
+            // (Read afresh: a taint may have gone on since this round's snapshot.)
             for (n, _) in nodes {
-                let name = n.metadata.name.clone().unwrap_or_default();
-                let tainted = n
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.taints.as_ref())
-                    .is_some_and(|ts| {
-                        ts.iter().any(|t| {
-                            t.effect == "NoExecute" && (t.key == NOT_READY || t.key == UNREACHABLE)
-                        })
-                    });
-                if tainted {
-                    self.untaint(&name).await;
-                }
+                self.untaint(n.metadata.name.as_deref().unwrap_or_default())
+                    .await;
             }
             return;
         }
