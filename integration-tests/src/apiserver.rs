@@ -192,6 +192,34 @@ impl ApiServer {
         self.kubectl_stdin(args, None)
     }
 
+    /// kubectl as the holder of a bearer `token` (a kubeconfig of this server's cluster
+    /// with only the token as credentials); stdout or stderr.
+    pub fn kubectl_as_token(&self, token: &str, args: &[&str]) -> Result<String, String> {
+        let admin: serde_json::Value = serde_json::from_str(
+            &self
+                .kubectl(&["config", "view", "--raw", "-o", "json"])
+                .expect("kubectl config view"),
+        )
+        .expect("kubeconfig JSON");
+        let cluster = &admin["clusters"][0]["cluster"];
+        let conf = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "c", "cluster": cluster}],
+            "users": [{"name": "u", "user": {"token": token}}],
+            "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
+            "current-context": "x",
+        });
+        let path = self.dir.join(format!(
+            "token-{}.conf",
+            &token[token.len().saturating_sub(12)..]
+        ));
+        std::fs::write(&path, conf.to_string()).expect("writing the kubeconfig");
+        let mut a = vec!["--kubeconfig", path.to_str().expect("utf-8 path")];
+        a.extend_from_slice(args);
+        self.kubectl(&a)
+    }
+
     /// Runs kubectl with `stdin` fed to it.
     pub fn kubectl_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<String, String> {
         use std::io::Write as _;

@@ -691,10 +691,19 @@ fn apply_patch_edit_replace_scale_label_annotate() {
         api.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
         "5"
     );
-    let mut d = json(&api.ok(&["get", "deploy", "web", "-o", "json"]));
-    d["spec"]["replicas"] = 6.into();
-    let rf = write(dir.path(), "r.json", &d.to_string());
-    api.ok(&["replace", "-f", &rf]);
+    // Read, change, replace — again from a fresh read when the deployment controller's
+    // status write got in between (a conflict, as upstream), a bounded number of times.
+    let mut rf = String::new();
+    for attempt in 0..5 {
+        let mut d = json(&api.ok(&["get", "deploy", "web", "-o", "json"]));
+        d["spec"]["replicas"] = 6.into();
+        rf = write(dir.path(), "r.json", &d.to_string());
+        match api.kubectl(&["replace", "-f", &rf]) {
+            Ok(_) => break,
+            Err(e) if e.contains("Conflict") && attempt < 4 => continue,
+            Err(e) => panic!("replace: {e}"),
+        }
+    }
     assert_eq!(
         api.ok(&["get", "deploy", "web", "-o", "jsonpath={.spec.replicas}"]),
         "6"

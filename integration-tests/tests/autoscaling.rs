@@ -6,6 +6,18 @@
 use integration_tests::apiserver::ApiServer;
 use integration_tests::node::*;
 
+fn hpa_events(api: &ApiServer) -> String {
+    api.kubectl(&[
+        "get",
+        "events",
+        "--field-selector",
+        "involvedObject.kind=HorizontalPodAutoscaler",
+        "-o",
+        "custom-columns=REASON:.reason,MSG:.message",
+    ])
+    .unwrap()
+}
+
 fn jsonpath(api: &ApiServer, what: &str, path: &str) -> String {
     api.kubectl(&["get", what, "-o", &format!("jsonpath={path}")])
         .unwrap_or_default()
@@ -79,16 +91,7 @@ spec:
         || jsonpath(api, "deployment/burner", "{.spec.replicas}") == "3",
         logs,
     );
-    let events = api
-        .kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=HorizontalPodAutoscaler",
-            "-o",
-            "custom-columns=REASON:.reason,MSG:.message",
-        ])
-        .unwrap();
+    let events = hpa_events(api);
     assert!(
         events.contains(
             "New size: 3; reason: cpu resource utilization (percentage of request) above target"
@@ -135,16 +138,7 @@ spec:
         || jsonpath(api, "deployment/burner", "{.spec.replicas}") == "1",
         logs,
     );
-    let events = api
-        .kubectl(&[
-            "get",
-            "events",
-            "--field-selector",
-            "involvedObject.kind=HorizontalPodAutoscaler",
-            "-o",
-            "custom-columns=REASON:.reason,MSG:.message",
-        ])
-        .unwrap();
+    let events = hpa_events(api);
     assert!(
         events.contains("New size: 1; reason: All metrics below target"),
         "{events}"

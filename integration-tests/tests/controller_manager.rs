@@ -348,3 +348,118 @@ fn pod_garbage_collector_removes_finished_and_orphaned_pods() {
         assert!(api.kubectl(&["get", "pod", kept]).is_ok(), "{kept}");
     }
 }
+
+#[test]
+fn legacy_token_secrets_authenticate_while_they_exist() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut api = ApiServer::new(dir.path(), "127.0.0.1", free_port(), free_port(), vec![]);
+    // The API server's signing key, as kubeadm hands it to the controller manager.
+    api.controller_args = vec![
+        "--service-account-private-key-file".into(),
+        dir.path().join("pki/sa.key").display().to_string(),
+    ];
+    api.spawn();
+    api.wait_ready();
+    api.kubectl(&["create", "serviceaccount", "build-robot"])
+        .unwrap();
+    // No token Secret unless asked for (1.24+).
+    let secrets = api.kubectl(&["get", "secrets", "-o", "name"]).unwrap();
+    assert!(secrets.trim().is_empty(), "{secrets}");
+    api.kubectl_stdin(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1
+kind: Secret
+metadata:
+  name: build-robot-secret
+  annotations:
+    kubernetes.io/service-account.name: build-robot
+type: kubernetes.io/service-account-token
+",
+        ),
+    )
+    .unwrap();
+    let field = |path: &str| {
+        api.kubectl(&[
+            "get",
+            "secret",
+            "build-robot-secret",
+            "-o",
+            &format!("jsonpath={path}"),
+        ])
+        .unwrap_or_default()
+    };
+    integration_tests::wait_until(
+        "the token filled in",
+        30,
+        || !field("{.data.token}").is_empty(),
+        || std::fs::read_to_string(dir.path().join("controller-manager.log")).unwrap_or_default(),
+    );
+    let sa_uid = api
+        .kubectl(&["get", "sa", "build-robot", "-o", "jsonpath={.metadata.uid}"])
+        .unwrap();
+    assert_eq!(
+        field("{.metadata.annotations.kubernetes\\.io/service-account\\.uid}"),
+        sa_uid
+    );
+    let decode = |b64: &str| {
+        use base64::Engine as _;
+        String::from_utf8(
+            base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(decode(&field("{.data.namespace}")), "default");
+    assert!(decode(&field("{.data.ca\\.crt}")).contains("BEGIN CERTIFICATE"));
+    let token = decode(&field("{.data.token}"));
+    let claims: serde_json::Value = {
+        use base64::Engine as _;
+        let part = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(part)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    assert_eq!(claims["iss"], "kubernetes/serviceaccount");
+    assert_eq!(
+        claims["kubernetes.io/serviceaccount/secret.name"],
+        "build-robot-secret"
+    );
+
+    // The token authenticates the account (which, without RBAC grants, may not list
+    // pods), and its Secret records the day of use.
+    let e = api.kubectl_as_token(&token, &["get", "pods"]).unwrap_err();
+    assert!(
+        e.contains(
+            r#"User "system:serviceaccount:default:build-robot" cannot list resource "pods""#
+        ),
+        "{e}"
+    );
+    assert!(!field("{.metadata.labels.kubernetes\\.io/legacy-token-last-used}").is_empty());
+
+    // Deleting the account deletes its token Secret, and the token stops working.
+    api.kubectl(&["delete", "serviceaccount", "build-robot"])
+        .unwrap();
+    integration_tests::wait_until(
+        "the token Secret deleted",
+        30,
+        || {
+            api.kubectl(&[
+                "get",
+                "secret",
+                "build-robot-secret",
+                "--ignore-not-found",
+                "-o",
+                "name",
+            ])
+            .is_ok_and(|o| o.trim().is_empty())
+        },
+        || std::fs::read_to_string(dir.path().join("controller-manager.log")).unwrap_or_default(),
+    );
+    let e = api.kubectl_as_token(&token, &["get", "pods"]).unwrap_err();
+    assert!(e.contains("Unauthorized"), "{e}");
+}

@@ -372,31 +372,6 @@ fn jwt_claims(token: &str) -> serde_json::Value {
 }
 
 /// A kubeconfig of the same cluster whose user is a bearer token.
-fn token_kubeconfig(api: &ApiServer, dir: &Path, token: &str) -> PathBuf {
-    let admin: serde_json::Value =
-        serde_json::from_str(&api.ok(&["config", "view", "--raw", "-o", "json"])).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let conf = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "c", "cluster": cluster}],
-        "users": [{"name": "u", "user": {"token": token}}],
-        "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u"}}],
-        "current-context": "x",
-    });
-    let path = dir.join(format!("token-{}.conf", &token[token.len() - 12..]));
-    std::fs::write(&path, conf.to_string()).unwrap();
-    path
-}
-
-/// kubectl as the holder of `token`; stdout or stderr.
-fn as_token(api: &ApiServer, dir: &Path, token: &str, args: &[&str]) -> Result<String, String> {
-    let conf = token_kubeconfig(api, dir, token);
-    let mut a = vec!["--kubeconfig", conf.to_str().unwrap()];
-    a.extend_from_slice(args);
-    api.kubectl(&a)
-}
-
 #[test]
 fn service_account_tokens() {
     let w = world();
@@ -477,18 +452,22 @@ spec:
 
     // The API knows the account (which, without RBAC grants, may not list pods); a token
     // for another audience is not a credential here.
-    let e = as_token(api, dir, &api_token, &["get", "pods"]).unwrap_err();
+    let e = api
+        .kubectl_as_token(&api_token, &["get", "pods"])
+        .unwrap_err();
     assert!(
         e.contains(r#"User "system:serviceaccount:default:robot" cannot list resource "pods" in API group "" in the namespace "default""#),
         "{e}"
     );
-    let e = as_token(api, dir, &vault_token, &["get", "pods"]).unwrap_err();
+    let e = api
+        .kubectl_as_token(&vault_token, &["get", "pods"])
+        .unwrap_err();
     assert!(e.contains("Unauthorized"), "{e}");
 
     // `kubectl create token`, bound or not, and its errors.
     let plain = api.ok(&["create", "token", "robot"]).trim().to_string();
     assert!(jwt_claims(&plain)["kubernetes.io"]["pod"].is_null());
-    let e = as_token(api, dir, &plain, &["get", "pods"]).unwrap_err();
+    let e = api.kubectl_as_token(&plain, &["get", "pods"]).unwrap_err();
     assert!(e.contains("system:serviceaccount:default:robot"), "{e}");
     let bound = api
         .ok(&[
@@ -538,10 +517,12 @@ spec:
 
     // A token bound to a pod ends with the pod; any token ends with its account.
     delete_all_pods(api, &["tok"], &node);
-    let e = as_token(api, dir, &api_token, &["get", "pods"]).unwrap_err();
+    let e = api
+        .kubectl_as_token(&api_token, &["get", "pods"])
+        .unwrap_err();
     assert!(e.contains("Unauthorized"), "{e}");
     api.ok(&["delete", "serviceaccount", "robot"]);
-    let e = as_token(api, dir, &plain, &["get", "pods"]).unwrap_err();
+    let e = api.kubectl_as_token(&plain, &["get", "pods"]).unwrap_err();
     assert!(e.contains("Unauthorized"), "{e}");
 }
 
@@ -659,7 +640,7 @@ spec:
         c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(),
         3607
     );
-    let e = as_token(api, dir, &token, &["get", "pods"]).unwrap_err();
+    let e = api.kubectl_as_token(&token, &["get", "pods"]).unwrap_err();
     assert!(
         e.contains(r#"User "system:serviceaccount:default:default" cannot list resource "pods""#),
         "{e}"

@@ -81,6 +81,11 @@ struct Args {
     /// The size of each Node's IPv6 range (default 64).
     #[arg(long)]
     node_cidr_mask_size_ipv6: Option<u8>,
+    /// The PEM private key legacy service-account token Secrets are signed with (the
+    /// API server's service-account signing key); without it the
+    /// serviceaccount-token-controller does not start.
+    #[arg(long)]
+    service_account_private_key_file: Option<PathBuf>,
     /// How often Node health is checked (Go duration).
     #[arg(long, default_value = "5s", value_parser = duration)]
     node_monitor_period: Duration,
@@ -205,6 +210,14 @@ async fn run(args: Args) -> Result<()> {
         ),
         None => None,
     };
+    let service_account_key = match &args.service_account_private_key_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("--service-account-private-key-file {}", p.display()))?
+                .into(),
+        ),
+        None => None,
+    };
     let config = Config::from_kubeconfig(&args.kubeconfig)
         .with_context(|| format!("--kubeconfig {}", args.kubeconfig.display()))?;
     // As upstream: without --root-ca-file, the CA the kubeconfig trusts is published.
@@ -233,6 +246,7 @@ async fn run(args: Args) -> Result<()> {
             large_cluster_threshold: args.large_cluster_size_threshold,
             unhealthy_zone_threshold: args.unhealthy_zone_threshold,
         },
+        service_account_key,
         hpa: ferrokube_controllers::podautoscaler::Config {
             sync_period: args.horizontal_pod_autoscaler_sync_period,
             tolerance: args.horizontal_pod_autoscaler_tolerance,

@@ -11,6 +11,26 @@ const CURRENT_METRICS: &str = "autoscaling.alpha.kubernetes.io/current-metrics";
 const CONDITIONS: &str = "autoscaling.alpha.kubernetes.io/conditions";
 const BEHAVIOR: &str = "autoscaling.alpha.kubernetes.io/behavior";
 
+/// The fields both versions share.
+const SPEC_FIELDS: [&str; 3] = ["scaleTargetRef", "minReplicas", "maxReplicas"];
+const STATUS_FIELDS: [&str; 4] = [
+    "observedGeneration",
+    "lastScaleTime",
+    "currentReplicas",
+    "desiredReplicas",
+];
+
+/// An object with the `keys` of `from` it has.
+fn copy_fields(from: &Value, keys: &[&str]) -> Value {
+    let mut out = json!({});
+    for k in keys {
+        if let Some(x) = from.get(*k) {
+            out[*k] = x.clone();
+        }
+    }
+    out
+}
+
 fn is_cpu_utilization(m: &Value) -> bool {
     m["type"] == "Resource"
         && m["resource"]["name"] == "cpu"
@@ -142,12 +162,7 @@ pub fn to_v1(v2: &Value) -> Value {
     out["apiVersion"] = json!("autoscaling/v1");
     let spec = v2.get("spec").cloned().unwrap_or(json!({}));
     let metrics: Vec<Value> = spec["metrics"].as_array().cloned().unwrap_or_default();
-    let mut s = json!({});
-    for k in ["scaleTargetRef", "minReplicas", "maxReplicas"] {
-        if let Some(x) = spec.get(k) {
-            s[k] = x.clone();
-        }
-    }
+    let mut s = copy_fields(&spec, &SPEC_FIELDS);
     let mut others = Vec::new();
     for m in &metrics {
         if is_cpu_utilization(m) && s.get("targetCPUUtilizationPercentage").is_none() {
@@ -165,17 +180,7 @@ pub fn to_v1(v2: &Value) -> Value {
     }
     out["spec"] = s;
     if let Some(st) = v2.get("status") {
-        let mut s = json!({});
-        for k in [
-            "observedGeneration",
-            "lastScaleTime",
-            "currentReplicas",
-            "desiredReplicas",
-        ] {
-            if let Some(x) = st.get(k) {
-                s[k] = x.clone();
-            }
-        }
+        let mut s = copy_fields(st, &STATUS_FIELDS);
         let mut others = Vec::new();
         for m in st["currentMetrics"].as_array().into_iter().flatten() {
             if m["type"] == "Resource"
@@ -223,12 +228,7 @@ pub fn to_v2(v1: &Value) -> Value {
     let current_annotation = parse(&mut out, CURRENT_METRICS);
     let conditions = parse(&mut out, CONDITIONS);
     let spec = v1.get("spec").cloned().unwrap_or(json!({}));
-    let mut s = json!({});
-    for k in ["scaleTargetRef", "minReplicas", "maxReplicas"] {
-        if let Some(x) = spec.get(k) {
-            s[k] = x.clone();
-        }
-    }
+    let mut s = copy_fields(&spec, &SPEC_FIELDS);
     let mut metrics = Vec::new();
     if let Some(t) = spec
         .get("targetCPUUtilizationPercentage")
@@ -253,17 +253,7 @@ pub fn to_v2(v1: &Value) -> Value {
     }
     out["spec"] = s;
     if let Some(st) = v1.get("status") {
-        let mut s = json!({});
-        for k in [
-            "observedGeneration",
-            "lastScaleTime",
-            "currentReplicas",
-            "desiredReplicas",
-        ] {
-            if let Some(x) = st.get(k) {
-                s[k] = x.clone();
-            }
-        }
+        let mut s = copy_fields(st, &STATUS_FIELDS);
         let mut current = Vec::new();
         if let Some(u) = st
             .get("currentCPUUtilizationPercentage")

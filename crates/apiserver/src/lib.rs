@@ -32,7 +32,9 @@ pub mod request;
 pub mod resource_metrics;
 pub mod rest;
 pub mod server;
-pub mod serviceaccount;
+/// Service-account tokens (the `ferrokube-satoken` crate, shared with the controller
+/// manager, which signs legacy token Secrets).
+pub use ferrokube_satoken as serviceaccount;
 pub mod storage;
 pub mod watch;
 pub mod watchcache;

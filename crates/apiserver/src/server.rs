@@ -96,6 +96,18 @@ pub struct ApiServer {
     pub(crate) kubelet: std::sync::OnceLock<crate::kubelet_client::KubeletClient>,
 }
 
+/// The user a service account authenticates as, with upstream's groups.
+fn service_account_user(ns: &str, account: &str) -> User {
+    User {
+        name: format!("system:serviceaccount:{ns}:{account}"),
+        groups: vec![
+            "system:serviceaccounts".into(),
+            format!("system:serviceaccounts:{ns}"),
+            "system:authenticated".into(),
+        ],
+    }
+}
+
 impl ApiServer {
     /// Builds the server over an open store, with the Service IP range and how long
     /// events live.
@@ -147,6 +159,9 @@ impl ApiServer {
         }
         let token = token.trim();
         let tokens = self.resources.tokens.get()?;
+        if let Ok(legacy) = tokens.verify_legacy(token) {
+            return self.legacy_token_user(token, &legacy).await;
+        }
         let claims = match tokens.verify(token, jiff::Timestamp::now().as_second()) {
             Ok(c) => c,
             Err(e) => {
@@ -175,14 +190,74 @@ impl ApiServer {
                 return None;
             }
         }
-        Some(User {
-            name: format!("system:serviceaccount:{ns}:{account}"),
-            groups: vec![
-                "system:serviceaccounts".into(),
-                format!("system:serviceaccounts:{ns}"),
-                "system:authenticated".into(),
-            ],
-        })
+        Some(service_account_user(ns, account))
+    }
+
+    /// The service account of a legacy token (a `kubernetes.io/service-account-token`
+    /// Secret's), as upstream's legacy validator with lookup: the Secret still exists,
+    /// is not being deleted, holds this very token and is not marked
+    /// `kubernetes.io/legacy-token-invalid-since`; the account still exists with the
+    /// token's uid. The Secret's `kubernetes.io/legacy-token-last-used` label is set to
+    /// the day of use (at most one write a day).
+    async fn legacy_token_user(&self, token: &str, claims: &serde_json::Value) -> Option<User> {
+        use base64::Engine as _;
+        let ns = claims["kubernetes.io/serviceaccount/namespace"].as_str()?;
+        let secret_name = claims["kubernetes.io/serviceaccount/secret.name"].as_str()?;
+        let account = claims["kubernetes.io/serviceaccount/service-account.name"].as_str()?;
+        let uid = claims["kubernetes.io/serviceaccount/service-account.uid"].as_str()?;
+        let get = |plural: &'static str, name: &str| {
+            let r = ferrokube_api::registry::builtin("", plural);
+            let key = ferrokube_api::keys::object_key(&r, ns, name);
+            async move { self.resources.objects.get(&key).await.ok().flatten() }
+        };
+        let secret = get("secrets", secret_name).await?;
+        let s = &secret.object;
+        let held = s
+            .pointer("/data/token")
+            .and_then(serde_json::Value::as_str)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())?;
+        if held != token.as_bytes()
+            || s.pointer("/metadata/deletionTimestamp").is_some()
+            || s.pointer("/metadata/labels/kubernetes.io~1legacy-token-invalid-since")
+                .is_some()
+        {
+            return None;
+        }
+        let sa = get("serviceaccounts", account).await?;
+        if ferrokube_api::meta::meta_str(&sa.object, "uid") != uid
+            || sa.object.pointer("/metadata/deletionTimestamp").is_some()
+        {
+            return None;
+        }
+        let today = jiff::Timestamp::now().strftime("%Y-%m-%d").to_string();
+        let last = s
+            .pointer("/metadata/labels/kubernetes.io~1legacy-token-last-used")
+            .and_then(serde_json::Value::as_str);
+        if last != Some(today.as_str()) {
+            let r = ferrokube_api::registry::builtin("", "secrets");
+            let key = ferrokube_api::keys::object_key(&r, ns, secret_name);
+            let mark = |cur: Option<&crate::storage::Stored>| {
+                let Some(cur) = cur else {
+                    return Ok(crate::storage::Update::Keep);
+                };
+                let mut o = cur.object.clone();
+                if !o["metadata"]["labels"].is_object() {
+                    o["metadata"]["labels"] = serde_json::json!({});
+                }
+                o["metadata"]["labels"]["kubernetes.io/legacy-token-last-used"] =
+                    serde_json::json!(today);
+                Ok(crate::storage::Update::Put(o))
+            };
+            if let Err(e) = self
+                .resources
+                .objects
+                .update(&key, &|_| Vec::new(), mark)
+                .await
+            {
+                tracing::debug!("marking legacy token use: {e}");
+            }
+        }
+        Some(service_account_user(ns, account))
     }
 
     /// Sets the client certificate and key (PEM) kube-apiserver presents to kubelets

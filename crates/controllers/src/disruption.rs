@@ -23,13 +23,12 @@ use std::time::Duration;
 use ferrokube_api::LabelSelector;
 use ferrokube_client::events::{Kind as EventKind, Recorder};
 use ferrokube_client::informer::Event;
-use ferrokube_client::{Api, Patch, Store, WorkQueue};
+use ferrokube_client::{Api, Store, WorkQueue};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use serde_json::json;
 
 use crate::deployment::scaled_value;
 use crate::ownership::{self, key, object_key};
@@ -438,25 +437,19 @@ impl Sync {
             self.cx.client.clone(),
             p.metadata.namespace.as_deref().unwrap_or_default(),
         );
-        let patch = json!({
-            "metadata": {"uid": p.metadata.uid},
-            "status": {"conditions": [{
-                "type": "DisruptionTarget",
-                "status": "False",
-                "lastTransitionTime": Time(jiff::Timestamp::now()),
-            }]},
-        });
-        match api
-            .patch_status(
-                p.metadata.name.as_deref().unwrap_or_default(),
-                &Patch::Strategic(patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() || e.is_conflict() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        crate::pod_status::set_condition(
+            &api,
+            &p,
+            crate::pod_status::PodCondition {
+                type_: "DisruptionTarget",
+                status: "False",
+                reason: None,
+                message: None,
+            },
+            None,
+        )
+        .await?;
+        Ok(())
     }
 }
 

@@ -38,6 +38,7 @@ pub mod replicaset;
 pub mod revisions;
 pub mod root_ca_publisher;
 pub mod serviceaccount;
+pub mod serviceaccount_token;
 pub mod statefulset;
 pub mod taint_eviction;
 pub mod ttl_after_finished;
@@ -78,6 +79,9 @@ pub struct Context {
     pub node_lifecycle: nodelifecycle::Config,
     /// The horizontal pod autoscaler's periods and tolerance.
     pub hpa: podautoscaler::Config,
+    /// The key legacy service-account tokens are signed with
+    /// (`--service-account-private-key-file`, PEM).
+    pub service_account_key: Option<Arc<str>>,
 }
 
 /// A controller of upstream's kube-controller-manager: its name, the names it is also
@@ -114,7 +118,10 @@ const fn upstream(name: &'static str, aliases: &'static [&'static str]) -> Descr
 
 /// Every controller, by upstream's names and aliases (`--controllers`).
 pub const CONTROLLERS: &[Descriptor] = &[
-    upstream("serviceaccount-token-controller", &["serviceaccount-token"]),
+    Descriptor {
+        start: Some(serviceaccount_token::start),
+        ..upstream("serviceaccount-token-controller", &["serviceaccount-token"])
+    },
     upstream("endpoints-controller", &["endpoint"]),
     upstream("endpointslice-controller", &["endpointslice"]),
     upstream(
@@ -316,6 +323,41 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// This runner with `task` running beside its work-queue (a periodic pass).
+    pub fn alongside(self, task: impl Future<Output = ()> + Send + 'static) -> Runner {
+        let Runner {
+            queue_name,
+            counts,
+            run,
+        } = self;
+        Runner {
+            queue_name,
+            counts,
+            run: Box::pin(async move {
+                tokio::join!(run, task);
+            }),
+        }
+    }
+}
+
+/// Calls `f` every `period`, the first time at once (a late round delays the next
+/// rather than bunching them); errors are logged for `controller`.
+pub async fn every<F, Fut>(controller: &'static str, period: std::time::Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), Error>>,
+{
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = f().await {
+            tracing::warn!(controller, "{e}");
+        }
+    }
+}
+
 /// Registers the informer of `K` queueing the key of every object added, changed or
 /// deleted; its store.
 pub fn queue_own<K: Kind>(informers: &mut InformerFactory, queue: &WorkQueue<String>) -> Store<K> {
@@ -480,6 +522,7 @@ mod tests {
         assert_eq!(
             implemented(all.clone()),
             vec![
+                "serviceaccount-token-controller",
                 "replicationcontroller-controller",
                 "pod-garbage-collector-controller",
                 "namespace-controller",
@@ -526,7 +569,8 @@ mod tests {
                     "-nodelifecycle",
                     "-taint-eviction-controller",
                     "-disruption",
-                    "-horizontalpodautoscaling"
+                    "-horizontalpodautoscaling",
+                    "-serviceaccount-token"
                 ])
                 .unwrap()
             ),

@@ -37,6 +37,7 @@ use serde_json::json;
 use crate::{Context, Error, InformerFactory, Runner};
 
 const COMPONENT: &str = "node-controller";
+const CONTROLLER: &str = "node-lifecycle-controller";
 const QUEUE: &str = "node_lifecycle_controller";
 
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -332,41 +333,20 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         recorder: Recorder::for_component(cx.client.clone(), COMPONENT, &cx.host, ""),
     });
     let (monitor, tainter) = (lc.clone(), lc.clone());
-    let Runner {
-        queue_name,
-        counts,
-        run: conditions,
-    } = Runner::new(QUEUE, queue, 1, move |name| {
+    let period = lc.config.monitor_period;
+    Ok(Runner::new(QUEUE, queue, 1, move |name| {
         let lc = lc.clone();
         async move { lc.sync_condition_taints(&name).await }
-    });
-    Ok(Runner {
-        queue_name,
-        counts,
-        run: Box::pin(async move {
-            tokio::join!(
-                conditions,
-                async move {
-                    let mut tick = tokio::time::interval(monitor.config.monitor_period);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tick.tick().await;
-                        if let Err(e) = monitor.monitor().await {
-                            tracing::warn!(controller = "node-lifecycle-controller", "{e}");
-                        }
-                    }
-                },
-                async move {
-                    let mut tick = tokio::time::interval(TAINT_PERIOD);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    loop {
-                        tick.tick().await;
-                        tainter.taint_pass().await;
-                    }
-                },
-            );
-        }),
     })
+    .alongside(async move {
+        tokio::join!(
+            crate::every(CONTROLLER, period, || monitor.monitor()),
+            crate::every(CONTROLLER, TAINT_PERIOD, || async {
+                tainter.taint_pass().await;
+                Ok(())
+            }),
+        );
+    }))
 }
 
 impl Lifecycle {
@@ -751,16 +731,14 @@ impl Lifecycle {
             let ns = p.metadata.namespace.clone().unwrap_or_default();
             let name = p.metadata.name.clone().unwrap_or_default();
             let api: Api<Pod> = Api::namespaced(self.cx.client.clone(), &ns);
-            let patch = json!({
-                "metadata": {"uid": p.metadata.uid},
-                "status": {"conditions": [{
-                    "type": "Ready",
-                    "status": "False",
-                    "lastTransitionTime": Time(jiff::Timestamp::now()),
-                }]},
-            });
-            match api.patch_status(&name, &Patch::Strategic(patch)).await {
-                Ok(_) => {
+            let not_ready = crate::pod_status::PodCondition {
+                type_: "Ready",
+                status: "False",
+                reason: None,
+                message: None,
+            };
+            match crate::pod_status::set_condition(&api, &p, not_ready, None).await {
+                Ok(true) => {
                     self.recorder
                         .pod(
                             &p,
@@ -771,7 +749,7 @@ impl Lifecycle {
                         )
                         .await;
                 }
-                Err(e) if e.is_not_found() || e.is_conflict() => {}
+                Ok(false) => {}
                 Err(e) => {
                     tracing::warn!(pod = %name, "marking pod not ready: {e}");
                     ok = false;

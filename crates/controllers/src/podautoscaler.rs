@@ -50,6 +50,38 @@ use crate::{Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "horizontalpodautoscaler";
 const COMPONENT: &str = "horizontal-pod-autoscaler";
+// Upstream's condition reasons and messages.
+const SCALE_UP_LIMIT: (&str, &str) = (
+    "ScaleUpLimit",
+    "the desired replica count is increasing faster than the maximum scale rate",
+);
+const SCALE_DOWN_LIMIT: (&str, &str) = (
+    "ScaleDownLimit",
+    "the desired replica count is decreasing faster than the maximum scale rate",
+);
+const TOO_MANY: (&str, &str) = (
+    "TooManyReplicas",
+    "the desired replica count is more than the maximum replica count",
+);
+const TOO_FEW: (&str, &str) = (
+    "TooFewReplicas",
+    "the desired replica count is less than the minimum replica count",
+);
+const WITHIN_RANGE: (&str, &str) = (
+    "DesiredWithinRange",
+    "the desired count is within the acceptable range",
+);
+const DOWN_STABILIZED: (&str, &str) = (
+    "ScaleDownStabilized",
+    "recent recommendations were higher than current one, applying the highest recent recommendation",
+);
+const UP_STABILIZED: (&str, &str) = (
+    "ScaleUpStabilized",
+    "recent recommendations were lower than current one, applying the lowest recent recommendation",
+);
+const READY_FOR_NEW_SCALE: (&str, &str) =
+    ("ReadyForNewScale", "recommended size matches current size");
+
 /// How long discovery results are reused to find a target's resource.
 const DISCOVERY_TTL: Duration = Duration::from_secs(60);
 
@@ -450,30 +482,17 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         discovery: Mutex::default(),
     });
     let resync = a.clone();
-    let Runner {
-        queue_name,
-        counts,
-        run: work,
-    } = Runner::new(QUEUE, queue, 5, move |k| {
+    let period = a.cfg.sync_period;
+    Ok(Runner::new(QUEUE, queue, 5, move |k| {
         let a = a.clone();
         async move { a.sync(&k).await }
-    });
-    Ok(Runner {
-        queue_name,
-        counts,
-        run: Box::pin(async move {
-            tokio::join!(work, async move {
-                let mut tick = tokio::time::interval(resync.cfg.sync_period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tick.tick().await;
-                    for h in resync.hpas.list() {
-                        resync.queue.add(object_key(&h.metadata));
-                    }
-                }
-            });
-        }),
     })
+    .alongside(crate::every(COMPONENT, period, move || {
+        for h in resync.hpas.list() {
+            resync.queue.add(object_key(&h.metadata));
+        }
+        async { Ok(()) }
+    })))
 }
 
 type Events = (Vec<(Instant, i32)>, Vec<(Instant, i32)>);
@@ -1047,47 +1066,30 @@ impl Autoscaler {
             r.iter().map(|(_, v)| *v).max().unwrap_or(proposal)
         };
         if stabilized != proposal {
-            set_condition(conds, condition("AbleToScale", true, "ScaleDownStabilized", "recent recommendations were higher than current one, applying the highest recent recommendation"));
+            set_condition(
+                conds,
+                condition("AbleToScale", true, DOWN_STABILIZED.0, DOWN_STABILIZED.1),
+            );
         } else {
             set_condition(
                 conds,
                 condition(
                     "AbleToScale",
                     true,
-                    "ReadyForNewScale",
-                    "recommended size matches current size",
+                    READY_FOR_NEW_SCALE.0,
+                    READY_FOR_NEW_SCALE.1,
                 ),
             );
         }
         let up_limit = (2 * current).max(4);
         let (value, limited, reason, message) = if stabilized > up_limit && up_limit < max {
-            (
-                up_limit,
-                true,
-                "ScaleUpLimit",
-                "the desired replica count is increasing faster than the maximum scale rate",
-            )
+            (up_limit, true, SCALE_UP_LIMIT.0, SCALE_UP_LIMIT.1)
         } else if stabilized > max {
-            (
-                max,
-                true,
-                "TooManyReplicas",
-                "the desired replica count is more than the maximum replica count",
-            )
+            (max, true, TOO_MANY.0, TOO_MANY.1)
         } else if stabilized < min {
-            (
-                min,
-                true,
-                "TooFewReplicas",
-                "the desired replica count is less than the minimum replica count",
-            )
+            (min, true, TOO_FEW.0, TOO_FEW.1)
         } else {
-            (
-                stabilized,
-                false,
-                "DesiredWithinRange",
-                "the desired count is within the acceptable range",
-            )
+            (stabilized, false, WITHIN_RANGE.0, WITHIN_RANGE.1)
         };
         set_condition(conds, condition("ScalingLimited", limited, reason, message));
         value
@@ -1133,9 +1135,15 @@ impl Autoscaler {
         };
         if stabilized != proposal {
             if proposal >= current {
-                set_condition(conds, condition("AbleToScale", true, "ScaleUpStabilized", "recent recommendations were lower than current one, applying the lowest recent recommendation"));
+                set_condition(
+                    conds,
+                    condition("AbleToScale", true, UP_STABILIZED.0, UP_STABILIZED.1),
+                );
             } else {
-                set_condition(conds, condition("AbleToScale", true, "ScaleDownStabilized", "recent recommendations were higher than current one, applying the highest recent recommendation"));
+                set_condition(
+                    conds,
+                    condition("AbleToScale", true, DOWN_STABILIZED.0, DOWN_STABILIZED.1),
+                );
             }
         } else {
             set_condition(
@@ -1143,8 +1151,8 @@ impl Autoscaler {
                 condition(
                     "AbleToScale",
                     true,
-                    "ReadyForNewScale",
-                    "recommended size matches current size",
+                    READY_FOR_NEW_SCALE.0,
+                    READY_FOR_NEW_SCALE.1,
                 ),
             );
         }
@@ -1161,52 +1169,27 @@ impl Autoscaler {
             let bound = limit.min(max);
             if stabilized > bound {
                 if limit < max {
-                    (bound, true, "ScaleUpLimit", "the desired replica count is increasing faster than the maximum scale rate")
+                    (bound, true, SCALE_UP_LIMIT.0, SCALE_UP_LIMIT.1)
                 } else {
-                    (
-                        bound,
-                        true,
-                        "TooManyReplicas",
-                        "the desired replica count is more than the maximum replica count",
-                    )
+                    (bound, true, TOO_MANY.0, TOO_MANY.1)
                 }
             } else {
-                (
-                    stabilized,
-                    false,
-                    "DesiredWithinRange",
-                    "the desired count is within the acceptable range",
-                )
+                (stabilized, false, WITHIN_RANGE.0, WITHIN_RANGE.1)
             }
         } else if stabilized < current {
             let limit = rate_limit(&down, false, current, &events.1, now).min(current);
             let bound = limit.max(min);
             if stabilized < bound {
                 if limit > min {
-                    (bound, true, "ScaleDownLimit", "the desired replica count is decreasing faster than the maximum scale rate")
+                    (bound, true, SCALE_DOWN_LIMIT.0, SCALE_DOWN_LIMIT.1)
                 } else {
-                    (
-                        bound,
-                        true,
-                        "TooFewReplicas",
-                        "the desired replica count is less than the minimum replica count",
-                    )
+                    (bound, true, TOO_FEW.0, TOO_FEW.1)
                 }
             } else {
-                (
-                    stabilized,
-                    false,
-                    "DesiredWithinRange",
-                    "the desired count is within the acceptable range",
-                )
+                (stabilized, false, WITHIN_RANGE.0, WITHIN_RANGE.1)
             }
         } else {
-            (
-                stabilized,
-                false,
-                "DesiredWithinRange",
-                "the desired count is within the acceptable range",
-            )
+            (stabilized, false, WITHIN_RANGE.0, WITHIN_RANGE.1)
         };
         set_condition(conds, condition("ScalingLimited", limited, reason, message));
         value.clamp(min.min(max), max)

@@ -12,10 +12,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use ferrokube_client::{Api, Patch, Store};
+use ferrokube_client::{Api, Store};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::DeleteOptions;
-use serde_json::json;
 
 use crate::pod_status::phase;
 use crate::{Context, Error, InformerFactory, Runner};
@@ -41,12 +40,7 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
         queue_name: "podgc",
         counts: Box::new(Default::default),
         run: Box::pin(async move {
-            loop {
-                if let Err(e) = gc.collect().await {
-                    tracing::warn!(controller = "pod-garbage-collector", "{e}");
-                }
-                tokio::time::sleep(PERIOD).await;
-            }
+            crate::every("pod-garbage-collector", PERIOD, || gc.collect()).await
         }),
     })
 }
@@ -143,23 +137,19 @@ impl PodGc {
     async fn mark_failed(&self, p: &Pod) -> Result<(), Error> {
         let ns = p.metadata.namespace.clone().unwrap_or_default();
         let api: Api<Pod> = Api::namespaced(self.cx.client.clone(), &ns);
-        let now = jiff::Timestamp::now().to_string();
-        let patch = json!({"status": {
-            "phase": "Failed",
-            "conditions": [{"type": "DisruptionTarget", "status": "True", "reason": "DeletionByPodGC",
-                "message": "PodGC: node no longer exists", "lastTransitionTime": now}],
-        }});
-        match api
-            .patch_status(
-                p.metadata.name.as_deref().unwrap_or_default(),
-                &Patch::Strategic(patch),
-            )
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
-        }
+        crate::pod_status::set_condition(
+            &api,
+            p,
+            crate::pod_status::PodCondition {
+                type_: "DisruptionTarget",
+                status: "True",
+                reason: Some("DeletionByPodGC"),
+                message: Some("PodGC: node no longer exists"),
+            },
+            Some("Failed"),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn delete(&self, p: &Pod, grace: Option<i64>) -> Result<(), Error> {
@@ -192,7 +182,7 @@ mod tests {
 
     fn pod(name: &str, phase: &str, created: &str) -> Arc<Pod> {
         Arc::new(
-            serde_json::from_value(json!({
+            serde_json::from_value(serde_json::json!({
                 "metadata": {"name": name, "creationTimestamp": created},
                 "status": {"phase": phase},
             }))

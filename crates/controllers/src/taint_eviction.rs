@@ -14,10 +14,8 @@ use std::time::{Duration, Instant};
 use ferrokube_api::scheduling::tolerates;
 use ferrokube_client::events::{Kind as EventKind, Recorder};
 use ferrokube_client::informer::Event;
-use ferrokube_client::{Api, Patch, Store, WorkQueue};
+use ferrokube_client::{Api, Store, WorkQueue};
 use k8s_openapi::api::core::v1::{Node, Pod, Taint, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use serde_json::json;
 
 use crate::ownership::{key, object_key};
 use crate::{Context, Error, InformerFactory, Runner};
@@ -216,20 +214,20 @@ impl TaintEviction {
             )
             .await;
         let api: Api<Pod> = Api::namespaced(self.cx.client.clone(), &ns);
-        let patch = json!({
-            "metadata": {"uid": pod.metadata.uid},
-            "status": {"conditions": [{
-                "type": "DisruptionTarget",
-                "status": "True",
-                "reason": "DeletionByTaintManager",
-                "message": "Taint manager: deleting due to NoExecute taint",
-                "lastTransitionTime": Time(jiff::Timestamp::now()),
-            }]},
-        });
-        match api.patch_status(&name, &Patch::Strategic(patch)).await {
-            Ok(_) => {}
-            Err(e) if e.is_not_found() || e.is_conflict() => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let marked = crate::pod_status::set_condition(
+            &api,
+            pod,
+            crate::pod_status::PodCondition {
+                type_: "DisruptionTarget",
+                status: "True",
+                reason: Some("DeletionByTaintManager"),
+                message: Some("Taint manager: deleting due to NoExecute taint"),
+            },
+            None,
+        )
+        .await?;
+        if !marked {
+            return Ok(());
         }
         match api.delete(&name, None).await {
             Ok(_) => Ok(()),

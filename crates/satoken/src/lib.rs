@@ -2,8 +2,11 @@
 //! (TokenRequest, what `kubectl create token` and the kubelet's projected
 //! `serviceAccountToken` volumes ask for) and accepts as bearer credentials, as
 //! upstream's `--service-account-signing-key-file` / `--service-account-key-file` /
-//! `--service-account-issuer` / `--api-audiences` do. Keys are ECDSA P-256 (ES256); the
-//! key id is upstream's: the URL-safe SHA-256 of the public key's DER.
+//! `--service-account-issuer` / `--api-audiences` do; and the legacy tokens
+//! kube-controller-manager (`--service-account-private-key-file`) puts in
+//! `kubernetes.io/service-account-token` Secrets, with upstream's legacy claims and
+//! issuer `kubernetes/serviceaccount`, no expiry and no audience. Keys are ECDSA P-256
+//! (ES256); the key id is upstream's: the URL-safe SHA-256 of the public key's DER.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use base64::Engine as _;
@@ -28,6 +31,9 @@ pub const BOUND_KINDS: [(&str, &str, &str); 3] = [
 
 /// The issuer kubeadm configures.
 pub const DEFAULT_ISSUER: &str = "https://kubernetes.default.svc.cluster.local";
+
+/// The issuer of legacy (Secret-held) tokens.
+pub const LEGACY_ISSUER: &str = "kubernetes/serviceaccount";
 
 /// Why a key or token was refused.
 #[derive(Debug, thiserror::Error)]
@@ -127,9 +133,13 @@ impl Tokens {
 
     /// A signed token with these claims (the issuer is added).
     pub fn sign(&self, claims: &Value) -> String {
-        let header = json!({"alg": "ES256", "kid": self.key_id});
         let mut claims = claims.clone();
         claims["iss"] = json!(self.issuer);
+        self.sign_as_is(&claims)
+    }
+
+    fn sign_as_is(&self, claims: &Value) -> String {
+        let header = json!({"alg": "ES256", "kid": self.key_id});
         let input = format!(
             "{}.{}",
             B64.encode(header.to_string()),
@@ -142,9 +152,9 @@ impl Tokens {
         format!("{input}.{}", B64.encode(sig.as_ref()))
     }
 
-    /// The claims of a token signed by one of the keys, from this issuer, current at
-    /// `now` (seconds since the epoch) and meant for one of the API's audiences.
-    pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
+    /// The claims of a token signed by one of the keys, checked in the signature only
+    /// (the issuer and the rest are for the caller to check).
+    fn signed_claims(&self, token: &str) -> Result<Value, TokenError> {
         let mut parts = token.split('.');
         let (Some(h), Some(c), Some(s), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -169,11 +179,41 @@ impl Tokens {
         if !signed {
             return Err(TokenError::Invalid);
         }
-        let claims: Value = B64
-            .decode(c)
+        B64.decode(c)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Invalid)?;
+            .ok_or(TokenError::Invalid)
+    }
+
+    /// The claims of a legacy token (issuer `kubernetes/serviceaccount`) signed by one
+    /// of the keys. Whether its Secret and account still exist is the caller's check.
+    pub fn verify_legacy(&self, token: &str) -> Result<Value, TokenError> {
+        let claims = self.signed_claims(token)?;
+        if claims["iss"] != LEGACY_ISSUER {
+            return Err(TokenError::Invalid);
+        }
+        Ok(claims)
+    }
+
+    /// A legacy token for the account `(name, uid)` of `namespace`, held by the Secret
+    /// `secret` (upstream's legacy claims).
+    pub fn sign_legacy(&self, namespace: &str, account: (&str, &str), secret: &str) -> String {
+        let (name, uid) = account;
+        let claims = json!({
+            "iss": LEGACY_ISSUER,
+            "kubernetes.io/serviceaccount/namespace": namespace,
+            "kubernetes.io/serviceaccount/secret.name": secret,
+            "kubernetes.io/serviceaccount/service-account.name": name,
+            "kubernetes.io/serviceaccount/service-account.uid": uid,
+            "sub": format!("system:serviceaccount:{namespace}:{name}"),
+        });
+        self.sign_as_is(&claims)
+    }
+
+    /// The claims of a token signed by one of the keys, from this issuer, current at
+    /// `now` (seconds since the epoch) and meant for one of the API's audiences.
+    pub fn verify(&self, token: &str, now: i64) -> Result<Value, TokenError> {
+        let claims = self.signed_claims(token)?;
         if claims["iss"] != self.issuer.as_str() {
             return Err(TokenError::Invalid);
         }
@@ -299,5 +339,31 @@ mod tests {
             public_keys_from_pem(public_pem.as_bytes()).unwrap(),
             t.verify_keys
         );
+    }
+
+    #[test]
+    fn legacy_tokens_carry_upstreams_claims_and_verify_only_as_legacy() {
+        let (t, _) = tokens(vec![]);
+        let tok = t.sign_legacy("default", ("build-robot", "sa-uid"), "build-robot-secret");
+        let c = t.verify_legacy(&tok).unwrap();
+        assert_eq!(c["iss"], LEGACY_ISSUER);
+        assert_eq!(c["sub"], "system:serviceaccount:default:build-robot");
+        assert_eq!(
+            c["kubernetes.io/serviceaccount/secret.name"],
+            "build-robot-secret"
+        );
+        // Not a bound token (no expiry, no audience), and a bound one is not legacy.
+        assert!(t.verify(&tok, 1_000).is_err());
+        let bound = t.sign(&claims(
+            "default",
+            ("r", "u"),
+            None,
+            &[DEFAULT_ISSUER.into()],
+            1_000,
+            60,
+        ));
+        assert!(matches!(t.verify_legacy(&bound), Err(TokenError::Invalid)));
+        let (other, _) = tokens(vec![]);
+        assert!(other.verify_legacy(&tok).is_err());
     }
 }
