@@ -637,13 +637,11 @@ impl Autoscaler {
                     return self.write(hpa, status, conds).await;
                 }
             };
-            let (proposal, metric, metric_statuses, err) =
+            let (proposal, metric, metric_statuses, failed) =
                 self.compute(hpa, &ns, &sel, current).await;
-            if let Some((reason, message)) = err.clone() {
-                self.warn(&ns, &involved, &reason, &message).await;
-            }
-            if metric.is_empty() {
-                let (reason, message) = err.unwrap_or_default();
+            if let Some((reason, message, overall)) = failed {
+                self.warn(&ns, &involved, "FailedComputeMetricsReplicas", &overall)
+                    .await;
                 set_condition(
                     &mut conds,
                     condition(
@@ -798,15 +796,23 @@ impl Autoscaler {
         Ok(())
     }
 
-    /// Every metric's proposal: the largest, the name of the metric that gave it, the
-    /// metrics' status, and the first failure (reason, message) if any.
+    /// Every metric's proposal: the largest and the name of the metric that gave it, and
+    /// the metrics' status. Each failed metric gets its warning event; when all failed,
+    /// or some failed and the rest would scale down (upstream holds then), the failure:
+    /// the first failed metric's reason and message, and the overall error.
     async fn compute(
         &self,
         hpa: &HorizontalPodAutoscaler,
         ns: &str,
         sel: &LabelSelector,
         current: i32,
-    ) -> (i32, String, Vec<MetricStatus>, Option<(String, String)>) {
+    ) -> (
+        i32,
+        String,
+        Vec<MetricStatus>,
+        Option<(String, String, String)>,
+    ) {
+        let involved = ownership::reference::<HorizontalPodAutoscaler>(&hpa.metadata);
         let specs = hpa
             .spec
             .as_ref()
@@ -824,7 +830,7 @@ impl Autoscaler {
         let usage = self.pod_metrics(ns, sel).await;
         let mut best: Option<(i32, String)> = None;
         let mut statuses = Vec::new();
-        let mut first_err: Option<(String, String)> = None;
+        let mut first_err: Option<(String, String, String)> = None;
         let mut invalid = 0;
         for m in &specs {
             let name = metric_name(m);
@@ -836,31 +842,38 @@ impl Autoscaler {
                     }
                 }
                 Err((reason, msg)) => {
+                    self.warn(ns, &involved, &reason, &msg).await;
                     invalid += 1;
                     if first_err.is_none() {
-                        first_err = Some((reason, msg));
+                        let what = match (m.type_.as_str(), &m.resource, &m.container_resource) {
+                            ("Resource", Some(r), _) => format!("{} resource", r.name),
+                            ("ContainerResource", _, Some(r)) => format!("{} container", r.name),
+                            (t, _, _) => t.to_lowercase(),
+                        };
+                        let wrapped = format!("failed to get {what} metric value: {msg}");
+                        first_err = Some((reason, msg, wrapped));
                     }
                 }
             }
         }
+        let failed = |first: Option<(String, String, String)>| {
+            first.map(|(reason, msg, wrapped)| {
+                (
+                    reason,
+                    msg,
+                    format!(
+                        "invalid metrics ({invalid} invalid out of {}), first error is: {wrapped}",
+                        specs.len()
+                    ),
+                )
+            })
+        };
         match best {
-            // Some metrics failed and the rest would scale down: hold (upstream).
-            Some((p, _)) if invalid > 0 && p < current => (
-                current,
-                String::new(),
-                statuses,
-                first_err.map(|(_, m)| {
-                    (
-                        "FailedComputeMetricsReplicas".to_string(),
-                        format!(
-                            "invalid metrics ({invalid} invalid out of {}), first error is: {m}",
-                            specs.len()
-                        ),
-                    )
-                }),
-            ),
-            Some((p, name)) => (p, name, statuses, first_err),
-            None => (current, String::new(), statuses, first_err),
+            Some((p, _)) if invalid > 0 && p < current => {
+                (current, String::new(), statuses, failed(first_err))
+            }
+            Some((p, name)) => (p, name, statuses, None),
+            None => (current, String::new(), statuses, failed(first_err)),
         }
     }
 
