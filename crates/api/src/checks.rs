@@ -640,6 +640,32 @@ pub fn update(kind: &str, old: &Value, new: &Value) -> Errors {
         "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" => {
             immutable("/spec/selector", &mut errs)
         }
+        // A Node's pod range, once set, stays (the kubelet configured its network for it).
+        "Node" => {
+            let was = old
+                .pointer("/spec/podCIDRs")
+                .and_then(Value::as_array)
+                .filter(|a| !a.is_empty())
+                .cloned()
+                .or_else(|| {
+                    old.pointer("/spec/podCIDR")
+                        .and_then(Value::as_str)
+                        .filter(|c| !c.is_empty())
+                        .map(|c| vec![Value::String(c.into())])
+                });
+            if let Some(was) = was {
+                let now = new.pointer("/spec/podCIDRs").and_then(Value::as_array);
+                let now_one = new.pointer("/spec/podCIDR").and_then(Value::as_str);
+                if now.is_some_and(|n| *n != was)
+                    || now_one.is_some_and(|c| was.first().and_then(Value::as_str) != Some(c))
+                {
+                    errs.push(FieldError::forbidden(
+                        "spec.podCIDRs",
+                        "node updates may not change podCIDR except from \"\" to valid",
+                    ));
+                }
+            }
+        }
         "Service"
             if s(old, "/spec/type") != "ExternalName" && s(new, "/spec/type") != "ExternalName" =>
         {

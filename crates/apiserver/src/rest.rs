@@ -1683,6 +1683,20 @@ impl Resources {
             }
         }
         let mut opts = body.get("deleteOptions").cloned().unwrap_or(json!({}));
+        if !opts.is_object()
+            || opts
+                .get("preconditions")
+                .is_some_and(|p| !p.is_object() && !p.is_null())
+        {
+            return Err(status::bad_request(
+                "Eviction in version \"v1\" cannot be handled as a Eviction: deleteOptions and its preconditions must be objects",
+            ));
+        }
+        if opts.get("preconditions").is_some_and(Value::is_null) {
+            opts.as_object_mut()
+                .expect("checked")
+                .remove("preconditions");
+        }
         if call.query.get("dryRun") == Some("All") {
             opts["dryRun"] = json!(["All"]);
         }
@@ -1693,29 +1707,43 @@ impl Resources {
             body: json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
             warnings: vec![],
         };
-        let pod = self
-            .objects
-            .get(&self.key(r, Some(&ns), &name))
-            .await?
-            .ok_or_else(|| status::not_found(r, &name))?;
-        let phase = pod
-            .object
-            .pointer("/status/phase")
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string();
-        let terminating = pod.object.pointer("/metadata/deletionTimestamp").is_some();
-        let rv = pod.revision.to_string();
-        // Already disrupted (finished or terminating) or not yet running: no budget
-        // to respect.
-        if matches!(phase.as_str(), "Succeeded" | "Failed" | "Pending") || terminating {
+        // Pods already disrupted (finished or terminating) or not yet running go without
+        // a budget's say; a conflict with a concurrent change is retried from a fresh
+        // read unless the caller named a resourceVersion (upstream's EvictionsRetry).
+        let mut attempt = 0;
+        let pod = loop {
+            let pod = self
+                .objects
+                .get(&self.key(r, Some(&ns), &name))
+                .await?
+                .ok_or_else(|| status::not_found(r, &name))?;
+            let phase = pod
+                .object
+                .pointer("/status/phase")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            let terminating = pod.object.pointer("/metadata/deletionTimestamp").is_some();
+            if !(matches!(phase.as_str(), "Succeeded" | "Failed" | "Pending") || terminating) {
+                break pod;
+            }
             let mut o = opts.clone();
             if !matches!(phase.as_str(), "Succeeded" | "Failed") && !terminating && rv_unset {
-                o["preconditions"]["resourceVersion"] = json!(rv);
+                if !o["preconditions"].is_object() {
+                    o["preconditions"] = json!({});
+                }
+                o["preconditions"]["resourceVersion"] = json!(pod.revision.to_string());
             }
-            self.disrupt_and_delete(r, &ns, &name, o, dry).await?;
-            return Ok(success());
-        }
+            match self.disrupt_and_delete(r, &ns, &name, o, dry).await {
+                Ok(()) => return Ok(success()),
+                Err(e) if e.code() == 409 && rv_unset && attempt < 20 => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        let rv = pod.revision.to_string();
         let pdb_info = ferrokube_api::registry::builtin("policy", "poddisruptionbudgets");
         let labels = meta::labels(&pod.object);
         let budgets: Vec<Stored> = self
@@ -1787,6 +1815,9 @@ impl Resources {
         {
             let mut o = opts.clone();
             if rv_unset {
+                if !o["preconditions"].is_object() {
+                    o["preconditions"] = json!({});
+                }
                 o["preconditions"]["resourceVersion"] = json!(rv);
             }
             return match self.disrupt_and_delete(r, &ns, &name, o, dry).await {

@@ -219,7 +219,8 @@ impl ApiServer {
         if held != token.as_bytes()
             || s.pointer("/metadata/deletionTimestamp").is_some()
             || s.pointer("/metadata/labels/kubernetes.io~1legacy-token-invalid-since")
-                .is_some()
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|v| !v.is_empty())
         {
             return None;
         }

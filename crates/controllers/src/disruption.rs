@@ -111,7 +111,10 @@ fn selector(b: &PodDisruptionBudget) -> Option<LabelSelector> {
 /// Seconds until a pod's DisruptionTarget condition counts as stale, if it has one
 /// that is True while the pod is not being deleted.
 fn stale_disruption_in(p: &Pod, now: i64) -> Option<i64> {
-    if p.metadata.deletion_timestamp.is_some() {
+    // Finished pods keep theirs, as do pods the kubelet itself ended (upstream).
+    if p.metadata.deletion_timestamp.is_some()
+        || matches!(crate::pod_status::phase(p), "Succeeded" | "Failed")
+    {
         return None;
     }
     let c = p
@@ -120,7 +123,8 @@ fn stale_disruption_in(p: &Pod, now: i64) -> Option<i64> {
         .conditions
         .as_ref()?
         .iter()
-        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")?;
+        .find(|c| c.type_ == "DisruptionTarget" && c.status == "True")
+        .filter(|c| c.reason.as_deref() != Some("TerminationByKubelet"))?;
     let since = c
         .last_transition_time
         .as_ref()
@@ -147,7 +151,8 @@ pub fn desired(
             let expected = scale()?;
             Ok((scaled_value(min, expected, true)?, expected))
         }
-        (None, None) => Ok((0, pods as i32)),
+        // Neither: nothing expected, so no disruption is allowed (upstream).
+        (None, None) => Ok((0, 0)),
     }
 }
 
@@ -496,6 +501,9 @@ mod tests {
 
     #[test]
     fn desired_counts_as_upstream() {
+        // Neither field: nothing expected, so nothing may go.
+        assert_eq!(desired(None, None, 3, || panic!("no scale")), Ok((0, 0)));
+        assert_eq!(allowed(3, 0, 0), 0);
         // minAvailable 2 of 3 pods: no scale needed.
         let min = IntOrString::Int(2);
         assert_eq!(

@@ -111,7 +111,8 @@ pub struct CidrSet {
 }
 
 impl CidrSet {
-    /// The set of `/node_prefix` ranges of `cluster`; at most 2^16 of them, as upstream.
+    /// The set of `/node_prefix` ranges of `cluster` (for IPv6 at most 2^16 of them, as
+    /// upstream).
     pub fn new(cluster: Cidr, node_prefix: u8) -> Result<CidrSet, String> {
         if node_prefix < cluster.prefix || node_prefix > cluster.width() {
             return Err(format!(
@@ -120,7 +121,8 @@ impl CidrSet {
                 cluster.width()
             ));
         }
-        if node_prefix - cluster.prefix > 16 {
+        // (Upstream bounds the count of ranges for IPv6 only.)
+        if !cluster.addr.is_ipv4() && node_prefix - cluster.prefix > 16 {
             return Err(format!(
                 "the node CIDR mask size {node_prefix} is too big for cluster CIDR {cluster}: \
                  at most 16 bits more than the cluster's"
@@ -317,10 +319,17 @@ impl Ipam {
     }
 
     async fn sync(&self, name: &str) -> Result<(), Error> {
-        let Some(node) = self.nodes.get(name) else {
+        if self.nodes.get(name).is_none() {
             return Ok(());
+        }
+        // Read afresh: the cache may not show a range given a moment ago.
+        let api: Api<Node> = Api::all(self.cx.client.clone());
+        let node = match api.get_opt(name).await? {
+            Some(n) => n,
+            None => return Ok(()),
         };
         if !pod_cidrs(&node).is_empty() {
+            self.occupy(&node);
             return Ok(());
         }
         let picked: Option<Vec<Cidr>> = {
@@ -346,8 +355,12 @@ impl Ipam {
             return Err(Error::Sync(format!("no CIDR left for node {name}")));
         };
         let texts: Vec<String> = cidrs.iter().map(Cidr::to_string).collect();
-        let api: Api<Node> = Api::all(self.cx.client.clone());
-        let patch = json!({"metadata": {"uid": node.metadata.uid}, "spec": {"podCIDR": texts[0], "podCIDRs": texts}});
+        // Written only over the Node as read (its resourceVersion), so no range is ever
+        // replaced.
+        let patch = json!({
+            "metadata": {"uid": node.metadata.uid, "resourceVersion": node.metadata.resource_version},
+            "spec": {"podCIDR": texts[0], "podCIDRs": texts},
+        });
         match api.patch(name, &Patch::Strategic(patch)).await {
             Ok(_) => {
                 tracing::info!(node = name, cidrs = ?texts, "allocated pod CIDRs");
@@ -358,9 +371,10 @@ impl Ipam {
                 for (s, c) in sets.iter_mut().zip(&cidrs) {
                     s.release(c);
                 }
-                if e.is_not_found() || e.is_conflict() {
+                if e.is_not_found() {
                     Ok(())
                 } else {
+                    // (A conflict: the Node changed; the retry reads it again.)
                     Err(e.into())
                 }
             }
@@ -420,7 +434,8 @@ mod tests {
         assert_eq!(sets[1].allocate().unwrap().to_string(), "fd00:10:244::/64");
         assert!(Cidr::parse("10.244.0.1/16").is_err());
         assert!(Cidr::parse("10.244.0.0/33").is_err());
-        assert!(CidrSet::new(Cidr::parse("10.0.0.0/8").unwrap(), 28).is_err());
+        assert!(CidrSet::new(Cidr::parse("10.0.0.0/8").unwrap(), 28).is_ok());
+        assert!(CidrSet::new(Cidr::parse("fd00::/48").unwrap(), 80).is_err());
         let two_v4 = Config {
             cluster_cidr: "10.0.0.0/16,10.1.0.0/16".into(),
             ..cfg

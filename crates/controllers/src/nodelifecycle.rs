@@ -426,6 +426,12 @@ impl Lifecycle {
                     c.1 += 1;
                 }
             }
+            current.push((node.clone(), now_status.clone()));
+            // A Node that has never reported is left alone until its startup grace
+            // period has turned its conditions Unknown (upstream).
+            if condition(&node, "Ready").is_none() {
+                continue;
+            }
             self.taint_based_eviction(&node, &observed).await;
             let retry = self
                 .pods_to_retry
@@ -445,7 +451,6 @@ impl Lifecycle {
                     r.insert(name.clone());
                 }
             }
-            current.push((node, now_status));
         }
         self.handle_disruption(&zone_counts, &current).await;
         Ok(())
@@ -630,9 +635,9 @@ impl Lifecycle {
             let Some(node) = self.nodes.get(&name) else {
                 continue;
             };
-            let want = match ready_status(&node) {
-                "False" => NOT_READY,
-                "Unknown" => UNREACHABLE,
+            let want = match condition(&node, "Ready").map(|c| c.status.as_str()) {
+                Some("False") => NOT_READY,
+                Some("Unknown") => UNREACHABLE,
                 _ => continue,
             };
             tracing::info!(node = %name, taint = want, "tainting not-ready node NoExecute");

@@ -285,6 +285,9 @@ pub fn replicas_for(
     };
     let usage: i64 = measured.iter().map(|s| s.usage).sum();
     let requests: i64 = measured.iter().map(|s| s.request).sum();
+    if !per_pod && requests == 0 {
+        return Err("no metrics returned matched known pods".into());
+    }
     let (ratio, utilization, raw) = ratio_of(usage, requests, measured.len());
     let scale_up_with_unready = !unready.is_empty() && ratio > 1.0;
     if !scale_up_with_unready && missing.is_empty() {
@@ -300,7 +303,13 @@ pub fn replicas_for(
     let mut count = measured.len();
     for s in &missing {
         if ratio < 1.0 {
-            usage2 += if per_pod { target } else { s.request };
+            // As using (at least) its target: the request, or more for a target above
+            // 100 % (upstream).
+            usage2 += if per_pod {
+                target
+            } else {
+                s.request * target.max(100) / 100
+            };
         }
         requests2 += s.request;
         count += 1;
@@ -375,12 +384,14 @@ fn changed_within(events: &[(Instant, i32)], period: Duration, now: Instant) -> 
         .sum()
 }
 
-/// The bound the rate policies put on a scale-up (`up`) or scale-down from `current`.
+/// The bound the rate policies put on a scale-up (`up`) or scale-down from `current`,
+/// given the recent scale-ups and scale-downs (each period starts from the count before
+/// both, as upstream 1.32 counts).
 pub fn rate_limit(
     r: &HPAScalingRules,
     up: bool,
     current: i32,
-    events: &[(Instant, i32)],
+    events: &Events,
     now: Instant,
 ) -> i32 {
     let select = r.select_policy.as_deref().unwrap_or("Max");
@@ -390,15 +401,14 @@ pub fn rate_limit(
     let mut out: Option<i32> = None;
     for p in r.policies.iter().flatten() {
         let period = Duration::from_secs(p.period_seconds.max(0) as u64);
-        let changed = changed_within(events, period, now);
+        let start = current - changed_within(&events.0, period, now)
+            + changed_within(&events.1, period, now);
         let proposal = if up {
-            let start = current - changed;
             match p.type_.as_str() {
                 "Pods" => start + p.value,
                 _ => (start as f64 * (1.0 + f64::from(p.value) / 100.0)).ceil() as i32,
             }
         } else {
-            let start = current + changed;
             match p.type_.as_str() {
                 "Pods" => start - p.value,
                 _ => (start as f64 * (1.0 - f64::from(p.value) / 100.0)) as i32,
@@ -495,7 +505,8 @@ pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, St
     })))
 }
 
-type Events = (Vec<(Instant, i32)>, Vec<(Instant, i32)>);
+/// Recent scale-ups and scale-downs: (when, by how many).
+pub type Events = (Vec<(Instant, i32)>, Vec<(Instant, i32)>);
 
 struct Autoscaler {
     cx: Context,
@@ -598,6 +609,13 @@ impl Autoscaler {
         );
         let current = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
         status.current_replicas = Some(current);
+        // The count found first is a recommendation too: a new (or restarted) autoscaler
+        // does not scale down within its first stabilization window.
+        self.recommendations
+            .lock()
+            .expect("lock")
+            .entry(k.to_string())
+            .or_insert_with(|| vec![(Instant::now(), current)]);
         let min = spec.min_replicas.unwrap_or(1);
         let max = spec.max_replicas;
         let mut rescale_reason = String::new();
@@ -611,12 +629,15 @@ impl Autoscaler {
                     "scaling is disabled since the replica count of the target is zero",
                 ),
             );
+            status.current_metrics = None;
             0
         } else if current > max {
             rescale_reason = "Current number of replicas above Spec.MaxReplicas".into();
+            status.current_metrics = None;
             max
         } else if current < min {
             rescale_reason = "Current number of replicas below Spec.MinReplicas".into();
+            status.current_metrics = None;
             min
         } else {
             let selector = scale
@@ -965,24 +986,44 @@ impl Autoscaler {
         for p in pods {
             let name = p.metadata.name.clone().unwrap_or_default();
             let pm = usage.get(&name);
-            let pod_usage = pm.map(|pm| PodUsage {
-                value: pm
+            // A pod's usage counts only if every container concerned reports the
+            // resource (upstream's metrics client); otherwise the pod is missing.
+            let pod_usage = pm.and_then(|pm| {
+                let concerned: Vec<&ContainerMetrics> = pm
                     .containers
                     .iter()
                     .filter(|c| container.as_ref().is_none_or(|n| *n == c.name))
-                    .map(|c| c.usage.get(&resource).map_or(0, milli))
-                    .sum(),
-                timestamp: pm.timestamp.as_ref().map_or(now, |t| t.0.as_second()),
-                window: pm
-                    .window
-                    .as_deref()
-                    .and_then(ferrokube_api::meta::parse_go_duration)
-                    .unwrap_or(Duration::from_secs(30)),
+                    .collect();
+                let values: Option<Vec<i64>> = concerned
+                    .iter()
+                    .map(|c| c.usage.get(&resource).map(milli))
+                    .collect();
+                let value: i64 = values.filter(|_| !concerned.is_empty())?.iter().sum();
+                Some(PodUsage {
+                    value,
+                    timestamp: pm.timestamp.as_ref().map_or(now, |t| t.0.as_second()),
+                    window: pm
+                        .window
+                        .as_deref()
+                        .and_then(ferrokube_api::meta::parse_go_duration)
+                        .unwrap_or(Duration::from_secs(30)),
+                })
             });
             let group = group_pod(p, pod_usage.as_ref(), &resource, now, &self.cfg);
             let mut request = 0;
             if target.type_ == "Utilization" && group != PodGroup::Ignored {
-                for c in p.spec.iter().flat_map(|s| s.containers.iter()) {
+                // The containers and the sidecars (restartable init containers).
+                let sidecars = p
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.init_containers.iter().flatten())
+                    .filter(|c| c.restart_policy.as_deref() == Some("Always"));
+                for c in p
+                    .spec
+                    .iter()
+                    .flat_map(|s| s.containers.iter())
+                    .chain(sidecars)
+                {
                     if container.as_ref().is_some_and(|n| *n != c.name) {
                         continue;
                     }
@@ -1178,7 +1219,7 @@ impl Autoscaler {
             .unwrap_or_default();
         let (value, limited, reason, message) = if stabilized > current {
             // (Not below the current count while earlier scale-ups fill the period.)
-            let limit = rate_limit(&up, true, current, &events.0, now).max(current);
+            let limit = rate_limit(&up, true, current, &events, now).max(current);
             let bound = limit.min(max);
             if stabilized > bound {
                 if limit < max {
@@ -1190,7 +1231,7 @@ impl Autoscaler {
                 (stabilized, false, WITHIN_RANGE.0, WITHIN_RANGE.1)
             }
         } else if stabilized < current {
-            let limit = rate_limit(&down, false, current, &events.1, now).min(current);
+            let limit = rate_limit(&down, false, current, &events, now).min(current);
             let bound = limit.max(min);
             if stabilized < bound {
                 if limit > min {
@@ -1259,6 +1300,15 @@ mod tests {
             sample(PodGroup::Unready, 0, 100),
         ];
         assert_eq!(replicas_for(2, &s, 50, false, 0.1).unwrap().0, 4);
+        // A target above 100 %: a missing pod counts as at the target on a scale-down.
+        let s = [
+            sample(PodGroup::Ready, 10, 100),
+            sample(PodGroup::Missing, 0, 100),
+        ];
+        // (10 + 150) / 200 = 80 % of 150 %: ratio 0.53 → ceil(1.07) = 2: held at 2.
+        assert_eq!(replicas_for(2, &s, 150, false, 0.1).unwrap().0, 2);
+        // No requests at all: an error, not a proposal of zero.
+        assert!(replicas_for(1, &[sample(PodGroup::Ready, 10, 0)], 50, false, 0.1).is_err());
         // No measured pod at all: an error.
         assert!(replicas_for(1, &[sample(PodGroup::Missing, 0, 100)], 50, false, 0.1).is_err());
     }
@@ -1293,11 +1343,15 @@ mod tests {
             ..Default::default()
         };
         let now = Instant::now();
+        let none: Events = Default::default();
         // From 1: max(2, 5) = 5; from 10: max(20, 14) = 20.
-        assert_eq!(rate_limit(&up, true, 1, &[], now), 5);
-        assert_eq!(rate_limit(&up, true, 10, &[], now), 20);
+        assert_eq!(rate_limit(&up, true, 1, &none, now), 5);
+        assert_eq!(rate_limit(&up, true, 10, &none, now), 20);
         // 4 added in this period: the period started at 6 → max(12, 10).
-        assert_eq!(rate_limit(&up, true, 10, &[(now, 4)], now), 12);
+        assert_eq!(
+            rate_limit(&up, true, 10, &(vec![(now, 4)], vec![]), now),
+            12
+        );
         let down = HPAScalingRules {
             select_policy: Some("Max".into()),
             policies: Some(vec![k8s_openapi::api::autoscaling::v2::HPAScalingPolicy {
@@ -1307,11 +1361,11 @@ mod tests {
             }]),
             ..Default::default()
         };
-        assert_eq!(rate_limit(&down, false, 10, &[], now), 5);
+        assert_eq!(rate_limit(&down, false, 10, &none, now), 5);
         let disabled = HPAScalingRules {
             select_policy: Some("Disabled".into()),
             ..down
         };
-        assert_eq!(rate_limit(&disabled, false, 10, &[], now), 10);
+        assert_eq!(rate_limit(&disabled, false, 10, &none, now), 10);
     }
 }

@@ -137,9 +137,10 @@ impl Sync {
             .unwrap_or_default()
             .as_bytes()
             .to_vec();
+        // (`ca.crt` only when there is a CA to publish, as upstream.)
         let complete = data.get("token").is_some_and(|t| !t.0.is_empty())
             && data.get("namespace").map(|n| n.0.as_slice()) == Some(ns.as_bytes())
-            && data.get("ca.crt").map(|c| c.0.as_slice()) == Some(ca.as_slice())
+            && (ca.is_empty() || data.get("ca.crt").map(|c| c.0.as_slice()) == Some(ca.as_slice()))
             && wanted_uid == Some(uid.as_str());
         if complete {
             return Ok(());
@@ -156,7 +157,9 @@ impl Sync {
             d.insert("token".into(), ByteString(token.into_bytes()));
         }
         d.insert("namespace".into(), ByteString(ns.clone().into_bytes()));
-        d.insert("ca.crt".into(), ByteString(ca));
+        if !ca.is_empty() {
+            d.insert("ca.crt".into(), ByteString(ca));
+        }
         match api.replace(&name, &updated).await {
             Ok(_) => {
                 tracing::info!(
