@@ -22,6 +22,8 @@ pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
 pub mod disruption;
+pub mod endpoints;
+pub mod endpointslice;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod informers;
@@ -122,8 +124,14 @@ pub const CONTROLLERS: &[Descriptor] = &[
         start: Some(serviceaccount_token::start),
         ..upstream("serviceaccount-token-controller", &["serviceaccount-token"])
     },
-    upstream("endpoints-controller", &["endpoint"]),
-    upstream("endpointslice-controller", &["endpointslice"]),
+    Descriptor {
+        start: Some(endpoints::start),
+        ..upstream("endpoints-controller", &["endpoint"])
+    },
+    Descriptor {
+        start: Some(endpointslice::start),
+        ..upstream("endpointslice-controller", &["endpointslice"])
+    },
     upstream(
         "endpointslice-mirroring-controller",
         &["endpointslicemirroring"],
@@ -523,6 +531,8 @@ mod tests {
             implemented(all.clone()),
             vec![
                 "serviceaccount-token-controller",
+                "endpoints-controller",
+                "endpointslice-controller",
                 "replicationcontroller-controller",
                 "pod-garbage-collector-controller",
                 "namespace-controller",
@@ -570,7 +580,9 @@ mod tests {
                     "-taint-eviction-controller",
                     "-disruption",
                     "-horizontalpodautoscaling",
-                    "-serviceaccount-token"
+                    "-serviceaccount-token",
+                    "-endpoint",
+                    "-endpointslice"
                 ])
                 .unwrap()
             ),
