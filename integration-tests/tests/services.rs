@@ -2,7 +2,7 @@
 //! kube-scheduler and hollow nodes: addresses follow the pods (named target ports
 //! resolved per pod, not-ready pods apart), slices of at most 100 endpoints, a
 //! selectorless Service's hand-written Endpoints (the seeds' external database) left
-//! alone, and everything gone with the Service.
+//! alone and mirrored into an EndpointSlice, and everything gone with the Service.
 
 use integration_tests::apiserver::{ApiServer, Component};
 use integration_tests::wait_until;
@@ -179,13 +179,31 @@ subsets:
   ports: [{port: 3306}]
 ",
     );
-    std::thread::sleep(std::time::Duration::from_secs(2));
+    // ... and mirrored into an EndpointSlice.
+    c.wait("the mirror", || {
+        c.jsonpath(
+            &["endpointslices", "-l", "kubernetes.io/service-name=external-db"],
+            "{.items[0].metadata.labels.endpointslice\\.kubernetes\\.io/managed-by} {.items[0].metadata.ownerReferences[0].kind} {.items[0].endpoints[0].addresses[0]} {.items[0].ports[0].port}",
+        ) == "endpointslicemirroring-controller.k8s.io Endpoints 192.0.2.10 3306"
+    });
     assert_eq!(
         c.jsonpath(
             &["endpoints", "external-db"],
             "{.subsets[0].addresses[0].ip}"
         ),
         "192.0.2.10"
+    );
+    // The `kubernetes` Service's Endpoints are not mirrored (skip-mirror).
+    assert_eq!(
+        c.jsonpath(
+            &[
+                "endpointslices",
+                "-l",
+                "endpointslice.kubernetes.io/managed-by=endpointslicemirroring-controller.k8s.io"
+            ],
+            "{.items[*].metadata.labels.kubernetes\\.io/service-name}"
+        ),
+        "external-db"
     );
 
     // The Service goes: its Endpoints and slices go too.

@@ -38,26 +38,7 @@ pub const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 pub fn start(cx: &Context, informers: &mut InformerFactory) -> Result<Runner, String> {
     let queue: WorkQueue<String> = WorkQueue::new();
     let (services, pods) = crate::endpoints::register(informers, &queue);
-    let slices = {
-        let inf = informers.informer::<EndpointSlice>();
-        let q = queue.clone();
-        // A slice of ours changed or deleted by someone else is put back.
-        inf.on_event(move |e| {
-            let (ferrokube_client::informer::Event::Added(s)
-            | ferrokube_client::informer::Event::Updated(_, s)
-            | ferrokube_client::informer::Event::Deleted(s)) = e;
-            let labels = s.metadata.labels.clone().unwrap_or_default();
-            if labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY) {
-                if let Some(svc) = labels.get(SERVICE_NAME_LABEL) {
-                    q.add(ownership::key(
-                        s.metadata.namespace.as_deref().unwrap_or_default(),
-                        svc,
-                    ));
-                }
-            }
-        });
-        inf.store()
-    };
+    let slices = register_slices(informers, &queue, MANAGED_BY);
     let sync = Arc::new(Sync {
         cx: cx.clone(),
         services,
@@ -141,17 +122,7 @@ impl Sync {
     async fn sync(&self, k: &str) -> Result<(), Error> {
         let (ns, name) = k.split_once('/').unwrap_or(("", k));
         let api: Api<EndpointSlice> = Api::namespaced(self.cx.client.clone(), ns);
-        let ours: Vec<Arc<EndpointSlice>> = self
-            .slices
-            .list()
-            .into_iter()
-            .filter(|s| {
-                let l = s.metadata.labels.clone().unwrap_or_default();
-                s.metadata.namespace.as_deref() == Some(ns)
-                    && l.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
-                    && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(MANAGED_BY)
-            })
-            .collect();
+        let ours = slices_of(&self.slices, ns, name, MANAGED_BY);
         let svc = self
             .services
             .get(k)
@@ -161,7 +132,7 @@ impl Sync {
             // Gone, or without a selector: none of ours stay (the garbage collector
             // would take them with the Service too).
             for s in ours {
-                self.delete(&api, &s).await?;
+                delete_slice(&api, &s).await?;
             }
             return Ok(());
         };
@@ -175,86 +146,22 @@ impl Sync {
                     .cloned()
             })
         };
-        let mut groups = desired(&svc, &pods, zone_of);
+        let mut groups: Groups = desired(&svc, &pods, zone_of)
+            .into_iter()
+            .map(|(_, (ports, eps))| (group_key("IPv4", &ports), ("IPv4".to_string(), ports, eps)))
+            .collect();
         if groups.is_empty() {
             // The placeholder: one empty slice.
-            groups.insert(String::new(), (vec![], vec![]));
+            groups.insert(String::new(), ("IPv4".into(), vec![], vec![]));
         }
-        // Existing slices by the ports they serve, reused in name order.
-        let mut existing: BTreeMap<String, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
-        for s in ours {
-            let ports = s.ports.clone().unwrap_or_default();
-            let key = if s.endpoints.is_empty() && ports.is_empty() {
-                String::new()
-            } else {
-                serde_json::to_string(&ports).unwrap_or_default()
-            };
-            existing.entry(key).or_default().push(s);
-        }
-        for v in existing.values_mut() {
-            v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
-        }
-        let labels = self.labels(&svc);
-        for (key, (ports, endpoints)) in groups {
-            let mut reuse = existing.remove(&key).unwrap_or_default().into_iter();
-            let chunks: Vec<Vec<Endpoint>> = if endpoints.is_empty() {
-                vec![vec![]]
-            } else {
-                endpoints
-                    .chunks(MAX_ENDPOINTS_PER_SLICE)
-                    .map(<[Endpoint]>::to_vec)
-                    .collect()
-            };
-            for chunk in chunks {
-                let want_ports = Some(ports.clone());
-                match reuse.next() {
-                    Some(cur) => {
-                        if cur.endpoints == chunk
-                            && cur.ports == want_ports
-                            && cur.metadata.labels.as_ref() == Some(&labels)
-                        {
-                            continue;
-                        }
-                        let mut s = (*cur).clone();
-                        s.endpoints = chunk;
-                        s.ports = want_ports;
-                        s.metadata.labels = Some(labels.clone());
-                        match api
-                            .replace(cur.metadata.name.as_deref().unwrap_or_default(), &s)
-                            .await
-                        {
-                            Ok(_) => {}
-                            Err(e) if e.is_not_found() => {}
-                            Err(e) => return Err(e.into()),
-                        }
-                    }
-                    None => {
-                        let s = EndpointSlice {
-                            metadata: ObjectMeta {
-                                generate_name: Some(format!("{name}-")),
-                                namespace: Some(ns.into()),
-                                labels: Some(labels.clone()),
-                                owner_references: Some(vec![ownership::controller_ref::<Service>(
-                                    &svc.metadata,
-                                )]),
-                                ..Default::default()
-                            },
-                            address_type: "IPv4".into(),
-                            endpoints: chunk,
-                            ports: want_ports,
-                        };
-                        api.create(&s).await?;
-                    }
-                }
-            }
-            for extra in reuse {
-                self.delete(&api, &extra).await?;
-            }
-        }
-        for rest in existing.into_values().flatten() {
-            self.delete(&api, &rest).await?;
-        }
-        Ok(())
+        let template = SliceTemplate {
+            generate_name: format!("{name}-"),
+            namespace: ns.into(),
+            labels: self.labels(&svc),
+            annotations: None,
+            owner: ownership::controller_ref::<Service>(&svc.metadata),
+        };
+        write_slices(&api, &template, groups, ours, MAX_ENDPOINTS_PER_SLICE).await
     }
 
     /// A slice's labels: the Service's (but the reserved ones), its name, the manager,
@@ -272,16 +179,169 @@ impl Sync {
         }
         l
     }
+}
 
-    async fn delete(&self, api: &Api<EndpointSlice>, s: &EndpointSlice) -> Result<(), Error> {
-        match api
-            .delete(s.metadata.name.as_deref().unwrap_or_default(), None)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if e.is_not_found() => Ok(()),
-            Err(e) => Err(e.into()),
+/// Registers the EndpointSlice informer queueing the Service of every slice `manager`
+/// manages (a slice of ours changed or deleted by someone else is put back); its store.
+pub fn register_slices(
+    informers: &mut InformerFactory,
+    queue: &WorkQueue<String>,
+    manager: &'static str,
+) -> Store<EndpointSlice> {
+    let inf = informers.informer::<EndpointSlice>();
+    let q = queue.clone();
+    inf.on_event(move |e| {
+        let (ferrokube_client::informer::Event::Added(s)
+        | ferrokube_client::informer::Event::Updated(_, s)
+        | ferrokube_client::informer::Event::Deleted(s)) = e;
+        let labels = s.metadata.labels.clone().unwrap_or_default();
+        if labels.get(MANAGED_BY_LABEL).map(String::as_str) == Some(manager) {
+            if let Some(svc) = labels.get(SERVICE_NAME_LABEL) {
+                q.add(ownership::key(
+                    s.metadata.namespace.as_deref().unwrap_or_default(),
+                    svc,
+                ));
+            }
         }
+    });
+    inf.store()
+}
+
+/// The slices of Service `ns/name` that `manager` manages.
+pub fn slices_of(
+    slices: &Store<EndpointSlice>,
+    ns: &str,
+    name: &str,
+    manager: &str,
+) -> Vec<Arc<EndpointSlice>> {
+    slices
+        .list()
+        .into_iter()
+        .filter(|s| {
+            let l = s.metadata.labels.clone().unwrap_or_default();
+            s.metadata.namespace.as_deref() == Some(ns)
+                && l.get(SERVICE_NAME_LABEL).map(String::as_str) == Some(name)
+                && l.get(MANAGED_BY_LABEL).map(String::as_str) == Some(manager)
+        })
+        .collect()
+}
+
+/// Slices' desired contents: key (from [`group_key`], or "" for the placeholder) →
+/// (address type, ports, endpoints).
+pub type Groups = BTreeMap<String, (String, Vec<EndpointPort>, Vec<Endpoint>)>;
+
+/// The key of the slices of one address type and port list.
+pub fn group_key(address_type: &str, ports: &[EndpointPort]) -> String {
+    format!(
+        "{address_type}/{}",
+        serde_json::to_string(ports).unwrap_or_default()
+    )
+}
+
+/// What every slice of one owner carries.
+pub struct SliceTemplate {
+    pub generate_name: String,
+    pub namespace: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: Option<BTreeMap<String, String>>,
+    pub owner: k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference,
+}
+
+/// Brings an owner's slices (`ours`) to `groups`: each group's endpoints in slices of at
+/// most `max`, reusing the existing slices of the same key (in name order), rewriting
+/// only those that differ, creating what is missing and deleting the rest.
+pub async fn write_slices(
+    api: &Api<EndpointSlice>,
+    t: &SliceTemplate,
+    groups: Groups,
+    ours: Vec<Arc<EndpointSlice>>,
+    max: usize,
+) -> Result<(), Error> {
+    let mut existing: BTreeMap<String, Vec<Arc<EndpointSlice>>> = BTreeMap::new();
+    for s in ours {
+        let ports = s.ports.clone().unwrap_or_default();
+        let key = if s.endpoints.is_empty() && ports.is_empty() {
+            String::new()
+        } else {
+            group_key(&s.address_type, &ports)
+        };
+        existing.entry(key).or_default().push(s);
+    }
+    for v in existing.values_mut() {
+        v.sort_by(|a, b| a.metadata.name.cmp(&b.metadata.name));
+    }
+    for (key, (address_type, ports, endpoints)) in groups {
+        let mut reuse = existing.remove(&key).unwrap_or_default().into_iter();
+        let chunks: Vec<Vec<Endpoint>> = if endpoints.is_empty() {
+            vec![vec![]]
+        } else {
+            endpoints
+                .chunks(max.max(1))
+                .map(<[Endpoint]>::to_vec)
+                .collect()
+        };
+        for chunk in chunks {
+            let want_ports = Some(ports.clone());
+            match reuse.next() {
+                Some(cur) => {
+                    if cur.endpoints == chunk
+                        && cur.ports == want_ports
+                        && cur.metadata.labels.as_ref() == Some(&t.labels)
+                        && cur.metadata.annotations == t.annotations
+                    {
+                        continue;
+                    }
+                    let mut s = (*cur).clone();
+                    s.endpoints = chunk;
+                    s.ports = want_ports;
+                    s.metadata.labels = Some(t.labels.clone());
+                    s.metadata.annotations = t.annotations.clone();
+                    match api
+                        .replace(cur.metadata.name.as_deref().unwrap_or_default(), &s)
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) if e.is_not_found() => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+                None => {
+                    let s = EndpointSlice {
+                        metadata: ObjectMeta {
+                            generate_name: Some(t.generate_name.clone()),
+                            namespace: Some(t.namespace.clone()),
+                            labels: Some(t.labels.clone()),
+                            annotations: t.annotations.clone(),
+                            owner_references: Some(vec![t.owner.clone()]),
+                            ..Default::default()
+                        },
+                        address_type: address_type.clone(),
+                        endpoints: chunk,
+                        ports: want_ports,
+                    };
+                    api.create(&s).await?;
+                }
+            }
+        }
+        for extra in reuse {
+            delete_slice(api, &extra).await?;
+        }
+    }
+    for rest in existing.into_values().flatten() {
+        delete_slice(api, &rest).await?;
+    }
+    Ok(())
+}
+
+/// Deletes a slice (gone already is fine).
+pub async fn delete_slice(api: &Api<EndpointSlice>, s: &EndpointSlice) -> Result<(), Error> {
+    match api
+        .delete(s.metadata.name.as_deref().unwrap_or_default(), None)
+        .await
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 

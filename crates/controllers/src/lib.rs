@@ -24,6 +24,7 @@ pub mod deployment;
 pub mod disruption;
 pub mod endpoints;
 pub mod endpointslice;
+pub mod endpointslicemirroring;
 pub mod expectations;
 pub mod garbagecollector;
 pub mod informers;
@@ -132,10 +133,13 @@ pub const CONTROLLERS: &[Descriptor] = &[
         start: Some(endpointslice::start),
         ..upstream("endpointslice-controller", &["endpointslice"])
     },
-    upstream(
-        "endpointslice-mirroring-controller",
-        &["endpointslicemirroring"],
-    ),
+    Descriptor {
+        start: Some(endpointslicemirroring::start),
+        ..upstream(
+            "endpointslice-mirroring-controller",
+            &["endpointslicemirroring"],
+        )
+    },
     Descriptor {
         start: Some(replicaset::start::<k8s_openapi::api::core::v1::ReplicationController>),
         ..upstream(
@@ -533,6 +537,7 @@ mod tests {
                 "serviceaccount-token-controller",
                 "endpoints-controller",
                 "endpointslice-controller",
+                "endpointslice-mirroring-controller",
                 "replicationcontroller-controller",
                 "pod-garbage-collector-controller",
                 "namespace-controller",
@@ -582,7 +587,8 @@ mod tests {
                     "-horizontalpodautoscaling",
                     "-serviceaccount-token",
                     "-endpoint",
-                    "-endpointslice"
+                    "-endpointslice",
+                    "-endpointslicemirroring"
                 ])
                 .unwrap()
             ),
