@@ -20,7 +20,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 #   apache2-utils:      htpasswd, for a registry that requires a login (imagePullSecrets tests)
 #   socat:              scripts/up's forwarder from the host's loopback into the node's namespace
 #   tzdata:             the time zones CronJobs' timeZone names (read from /usr/share/zoneinfo)
-FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv docker-registry busybox-static runc iproute2 containernetworking-plugins iptables socat apache2-utils curl tzdata)
+FERROKUBE_APT_PACKAGES=(build-essential pkg-config ca-certificates clang libclang-dev librocksdb-dev protobuf-compiler etcd-client etcd-server openssl python3-venv docker-registry busybox-static runc iproute2 containernetworking-plugins iptables nftables conntrack socat apache2-utils curl tzdata)
 
 # The official Python client, pinned to the Kubernetes version we serve (1.32).
 FERROKUBE_PYTHON_CLIENT="kubernetes==32.0.1"

@@ -255,6 +255,15 @@ impl ApiServer {
         })
     }
 
+    /// `kubectl get <what> -o jsonpath=<path>`; empty when the object is missing.
+    pub fn jsonpath(&self, what: &[&str], path: &str) -> String {
+        let mut args = vec!["get"];
+        args.extend_from_slice(what);
+        let p = format!("jsonpath={path}");
+        args.extend_from_slice(&["-o", &p]);
+        self.kubectl(&args).unwrap_or_default()
+    }
+
     /// Runs kubectl and returns its error output, panicking when it succeeds.
     pub fn fails(&self, args: &[&str]) -> String {
         match self.kubectl(args) {

@@ -176,9 +176,11 @@ impl Drop for Member {
 }
 
 /// A group of members on loopback, each with its own data dir under a temp dir.
+/// (`members` before `dir`: fields drop in order, and the processes must be gone before
+/// their directory is removed, or they write into it again.)
 pub struct Cluster {
-    pub dir: tempfile::TempDir,
     pub members: Vec<Member>,
+    pub dir: tempfile::TempDir,
 }
 
 impl Cluster {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use serde_json::Value;
 
-use crate::apiserver::ApiServer;
+use crate::apiserver::{ApiServer, Component};
 use crate::netns::NetNs;
 use crate::registry::LocalRegistry;
 use crate::{binary, free_port};
@@ -21,6 +21,7 @@ pub struct Node {
 
 /// A node's world: a network namespace with the API server, the registry (with busybox)
 /// and, once started, the kubelet — all on the namespace's loopback.
+/// (Fields drop in order: the processes and the namespace go before the directory.)
 pub struct World {
     pub api: ApiServer,
     pub reg: LocalRegistry,
@@ -35,11 +36,32 @@ pub fn world() -> World {
 
 /// ... with these kube-controller-manager flags.
 pub fn world_with_controllers(controller_args: &[&str]) -> World {
+    world_on("127.0.0.1", controller_args)
+}
+
+/// A world whose API server serves on the node's address (`node-1`'s 10.244.7.2), so
+/// that pods reach it through the `kubernetes` Service (in-cluster clients: addons).
+pub fn world_reachable_from_pods() -> World {
+    world_on(NODE_IP, &[])
+}
+
+/// `node-1`'s address.
+pub const NODE_IP: &str = "10.244.7.2";
+
+fn world_on(ip: &str, controller_args: &[&str]) -> World {
     let ns = NetNs::new();
     let dir = tempfile::tempdir().unwrap();
+    if ip != "127.0.0.1" {
+        let ok = ns
+            .command("ip")
+            .args(["addr", "add", &format!("{ip}/32"), "dev", "lo"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "adding {ip} in {}", ns.name);
+    }
     let mut api = ApiServer::new(
         &dir.path().join("api"),
-        "127.0.0.1",
+        ip,
         free_port(),
         free_port(),
         vec![],
@@ -143,7 +165,7 @@ pub fn start_node_with(w: &World, root: &Path, extra: &[String]) -> Node {
 pub fn start_node_configured(w: &World, root: &Path, extra: &[String], config: &str) -> Node {
     let node = NodeSpec {
         name: "node-1",
-        ip: "10.244.7.2",
+        ip: NODE_IP,
         pod_cidr: "10.244.1.0/24",
         registry: w.reg.endpoint(),
         path: None,
@@ -249,6 +271,41 @@ pub fn spawn_node(
         ),
     ]);
     node
+}
+
+/// Starts kube-proxy for `node-1` in `mode` (iptables or nftables) beside the API server:
+/// the test pod network as its cluster CIDR, the service range blackholed, syncs at most
+/// every 100 ms, health and metrics on `healthz` and `metrics` (host:port).
+pub fn start_kube_proxy(api: &ApiServer, mode: &str, healthz: &str, metrics: &str) -> Component {
+    api.component(
+        "kube-proxy",
+        "kube-proxy",
+        &[
+            "--proxy-mode",
+            mode,
+            "--hostname-override",
+            "node-1",
+            "--cluster-cidr",
+            "10.244.0.0/16",
+            "--blackhole-cidr",
+            "10.96.0.0/12",
+            "--iptables-min-sync-period",
+            "100ms",
+            "--healthz-bind-address",
+            healthz,
+            "--metrics-bind-address",
+            metrics,
+        ],
+    )
+}
+
+/// Starts kube-scheduler (no leader election, no serving port) beside the API server.
+pub fn start_scheduler(api: &ApiServer) -> Component {
+    api.component(
+        "kube-scheduler",
+        "scheduler",
+        &["--leader-elect=false", "--secure-port=0"],
+    )
 }
 
 /// A pod as JSON.

@@ -132,6 +132,7 @@ impl LocalRegistry {
         for link in [
             "sh", "echo", "sleep", "cat", "ls", "touch", "rm", "test", "mkdir", "grep", "tr",
             "stat", "env", "true", "false", "dd", "tar", "wc", "stty", "tty", "head", "seq",
+            "wget", "nc", "nslookup", "hostname", "httpd", "ps", "kill", "timeout",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(link));
         }
@@ -168,11 +169,17 @@ impl LocalRegistry {
     /// Builds the test-server image (`bins/test-server` and the libraries it links) and
     /// pushes it as `ferrokube/test-server:latest`.
     pub fn push_test_server(&self) {
-        let rootfs = self.dir.join("test-server-rootfs");
+        self.push_binary("test-server", "ferrokube/test-server");
+    }
+
+    /// Builds an image of one of the project's binaries (and the libraries it links),
+    /// with it as the entrypoint, and pushes it as `<repository>:latest`.
+    pub fn push_binary(&self, binary_name: &str, repository: &str) {
+        let rootfs = self.dir.join(format!("{binary_name}-rootfs"));
         let out = self
             .here(binary("ferrokube-image"))
             .args(["rootfs", "--binary"])
-            .arg(binary("test-server"))
+            .arg(binary(binary_name))
             .arg("--out")
             .arg(&rootfs)
             .output()
@@ -190,11 +197,11 @@ impl LocalRegistry {
                 "--registry",
                 &self.endpoint(),
                 "--name",
-                "ferrokube/test-server",
+                repository,
                 "--tag",
                 "latest",
             ])
-            .args(["--entrypoint", "/test-server"])
+            .args(["--entrypoint", &format!("/{binary_name}")])
             .output()
             .unwrap();
         assert!(

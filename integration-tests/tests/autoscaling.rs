@@ -19,8 +19,7 @@ fn hpa_events(api: &ApiServer) -> String {
 }
 
 fn jsonpath(api: &ApiServer, what: &str, path: &str) -> String {
-    api.kubectl(&["get", what, "-o", &format!("jsonpath={path}")])
-        .unwrap_or_default()
+    api.jsonpath(&[what], path)
 }
 
 #[test]
@@ -32,11 +31,7 @@ fn hpa_scales_on_cpu_utilization() {
     ]);
     let api = &w.api;
     let node = start_node(&w, &w.dir.path().join("kubelet"));
-    let _sched = api.component(
-        "kube-scheduler",
-        "scheduler",
-        &["--leader-elect=false", "--secure-port=0"],
-    );
+    let _sched = integration_tests::node::start_scheduler(api);
     apply(
         api,
         "apiVersion: apps/v1

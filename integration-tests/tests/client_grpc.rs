@@ -332,3 +332,66 @@ async fn one_leader_at_a_time() {
     assert_eq!(*leading.lock().unwrap(), ["a", "b", "c"]);
     c_task.abort();
 }
+
+/// A service-account token instead of a client certificate (what a pod's in-cluster
+/// configuration carries): authenticated and authorized as the account; a bad token is
+/// refused as unauthenticated, and nothing is written.
+#[tokio::test(flavor = "multi_thread")]
+async fn bearer_tokens_over_grpc() {
+    let dir = tempfile::tempdir().unwrap();
+    let api = ApiServer::start(dir.path());
+    api.ok(&["create", "serviceaccount", "reader"]);
+    api.ok(&[
+        "create",
+        "rolebinding",
+        "reader-view",
+        "--clusterrole=view",
+        "--serviceaccount=default:reader",
+    ]);
+    let token = api.ok(&["create", "token", "reader"]).trim().to_string();
+    let admin = Config::from_kubeconfig(&api.kubeconfig()).unwrap();
+    let as_token = |t: &str| Config {
+        cert_pem: Vec::new(),
+        key_pem: Vec::new(),
+        token: Some(t.to_string()),
+        token_file: None,
+        ..admin.clone()
+    };
+    let reader = Client::new(&as_token(&token)).unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(reader.clone(), "default");
+    let listed = cms.list(&ListParams::default()).await.unwrap();
+    assert!(listed
+        .items
+        .iter()
+        .all(|c| c.metadata.namespace.as_deref() == Some("default")));
+    let denied = cms.create(&cm("nope", &[])).await.unwrap_err();
+    assert_eq!(denied.code(), Some(403), "{denied}");
+    assert!(
+        denied
+            .to_string()
+            .contains("system:serviceaccount:default:reader"),
+        "{denied}"
+    );
+    // The same token from a file, as a pod's projected token is read.
+    let file = dir.path().join("token");
+    std::fs::write(&file, format!("{token}\n")).unwrap();
+    let from_file = Config {
+        token: None,
+        token_file: Some(file),
+        ..as_token("")
+    };
+    let pods: Api<Pod> = Api::namespaced(Client::new(&from_file).unwrap(), "default");
+    pods.list(&ListParams::default()).await.unwrap();
+    let bad = Client::new(&as_token("not-a-token")).unwrap();
+    let e = Api::<ConfigMap>::namespaced(bad, "default")
+        .list(&ListParams::default())
+        .await
+        .unwrap_err();
+    match &e {
+        ferrokube_client::Error::Transport(s) => {
+            assert_eq!(s.code(), tonic::Code::Unauthenticated, "{e}")
+        }
+        other => panic!("expected unauthenticated, got {other}"),
+    }
+    assert!(api.kubectl(&["get", "configmap", "nope"]).is_err());
+}

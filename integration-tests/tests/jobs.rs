@@ -8,11 +8,7 @@ use integration_tests::apiserver::ApiServer;
 use integration_tests::node::*;
 
 fn jsonpath(api: &ApiServer, what: &[&str], path: &str) -> String {
-    let mut args = vec!["get"];
-    args.extend_from_slice(what);
-    let p = format!("jsonpath={path}");
-    args.extend_from_slice(&["-o", &p]);
-    api.kubectl(&args).unwrap_or_default()
+    api.jsonpath(what, path)
 }
 
 fn condition(api: &ApiServer, job: &str, ty: &str) -> String {
@@ -28,11 +24,7 @@ fn jobs_run_to_completion_fail_and_clean_up() {
     let w = world();
     let api = &w.api;
     let node = start_node(&w, &w.dir.path().join("kubelet"));
-    let _sched = api.component(
-        "kube-scheduler",
-        "scheduler",
-        &["--leader-elect=false", "--secure-port=0"],
-    );
+    let _sched = integration_tests::node::start_scheduler(api);
 
     // The seeds' job-multi (busybox for alpine, a short sleep): 5 completions, 2 at a time.
     apply(
@@ -301,11 +293,7 @@ fn cronjob_fires_every_minute() {
     let w = world();
     let api = &w.api;
     let node = start_node(&w, &w.dir.path().join("kubelet"));
-    let _sched = api.component(
-        "kube-scheduler",
-        "scheduler",
-        &["--leader-elect=false", "--secure-port=0"],
-    );
+    let _sched = integration_tests::node::start_scheduler(api);
     // Schedules and time zones are checked as upstream checks them.
     let bad = |schedule: &str, tz: &str| {
         api.kubectl_stdin(

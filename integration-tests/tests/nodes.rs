@@ -30,11 +30,7 @@ impl Cluster {
         api.controller_args = KCM_FLAGS.iter().map(|s| s.to_string()).collect();
         api.spawn();
         api.wait_ready();
-        let sched = api.component(
-            "kube-scheduler",
-            "scheduler",
-            &["--leader-elect=false", "--secure-port=0"],
-        );
+        let sched = integration_tests::node::start_scheduler(&api);
         Cluster {
             api,
             parts: vec![sched],
@@ -60,9 +56,7 @@ impl Cluster {
     }
 
     fn jsonpath(&self, what: &str, path: &str) -> String {
-        self.api
-            .kubectl(&["get", what, "-o", &format!("jsonpath={path}")])
-            .unwrap_or_default()
+        self.api.jsonpath(&[what], path)
     }
 
     fn taints(&self, node: &str) -> String {

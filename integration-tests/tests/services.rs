@@ -14,11 +14,7 @@ struct Cluster {
 
 impl Cluster {
     fn jsonpath(&self, what: &[&str], path: &str) -> String {
-        let mut args = vec!["get"];
-        args.extend_from_slice(what);
-        let p = format!("jsonpath={path}");
-        args.extend_from_slice(&["-o", &p]);
-        self.api.kubectl(&args).unwrap_or_default()
+        self.api.jsonpath(what, path)
     }
 
     fn logs(&self) -> String {
@@ -54,11 +50,7 @@ impl Cluster {
 fn endpoints_and_slices_follow_the_pods() {
     let dir = tempfile::tempdir().unwrap();
     let api = ApiServer::start(dir.path());
-    let sched = api.component(
-        "kube-scheduler",
-        "scheduler",
-        &["--leader-elect=false", "--secure-port=0"],
-    );
+    let sched = integration_tests::node::start_scheduler(&api);
     let hollow = api.component("hollow-nodes", "hollow", &["--nodes=2"]);
     let c = Cluster {
         api,

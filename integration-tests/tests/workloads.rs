@@ -14,11 +14,7 @@ struct Cluster {
 impl Cluster {
     fn start(dir: &std::path::Path, nodes: usize) -> Cluster {
         let api = ApiServer::start(dir);
-        let sched = api.component(
-            "kube-scheduler",
-            "scheduler",
-            &["--leader-elect=false", "--secure-port=0"],
-        );
+        let sched = integration_tests::node::start_scheduler(&api);
         let n = format!("--nodes={nodes}");
         let hollow = api.component("hollow-nodes", "hollow", &[&n]);
         let c = Cluster {

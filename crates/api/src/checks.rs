@@ -21,8 +21,23 @@ fn name_rule(kind: &str) -> fn(&str) -> Vec<String> {
     match kind {
         "Namespace" | "Node" => dns1123_label_or_node,
         "Service" => dns1035_label,
+        "Role" | "ClusterRole" | "RoleBinding" | "ClusterRoleBinding" => path_segment_name,
         _ => dns1123_subdomain,
     }
+}
+
+/// Upstream's `ValidatePathSegmentName` (RBAC objects: `system:coredns` is a name).
+fn path_segment_name(s: &str) -> Vec<String> {
+    let mut errs = Vec::new();
+    if s == "." || s == ".." {
+        errs.push(format!("may not be '{s}'"));
+    }
+    for bad in ["/", "%"] {
+        if s.contains(bad) {
+            errs.push(format!("may not contain '{bad}'"));
+        }
+    }
+    errs
 }
 
 fn dns1123_label_or_node(s: &str) -> Vec<String> {
@@ -712,6 +727,16 @@ pub fn update(kind: &str, old: &Value, new: &Value) -> Errors {
         _ => {}
     }
     errs
+}
+
+#[cfg(test)]
+mod path_segment_tests {
+    #[test]
+    fn rbac_names_are_path_segments() {
+        assert!(super::path_segment_name("system:coredns").is_empty());
+        assert_eq!(super::path_segment_name("a/b"), ["may not contain '/'"]);
+        assert_eq!(super::path_segment_name(".."), ["may not be '..'"]);
+    }
 }
 
 #[cfg(test)]

@@ -2,8 +2,8 @@
 //! request passes before admission. Authentication reads the verified client
 //! certificate (CN is the user, O the groups, as upstream's x509 authenticator);
 //! requests without one are `system:anonymous`. Authorization admits `system:masters`
-//! to everything, anyone to health and version, and authenticated users to discovery; RBAC comes with
-//! the authentication/authorization issue.
+//! to everything, anyone to health and version, and authenticated users to discovery;
+//! everything else is up to RBAC (`crate::rbac`).
 
 use std::fmt::Write as _;
 

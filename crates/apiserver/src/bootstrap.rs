@@ -1,8 +1,8 @@
 //! What a new cluster starts with, created through the ordinary create path (so it gets
 //! uids, defaults and allocations like anything else): the four system namespaces, the
 //! `kubernetes` Service at the first address of the service range with Endpoints and an
-//! EndpointSlice naming this API server, and the two system PriorityClasses. Existing
-//! objects are left alone.
+//! EndpointSlice naming this API server, the two system PriorityClasses, and upstream's
+//! default ClusterRoles and ClusterRoleBindings. Existing objects are left alone.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -88,6 +88,32 @@ pub async fn run(
             "priorityclasses",
             None,
             json!({"metadata": {"name": name}, "value": value, "description": desc}),
+        )
+        .await?;
+    }
+    for (name, role) in crate::rbac::bootstrap_cluster_roles() {
+        ensure(
+            res,
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            None,
+            json!({"metadata": {"name": name, "labels": role["labels"]}, "rules": role["rules"]}),
+        )
+        .await?;
+    }
+    for (name, role, groups) in crate::rbac::BOOTSTRAP_BINDINGS {
+        let subjects: Vec<Value> = groups
+            .iter()
+            .map(|g| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": g}))
+            .collect();
+        ensure(
+            res,
+            "rbac.authorization.k8s.io",
+            "clusterrolebindings",
+            None,
+            json!({"metadata": {"name": name, "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                   "subjects": subjects}),
         )
         .await?;
     }

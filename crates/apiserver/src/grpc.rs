@@ -43,6 +43,13 @@ pub async fn call(router: &mut Router, req: Request<Incoming>) -> Response<Body>
     }
 }
 
+/// The answer to a gRPC call whose credentials no authenticator accepts.
+pub fn unauthenticated() -> Response<Body> {
+    tonic::Status::unauthenticated("Unauthorized")
+        .into_http::<tonic::body::Body>()
+        .map(|b| b.map_err(|e| -> BoxError { Box::new(e) }).boxed_unsync())
+}
+
 struct ResourceService {
     api: Arc<ApiServer>,
 }
@@ -146,7 +153,7 @@ impl ResourceService {
             return Ok(error_response(&status::too_large(MAX_BODY)));
         }
         let (method, path, query, headers) = rest_parts(&r, watch)?;
-        let (info, verb) = match self.api.admit_request(&method, &path, &query, user) {
+        let (info, verb) = match self.api.admit_request(&method, &path, &query, user).await {
             Ok(x) => x,
             Err(e) => return Ok(error_response(&e)),
         };

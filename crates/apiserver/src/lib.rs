@@ -28,6 +28,7 @@ pub mod kubelet_client;
 pub mod metrics;
 pub mod pki;
 pub mod pod_streams;
+pub mod rbac;
 pub mod request;
 pub mod resource_metrics;
 pub mod rest;

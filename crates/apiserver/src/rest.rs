@@ -178,6 +178,8 @@ pub struct Resources {
     pub alloc: Allocator,
     /// Signs service-account tokens, once a key is configured.
     pub tokens: std::sync::OnceLock<crate::serviceaccount::Tokens>,
+    /// Authorizes users other than `system:masters`.
+    pub rbac: crate::rbac::Rbac,
     /// The admission plugins switched on (all, unless set otherwise).
     pub admission: std::sync::OnceLock<crate::admission::Plugins>,
 }

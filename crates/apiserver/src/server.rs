@@ -126,6 +126,7 @@ impl ApiServer {
             custom: Default::default(),
             alloc,
             tokens: std::sync::OnceLock::new(),
+            rbac: Default::default(),
             admission: std::sync::OnceLock::new(),
         });
         Arc::new(ApiServer {
@@ -347,6 +348,17 @@ impl ApiServer {
                             .get(http::header::CONTENT_TYPE)
                             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
                         if is_grpc {
+                            // Without a client certificate, a bearer token (a pod's
+                            // service account) authenticates, as on the REST side.
+                            let user = match req.headers().get(http::header::AUTHORIZATION) {
+                                Some(h) if *user == User::anonymous() => {
+                                    match me.bearer_user(h).await {
+                                        Some(u) => Arc::new(u),
+                                        None => return Ok(crate::grpc::unauthenticated()),
+                                    }
+                                }
+                                _ => user,
+                            };
                             req.extensions_mut().insert(user);
                             return Ok::<_, std::convert::Infallible>(
                                 crate::grpc::call(&mut grpc, req).await,
@@ -395,7 +407,14 @@ impl ApiServer {
             _ => "options",
         };
         if let Err(msg) = auth::authorize_path(user, verb, &path) {
-            return error_response(&status::forbidden_path(msg));
+            if !self
+                .resources
+                .rbac
+                .allows_path(&self.resources, user, verb, &path)
+                .await
+            {
+                return error_response(&status::forbidden_path(msg));
+            }
         }
         let accept = req
             .headers()
@@ -542,7 +561,7 @@ impl ApiServer {
         query: Query,
         user: &User,
     ) -> Response<Body> {
-        let (r, verb) = match self.admit_request(req.method(), &rp, &query, user) {
+        let (r, verb) = match self.admit_request(req.method(), &rp, &query, user).await {
             Ok(x) => x,
             Err(e) => return error_response(&e),
         };
@@ -580,7 +599,7 @@ impl ApiServer {
     }
 
     /// Finds the resource a request names and authorizes the user for it.
-    pub(crate) fn admit_request(
+    pub(crate) async fn admit_request(
         &self,
         method: &Method,
         rp: &ResourcePath,
@@ -606,10 +625,24 @@ impl ApiServer {
             group: r.group,
             resource: r.plural,
             subresource: rp.subresource.as_deref(),
-            namespace: rp.namespace.as_deref(),
+            // A Namespace object is authorized within itself (upstream's RequestInfo), so
+            // a RoleBinding there may grant reading it.
+            namespace: if r.group.is_empty() && r.plural == "namespaces" {
+                rp.name.as_deref()
+            } else {
+                rp.namespace.as_deref()
+            },
             name: rp.name.as_deref(),
         };
         if let Err(msg) = auth::authorize_resource(user, &attrs) {
+            if self
+                .resources
+                .rbac
+                .allows_resource(&self.resources, user, &attrs)
+                .await
+            {
+                return Ok((r, verb));
+            }
             return Err(status::forbidden(
                 &r,
                 rp.name.as_deref().unwrap_or_default(),

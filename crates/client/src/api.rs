@@ -21,6 +21,39 @@ pub struct Client {
     inner: ResourcesClient<Channel>,
     /// The field manager writes are recorded under (default: the program's name).
     manager: std::sync::Arc<str>,
+    /// Bearer credentials, when there is no client certificate.
+    token: Option<std::sync::Arc<TokenSource>>,
+}
+
+/// A bearer token, inline or read from a file at most once a minute (the kubelet renews
+/// projected service-account tokens in place).
+struct TokenSource {
+    fixed: Option<String>,
+    file: Option<std::path::PathBuf>,
+    cached: std::sync::Mutex<Option<(std::time::Instant, String)>>,
+}
+
+impl TokenSource {
+    fn token(&self) -> Result<String, Error> {
+        if let Some(t) = &self.fixed {
+            return Ok(t.clone());
+        }
+        let Some(file) = &self.file else {
+            return Err(Error::Config("no token".into()));
+        };
+        let mut cached = self.cached.lock().expect("token lock");
+        if let Some((at, t)) = cached.as_ref() {
+            if at.elapsed() < std::time::Duration::from_secs(60) {
+                return Ok(t.clone());
+            }
+        }
+        let t = std::fs::read_to_string(file)
+            .map_err(|e| Error::Config(format!("{}: {e}", file.display())))?
+            .trim()
+            .to_string();
+        *cached = Some((std::time::Instant::now(), t.clone()));
+        Ok(t)
+    }
 }
 
 /// What a call answered: the HTTP-equivalent code and the JSON body.
@@ -41,10 +74,19 @@ impl Client {
             .map_or(cfg.server.as_str(), |(h, _)| h)
             .trim_matches(|c| c == '[' || c == ']')
             .to_string();
-        let tls = ClientTlsConfig::new()
+        let mut tls = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(&cfg.ca_pem))
-            .identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem))
             .domain_name(host);
+        if !cfg.cert_pem.is_empty() {
+            tls = tls.identity(Identity::from_pem(&cfg.cert_pem, &cfg.key_pem));
+        }
+        let token = (cfg.token.is_some() || cfg.token_file.is_some()).then(|| {
+            std::sync::Arc::new(TokenSource {
+                fixed: cfg.token.clone(),
+                file: cfg.token_file.clone(),
+                cached: Default::default(),
+            })
+        });
         let endpoint = Endpoint::from_shared(cfg.server.clone())
             .map_err(|e| Error::Config(format!("server {:?}: {e}", cfg.server)))?
             .tls_config(tls)
@@ -63,7 +105,20 @@ impl Client {
         Ok(Client {
             inner,
             manager: manager.into(),
+            token,
         })
+    }
+
+    /// The request with this client's bearer token, if it has one.
+    fn authorized<T>(&self, msg: T) -> Result<tonic::Request<T>, Error> {
+        let mut req = tonic::Request::new(msg);
+        if let Some(t) = &self.token {
+            let v = format!("Bearer {}", t.token()?)
+                .parse()
+                .map_err(|_| Error::Config("the token is not a valid header value".into()))?;
+            req.metadata_mut().insert("authorization", v);
+        }
+        Ok(req)
     }
 
     /// Records writes under this field manager (a component's name).
@@ -79,7 +134,12 @@ impl Client {
                 .entry("fieldManager".into())
                 .or_insert_with(|| self.manager.to_string());
         }
-        let resp = self.inner.clone().call(req).await?.into_inner();
+        let resp = self
+            .inner
+            .clone()
+            .call(self.authorized(req)?)
+            .await?
+            .into_inner();
         Ok(Answer {
             code: resp.code as u16,
             body: resp.body,
@@ -92,7 +152,12 @@ impl Client {
         &self,
         req: Request,
     ) -> Result<Pin<Box<dyn Stream<Item = Result<Vec<u8>, Error>> + Send>>, Error> {
-        let stream = self.inner.clone().watch(req).await?.into_inner();
+        let stream = self
+            .inner
+            .clone()
+            .watch(self.authorized(req)?)
+            .await?
+            .into_inner();
         Ok(Box::pin(
             stream.map(|r| r.map(|e| e.event).map_err(Error::from)),
         ))

@@ -8,15 +8,22 @@ use serde::Deserialize;
 
 use crate::Error;
 
-/// Connection settings: server URL, CA, client certificate and key (PEM).
+/// Connection settings: server URL, CA, and credentials — a client certificate and key
+/// (PEM), or a bearer token (inline, or a file re-read as it rotates).
 #[derive(Clone)]
 pub struct Config {
     /// `https://host:port`.
     pub server: String,
     pub ca_pem: Vec<u8>,
+    /// Empty when the credentials are a token.
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
+    pub token: Option<String>,
+    pub token_file: Option<PathBuf>,
 }
+
+/// Where a pod's service-account credentials are mounted.
+pub const SERVICE_ACCOUNT_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 
 impl std::fmt::Debug for Config {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,6 +68,9 @@ struct User {
     client_certificate: Option<PathBuf>,
     client_key_data: Option<String>,
     client_key: Option<PathBuf>,
+    token: Option<String>,
+    #[serde(rename = "tokenFile")]
+    token_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -130,14 +140,36 @@ impl Config {
             })?;
         let c = &cluster.item;
         let u = &user.item;
+        let ca_pem = material(
+            &c.certificate_authority_data,
+            &c.certificate_authority,
+            base,
+            "certificate authority",
+        )?;
+        let server = c.server.trim_end_matches('/').to_string();
+        let token_file = u.token_file.as_ref().map(|f| {
+            if f.is_absolute() {
+                f.clone()
+            } else {
+                base.join(f)
+            }
+        });
+        if u.client_certificate_data.is_none()
+            && u.client_certificate.is_none()
+            && (u.token.is_some() || token_file.is_some())
+        {
+            return Ok(Config {
+                server,
+                ca_pem,
+                cert_pem: Vec::new(),
+                key_pem: Vec::new(),
+                token: u.token.clone(),
+                token_file,
+            });
+        }
         Ok(Config {
-            server: c.server.trim_end_matches('/').to_string(),
-            ca_pem: material(
-                &c.certificate_authority_data,
-                &c.certificate_authority,
-                base,
-                "certificate authority",
-            )?,
+            server,
+            ca_pem,
             cert_pem: material(
                 &u.client_certificate_data,
                 &u.client_certificate,
@@ -145,6 +177,48 @@ impl Config {
                 "client certificate",
             )?,
             key_pem: material(&u.client_key_data, &u.client_key, base, "client key")?,
+            token: None,
+            token_file: None,
+        })
+    }
+
+    /// The configuration of a process running in a pod: the API server at
+    /// `KUBERNETES_SERVICE_HOST`:`KUBERNETES_SERVICE_PORT`, the pod's service-account token
+    /// (re-read as the kubelet renews it) and the cluster CA, as upstream's
+    /// `rest.InClusterConfig`.
+    pub fn in_cluster() -> Result<Config, Error> {
+        let var = |k: &str| {
+            std::env::var(k)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    Error::Config(
+                        "unable to load in-cluster configuration, KUBERNETES_SERVICE_HOST and KUBERNETES_SERVICE_PORT must be defined".into(),
+                    )
+                })
+        };
+        let host = var("KUBERNETES_SERVICE_HOST")?;
+        let port = var("KUBERNETES_SERVICE_PORT")?;
+        let dir = Path::new(SERVICE_ACCOUNT_DIR);
+        let ca = dir.join("ca.crt");
+        let ca_pem =
+            std::fs::read(&ca).map_err(|e| Error::Config(format!("{}: {e}", ca.display())))?;
+        let token_file = dir.join("token");
+        if let Err(e) = std::fs::metadata(&token_file) {
+            return Err(Error::Config(format!("{}: {e}", token_file.display())));
+        }
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host
+        };
+        Ok(Config {
+            server: format!("https://{host}:{port}"),
+            ca_pem,
+            cert_pem: Vec::new(),
+            key_pem: Vec::new(),
+            token: None,
+            token_file: Some(token_file),
         })
     }
 }
@@ -167,5 +241,17 @@ mod tests {
             (&b"CA"[..], &b"CERT"[..], &b"KEY"[..])
         );
         assert!(Config::from_kubeconfig_text("users: []", Path::new("/")).is_err());
+        assert!(c.token.is_none());
+    }
+
+    #[test]
+    fn token_users() {
+        let text = "clusters:\n- cluster:\n    certificate-authority-data: Q0E=\n    server: https://10.96.0.1:443\n  name: k\ncontexts:\n- context: {cluster: k, user: sa}\n  name: c\ncurrent-context: c\nusers:\n- name: sa\n  user:\n    token: abc\n";
+        let c = Config::from_kubeconfig_text(text, Path::new("/")).unwrap();
+        assert_eq!(c.token.as_deref(), Some("abc"));
+        assert!(c.cert_pem.is_empty());
+        let text = text.replace("token: abc", "tokenFile: token");
+        let c = Config::from_kubeconfig_text(&text, Path::new("/sa")).unwrap();
+        assert_eq!(c.token_file, Some(PathBuf::from("/sa/token")));
     }
 }

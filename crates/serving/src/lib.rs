@@ -83,6 +83,54 @@ pub trait Health: Send + Sync + 'static {
     fn check(&self) -> Result<(), String>;
     /// The metrics in Prometheus text format.
     fn metrics(&self) -> String;
+    /// A JSON body for `/healthz` and `/livez` in place of `ok` (kube-proxy's); the status
+    /// is then 200 or 503 by [`Health::check`].
+    fn healthz_json(&self) -> Option<String> {
+        None
+    }
+    /// A plain-text answer (status code, body) for a path of the component's own
+    /// (cluster DNS's `/health` and `/ready`), consulted before the standard ones.
+    fn own_path(&self, _path: &str) -> Option<(u16, String)> {
+        None
+    }
+}
+
+/// Binds `addr` now and serves the endpoints over plain HTTP in the background
+/// (kube-proxy's `--healthz-bind-address` and `--metrics-bind-address`).
+pub async fn start_plain(addr: std::net::SocketAddr, health: Arc<dyn Health>) -> Result<(), Error> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::Io(format!("listen on {addr}"), e))?;
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!("accepting a connection: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let health = health.clone();
+            tokio::spawn(serve_connection(TokioIo::new(tcp), health));
+        }
+    });
+    tracing::info!(%addr, "serving /healthz and /metrics over HTTP");
+    Ok(())
+}
+
+/// Answers requests on one connection until it closes.
+async fn serve_connection<IO>(io: TokioIo<IO>, health: Arc<dyn Health>)
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let health = health.clone();
+        async move { Ok::<_, Infallible>(answer(&req, health.as_ref())) }
+    });
+    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(io, service)
+        .await;
 }
 
 /// A certificate (PEM chain) and key (PEM) to serve with.
@@ -166,13 +214,7 @@ pub async fn serve(
                 Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake: {e}"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            let service = hyper::service::service_fn(move |req| {
-                let health = health.clone();
-                async move { Ok::<_, Infallible>(answer(&req, health.as_ref())) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), service)
-                .await;
+            serve_connection(TokioIo::new(tls), health).await;
         });
     }
 }
@@ -195,20 +237,47 @@ fn answer(req: &Request<Incoming>, health: &dyn Health) -> Response<Full<Bytes>>
             "Method Not Allowed\n".into(),
         );
     }
+    if let Some((code, body)) = health.own_path(req.uri().path()) {
+        return reply(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            TEXT,
+            body,
+        );
+    }
     match req.uri().path() {
-        "/healthz" | "/livez" | "/readyz" => match health.check() {
-            Ok(()) => reply(StatusCode::OK, TEXT, "ok".into()),
-            Err(why) => reply(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                TEXT,
-                format!("[-]{why} failed\nhealthz check failed\n"),
-            ),
-        },
+        "/healthz" | "/livez" => {
+            if let Some(body) = health.healthz_json() {
+                let code = match health.check() {
+                    Ok(()) => StatusCode::OK,
+                    Err(_) => StatusCode::SERVICE_UNAVAILABLE,
+                };
+                reply(code, "application/json", body)
+            } else {
+                answer_check(health, reply)
+            }
+        }
+        "/readyz" => answer_check(health, reply),
         "/metrics" => reply(
             StatusCode::OK,
             "text/plain; version=0.0.4; charset=utf-8",
             health.metrics(),
         ),
         _ => reply(StatusCode::NOT_FOUND, TEXT, "404 page not found\n".into()),
+    }
+}
+
+/// `ok`, or 500 with the failed check.
+fn answer_check(
+    health: &dyn Health,
+    reply: impl Fn(StatusCode, &str, String) -> Response<Full<Bytes>>,
+) -> Response<Full<Bytes>> {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    match health.check() {
+        Ok(()) => reply(StatusCode::OK, TEXT, "ok".into()),
+        Err(why) => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            TEXT,
+            format!("[-]{why} failed\nhealthz check failed\n"),
+        ),
     }
 }

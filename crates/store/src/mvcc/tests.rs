@@ -13,9 +13,11 @@ use super::*;
 /// (key, value, create revision, mod revision, version)
 type Kv = (String, String, i64, i64, i64);
 
+/// (`sm` before `_dir`: fields drop in order, and the database must close — flushing
+/// its files — before its directory is removed.)
 struct Sm {
-    _dir: tempfile::TempDir,
     sm: StateMachine,
+    _dir: tempfile::TempDir,
     index: u64,
 }
 
