@@ -15,12 +15,14 @@
 //! [`typed`] decodes bodies against the compiled types and [`checks`] validates objects;
 //! [`protobuf`] turns Kubernetes protobuf bodies into JSON; [`openapi`] writes the OpenAPI v3
 //! documents; [`crd`] reads CustomResourceDefinitions and validates custom objects;
-//! [`events`] converts between the two Event APIs.
+//! [`events`] converts between the two Event APIs; [`endpointslice`] ties slices to
+//! their Services.
 
 pub mod checks;
 pub mod crd;
 pub mod cron;
 pub mod defaults;
+pub mod endpointslice;
 pub mod events;
 pub mod fields;
 pub mod hpa;

@@ -25,6 +25,7 @@ pub const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 /// The plugins switched on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plugins {
+    pub default_ingress_class: bool,
     pub default_toleration_seconds: bool,
     pub priority: bool,
     pub service_account: bool,
@@ -33,6 +34,7 @@ pub struct Plugins {
 impl Default for Plugins {
     fn default() -> Self {
         Plugins {
+            default_ingress_class: true,
             default_toleration_seconds: true,
             priority: true,
             service_account: true,
@@ -147,6 +149,7 @@ impl Plugins {
         let off = |n: &str| disable.contains(&n);
         Ok((
             Plugins {
+                default_ingress_class: !off("DefaultIngressClass"),
                 default_toleration_seconds: !off("DefaultTolerationSeconds"),
                 priority: !off("Priority"),
                 service_account: !off("ServiceAccount"),
@@ -154,6 +157,27 @@ impl Plugins {
             warnings,
         ))
     }
+}
+
+/// The annotation marking the IngressClass used by Ingresses that name none.
+pub const DEFAULT_INGRESS_CLASS_ANNOTATION: &str = "ingressclass.kubernetes.io/is-default-class";
+
+/// The DefaultIngressClass plugin's choice among IngressClasses: the default one (the
+/// newest when several are marked, as upstream), if any.
+pub fn default_ingress_class(classes: &[Value]) -> Option<&str> {
+    classes
+        .iter()
+        .filter(|c| {
+            c["metadata"]["annotations"][DEFAULT_INGRESS_CLASS_ANNOTATION].as_str() == Some("true")
+        })
+        .max_by(|a, b| {
+            let created = |c: &Value| c["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string();
+            let name = |c: &'_ Value| c["metadata"]["name"].as_str().unwrap_or("").to_string();
+            created(a)
+                .cmp(&created(b))
+                .then_with(|| name(b).cmp(&name(a)))
+        })
+        .and_then(|c| c["metadata"]["name"].as_str())
 }
 
 /// Why a mirror pod may not be admitted (upstream's checks: mirror pods reach no
@@ -312,6 +336,27 @@ mod tests {
 
     fn names(v: &[String]) -> Vec<String> {
         v.to_vec()
+    }
+
+    #[test]
+    fn the_newest_default_ingress_class_is_chosen() {
+        let class = |name: &str, created: &str, default: Option<&str>| {
+            let mut c = json!({"metadata": {"name": name, "creationTimestamp": created}});
+            if let Some(d) = default {
+                c["metadata"]["annotations"] = json!({DEFAULT_INGRESS_CLASS_ANNOTATION: d});
+            }
+            c
+        };
+        assert_eq!(default_ingress_class(&[]), None);
+        let plain = class("plain", "2026-01-01T00:00:00Z", None);
+        let off = class("off", "2026-01-03T00:00:00Z", Some("false"));
+        assert_eq!(default_ingress_class(&[plain.clone(), off.clone()]), None);
+        let old = class("old", "2026-01-01T00:00:00Z", Some("true"));
+        let new = class("new", "2026-01-02T00:00:00Z", Some("true"));
+        let twin = class("a-twin", "2026-01-02T00:00:00Z", Some("true"));
+        assert_eq!(default_ingress_class(&[new.clone(), plain, old.clone(), off]), Some("new"));
+        // Created in the same second: the first name wins.
+        assert_eq!(default_ingress_class(&[old, new, twin]), Some("a-twin"));
     }
 
     #[test]

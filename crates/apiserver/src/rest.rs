@@ -820,6 +820,7 @@ impl Resources {
             }
             ("", "Secret") => merge_string_data(obj),
             ("batch", "Job") => job_selector(obj),
+            ("networking.k8s.io", "Ingress") => self.admit_ingress(obj).await?,
             ("apiextensions.k8s.io", "CustomResourceDefinition") => {
                 let errs = ferrokube_api::crd::check(obj);
                 if !errs.is_empty() {
@@ -842,6 +843,32 @@ impl Resources {
             _ => {}
         }
         Self::validate(r, obj, None)
+    }
+
+    /// The DefaultIngressClass plugin: an Ingress naming no class (neither
+    /// `spec.ingressClassName` nor the deprecated annotation) gets the default one.
+    async fn admit_ingress(&self, ing: &mut Value) -> Result<(), StatusError> {
+        let plugins = self.admission.get().copied().unwrap_or_default();
+        let annotated = meta::metadata(ing)
+            .and_then(|m| m.get("annotations"))
+            .is_some_and(|a| a.get("kubernetes.io/ingress.class").is_some());
+        if !plugins.default_ingress_class
+            || annotated
+            || !ing.get("spec").is_some_and(Value::is_object)
+            || ing["spec"].get("ingressClassName").is_some_and(|c| !c.is_null())
+        {
+            return Ok(());
+        }
+        let classes = ferrokube_api::registry::builtin("networking.k8s.io", "ingressclasses");
+        let page = self
+            .objects
+            .list(&list_prefix(&classes, None), "", 0, 0)
+            .await?;
+        let all: Vec<Value> = page.items.into_iter().map(|s| s.object).collect();
+        if let Some(name) = crate::admission::default_ingress_class(&all) {
+            ing["spec"]["ingressClassName"] = json!(name);
+        }
+        Ok(())
     }
 
     /// Pod admission: the service account, priority and default tolerations upstream's

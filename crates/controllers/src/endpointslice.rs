@@ -28,7 +28,7 @@ use crate::pod_status::is_ready;
 use crate::{Context, Error, InformerFactory, Runner};
 
 const QUEUE: &str = "endpoint_slice";
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use ferrokube_api::endpointslice::SERVICE_NAME_LABEL;
 pub const MANAGED_BY_LABEL: &str = "endpointslice.kubernetes.io/managed-by";
 pub const MANAGED_BY: &str = "endpointslice-controller.k8s.io";
 /// Upstream's `--max-endpoints-per-slice` default.

@@ -14,9 +14,9 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use ferrokube_api::endpointslice::service_of;
 
 /// The label naming a slice's Service.
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// What a Service name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,19 +64,10 @@ impl Records {
         let mut endpoints: HashMap<(String, String), BTreeMap<String, (Ipv4Addr, bool)>> =
             HashMap::new();
         for s in slices {
-            if s.address_type != "IPv4" {
-                continue;
-            }
-            let (Some(ns), Some(svc)) = (
-                s.metadata.namespace.as_deref(),
-                s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-            ) else {
+            let Some((ns, svc)) = service_of(s) else {
                 continue;
             };
-            let entry = endpoints.entry((ns.to_string(), svc.clone())).or_default();
+            let entry = endpoints.entry((ns.to_string(), svc.to_string())).or_default();
             for e in &s.endpoints {
                 if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                     continue;

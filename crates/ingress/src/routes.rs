@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend};
 
 /// Where matched traffic goes: a Service port in the Ingress's namespace.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Backend {
     pub namespace: String,
     pub service: String,
@@ -22,7 +22,7 @@ pub struct Backend {
 }
 
 /// A Service port by number or by name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ServicePortRef {
     Number(i32),
     Name(String),
@@ -139,6 +139,18 @@ impl Routes {
             .flatten()
             .find_map(|rules| best(rules, path))
             .or(self.default_backend.as_ref())
+    }
+
+    /// Every backend some request can reach, each once.
+    pub fn backends(&self) -> std::collections::BTreeSet<&Backend> {
+        self.exact_hosts
+            .values()
+            .chain(self.wildcard_hosts.values())
+            .flatten()
+            .chain(&self.any_host)
+            .map(|r| &r.backend)
+            .chain(&self.default_backend)
+            .collect()
     }
 
     /// Whether nothing is routed (no rules and no default backend).

@@ -7,9 +7,9 @@ use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use ferrokube_api::endpointslice::service_of;
 
 /// The label naming a slice's Service.
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 /// Services labelled with this are left to another proxy.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Services labelled with this have no cluster IP proxying (headless in all but name).
@@ -332,16 +332,7 @@ fn endpoints_by_port<'a>(
 ) -> EndpointsByPort {
     let mut out = EndpointsByPort::new();
     for s in slices {
-        if s.address_type != "IPv4" {
-            continue;
-        }
-        let (Some(ns), Some(svc)) = (
-            s.metadata.namespace.as_deref(),
-            s.metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL)),
-        ) else {
+        let Some((ns, svc)) = service_of(s) else {
             continue;
         };
         for p in s.ports.iter().flatten() {
@@ -354,7 +345,7 @@ fn endpoints_by_port<'a>(
             let key = (
                 ServicePortName {
                     namespace: ns.to_string(),
-                    name: svc.clone(),
+                    name: svc.to_string(),
                     port: p.name.clone().unwrap_or_default(),
                 },
                 protocol,

@@ -1,0 +1,286 @@
+//! The certificates HTTPS is served with, chosen by SNI: each served Ingress's `spec.tls`
+//! entries name a `kubernetes.io/tls` Secret in the Ingress's namespace for a list of
+//! hosts (exact or `*.` wildcards). A name with no certificate of its own, or a client
+//! sending no SNI, gets the fallback: the first host-less entry's certificate if there
+//! is one, else a self-signed "Kubernetes Ingress Controller Fake Certificate" made at
+//! start, as ingress-nginx does.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::networking::v1::Ingress;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+/// A TLS Secret that cannot be served.
+#[derive(Debug, thiserror::Error)]
+pub enum CertError {
+    #[error("secret {0} not found")]
+    Missing(String),
+    #[error("secret {0} has no {1}")]
+    NoKey(String, &'static str),
+    #[error("secret {0}: {1}")]
+    Invalid(String, String),
+    #[error("self-signed certificate: {0}")]
+    SelfSigned(String),
+}
+
+/// Loads a certificate chain and private key from PEM.
+pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, String> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("tls.crt: {e}"))?;
+    if chain.is_empty() {
+        return Err("tls.crt holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| format!("tls.key: {e}"))?;
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key)
+        .map_err(|e| format!("tls.key: {e}"))?;
+    let ck = CertifiedKey::new(chain, signer);
+    ck.keys_match().map_err(|e| format!("tls.key does not match tls.crt: {e}"))?;
+    Ok(ck)
+}
+
+/// The self-signed fallback certificate.
+pub fn fake_certificate() -> Result<CertifiedKey, CertError> {
+    let fail = |e: rcgen::Error| CertError::SelfSigned(e.to_string());
+    let mut params = rcgen::CertificateParams::new(vec!["ingress.local".to_string()]).map_err(fail)?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "Acme Co");
+    params.distinguished_name.push(
+        rcgen::DnType::CommonName,
+        "Kubernetes Ingress Controller Fake Certificate",
+    );
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
+    certified_key(cert.pem().as_bytes(), key.serialize_pem().as_bytes())
+        .map_err(CertError::SelfSigned)
+}
+
+/// The certificates by host.
+#[derive(Debug, Default)]
+pub struct Certificates {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// `*.example.com` → certificate, keyed by `.example.com`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    fallback: Option<Arc<CertifiedKey>>,
+}
+
+impl Certificates {
+    /// The certificates of the served Ingresses (oldest first: the first entry for a host
+    /// wins), reading Secrets through `secret(namespace, name)`. Entries that cannot be
+    /// served are left out and reported.
+    pub fn build<'a>(
+        ingresses: impl IntoIterator<Item = &'a Ingress>,
+        secret: impl Fn(&str, &str) -> Option<Arc<Secret>>,
+    ) -> (Certificates, Vec<CertError>) {
+        let mut out = Certificates::default();
+        let mut problems = Vec::new();
+        // One Secret may serve several entries: load it once.
+        let mut loaded: HashMap<(String, String), Option<Arc<CertifiedKey>>> = HashMap::new();
+        for ing in ingresses {
+            let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
+            for tls in ing.spec.iter().flat_map(|s| s.tls.iter().flatten()) {
+                let Some(name) = tls.secret_name.as_deref().filter(|n| !n.is_empty()) else {
+                    continue;
+                };
+                let key = loaded
+                    .entry((ns.to_string(), name.to_string()))
+                    .or_insert_with(|| match load(ns, name, &secret) {
+                        Ok(k) => Some(Arc::new(k)),
+                        Err(e) => {
+                            problems.push(e);
+                            None
+                        }
+                    })
+                    .clone();
+                let Some(key) = key else { continue };
+                let hosts = tls.hosts.as_deref().unwrap_or_default();
+                if hosts.is_empty() && out.fallback.is_none() {
+                    out.fallback = Some(key.clone());
+                }
+                for h in hosts {
+                    let h = h.to_ascii_lowercase();
+                    match h.strip_prefix('*') {
+                        Some(suffix) => out.wildcard.entry(suffix.to_string()),
+                        None => out.exact.entry(h),
+                    }
+                    .or_insert_with(|| key.clone());
+                }
+            }
+        }
+        (out, problems)
+    }
+
+    /// The certificate for an SNI name, if one is configured.
+    pub fn for_name(&self, name: &str) -> Option<&Arc<CertifiedKey>> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.exact.get(&name).or_else(|| {
+            let (first, rest) = name.split_once('.')?;
+            (!first.is_empty())
+                .then(|| self.wildcard.get(&format!(".{rest}")))
+                .flatten()
+        })
+    }
+
+    /// Whether `name` has a certificate of its own.
+    pub fn has(&self, name: &str) -> bool {
+        self.for_name(name).is_some()
+    }
+}
+
+fn load(
+    ns: &str,
+    name: &str,
+    secret: &impl Fn(&str, &str) -> Option<Arc<Secret>>,
+) -> Result<CertifiedKey, CertError> {
+    let id = format!("{ns}/{name}");
+    let s = secret(ns, name).ok_or_else(|| CertError::Missing(id.clone()))?;
+    let data = s.data.as_ref();
+    let get = |k: &'static str| {
+        data.and_then(|d| d.get(k))
+            .map(|b| b.0.clone())
+            .ok_or_else(|| CertError::NoKey(id.clone(), k))
+    };
+    certified_key(&get("tls.crt")?, &get("tls.key")?).map_err(|e| CertError::Invalid(id.clone(), e))
+}
+
+/// The rustls resolver over the current certificates (swapped in as they change).
+#[derive(Debug)]
+pub struct Resolver {
+    current: RwLock<Arc<Certificates>>,
+    fake: Arc<CertifiedKey>,
+}
+
+impl Resolver {
+    /// A resolver with no certificates yet, falling back to `fake`.
+    pub fn new(fake: CertifiedKey) -> Resolver {
+        Resolver {
+            current: RwLock::new(Arc::default()),
+            fake: Arc::new(fake),
+        }
+    }
+
+    /// Replaces the certificates.
+    pub fn set(&self, certs: Certificates) {
+        *self.current.write().expect("certificates lock") = Arc::new(certs);
+    }
+
+    /// The certificates now.
+    pub fn current(&self) -> Arc<Certificates> {
+        self.current.read().expect("certificates lock").clone()
+    }
+
+    /// The certificate served for an SNI name (`None`: no SNI).
+    pub fn choose(&self, name: Option<&str>) -> Arc<CertifiedKey> {
+        let certs = self.current();
+        name.and_then(|n| certs.for_name(n))
+            .or(certs.fallback.as_ref())
+            .unwrap_or(&self.fake)
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.choose(hello.server_name()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+
+    fn tls_secret(host: &str) -> Arc<Secret> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec![host.to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut s = Secret {
+            type_: Some("kubernetes.io/tls".into()),
+            ..Default::default()
+        };
+        s.data = Some(
+            [
+                ("tls.crt".to_string(), ByteString(cert.pem().into_bytes())),
+                (
+                    "tls.key".to_string(),
+                    ByteString(key.serialize_pem().into_bytes()),
+                ),
+            ]
+            .into(),
+        );
+        Arc::new(s)
+    }
+
+    fn leaf(k: &CertifiedKey) -> Vec<u8> {
+        k.cert[0].to_vec()
+    }
+
+    #[test]
+    fn names_choose_their_certificates_and_the_rest_fall_back() {
+        let foo = tls_secret("foo.example.com");
+        let wild = tls_secret("*.apps.example.com");
+        let other = tls_secret("ignored");
+        let ing: Ingress = serde_norway::from_str(
+            "metadata: {name: i, namespace: web}
+spec:
+  tls:
+  - {hosts: [foo.example.com], secretName: foo}
+  - {hosts: ['*.apps.example.com'], secretName: wild}
+  - {hosts: [gone.example.com], secretName: missing}
+  - {hosts: [bad.example.com], secretName: bad}",
+        )
+        .unwrap();
+        let mut bad = (*other).clone();
+        bad.data.as_mut().unwrap().remove("tls.key");
+        let bad = Arc::new(bad);
+        let lookup = |ns: &str, name: &str| {
+            assert_eq!(ns, "web");
+            match name {
+                "foo" => Some(foo.clone()),
+                "wild" => Some(wild.clone()),
+                "bad" => Some(bad.clone()),
+                _ => None,
+            }
+        };
+        let (certs, problems) = Certificates::build([&ing], lookup);
+        let msgs: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            msgs,
+            ["secret web/missing not found", "secret web/bad has no tls.key"]
+        );
+        let r = Resolver::new(fake_certificate().unwrap());
+        r.set(certs);
+        let want = |s: &Secret| {
+            let d = s.data.as_ref().unwrap();
+            leaf(&certified_key(&d["tls.crt"].0, &d["tls.key"].0).unwrap())
+        };
+        assert_eq!(leaf(&r.choose(Some("FOO.example.com"))), want(&foo));
+        assert_eq!(leaf(&r.choose(Some("x.apps.example.com"))), want(&wild));
+        assert_eq!(leaf(&r.choose(Some("y.x.apps.example.com"))), leaf(&r.fake));
+        assert_eq!(leaf(&r.choose(Some("gone.example.com"))), leaf(&r.fake));
+        assert_eq!(leaf(&r.choose(None)), leaf(&r.fake));
+        assert!(r.current().has("foo.example.com"));
+        assert!(!r.current().has("bar.example.com"));
+    }
+
+    #[test]
+    fn mismatched_key_is_refused() {
+        let a = tls_secret("a");
+        let b = tls_secret("b");
+        let err = certified_key(
+            &a.data.as_ref().unwrap()["tls.crt"].0,
+            &b.data.as_ref().unwrap()["tls.key"].0,
+        )
+        .unwrap_err();
+        assert!(err.starts_with("tls.key does not match tls.crt"), "{err}");
+        assert!(certified_key(b"junk", b"junk").is_err());
+    }
+}
