@@ -1,19 +1,25 @@
 //! `test-server`: a small HTTP/1.1 server for tests (the `ferrokube/test-server` image).
 //!
 //! ```text
-//! test-server [--port N] [--start-delay SECS]   serve (PORT from the environment too)
+//! test-server [--port N] [--start-delay SECS] [--echo-any-path]
+//!                                               serve (PORT from the environment too)
 //! test-server exit CODE                         exit with CODE at once
 //! test-server sleep SECS                        sleep, then exit 0
 //! ```
 //!
 //! Endpoints: `/` (host name, request line, headers), `/hostname`, `/env`, `/healthz`
 //! (500 while `/tmp/unhealthy` exists), `/readyz` (503 while `/tmp/notready` exists),
-//! `/sleep/SECS` (answer after a delay), `/exit/CODE` (answer, then exit with CODE).
+//! `/sleep/SECS` (answer after a delay), `/exit/CODE` (answer, then exit with CODE);
+//! other paths 404, or with `--echo-any-path` answer as `/` does (routing tests).
 //! Only the standard library: the image stays small.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+/// `--echo-any-path`: unknown paths are echoed, not 404.
+static ECHO_ANY_PATH: AtomicBool = AtomicBool::new(false);
 
 fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -54,7 +60,7 @@ fn handle(stream: TcpStream) {
     }
     let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
     match path.as_str() {
-        "/" => respond(
+        p if p == "/" || (ECHO_ANY_PATH.load(Ordering::Relaxed) && !is_fixed(p)) => respond(
             &stream,
             200,
             &format!(
@@ -92,6 +98,13 @@ fn handle(stream: TcpStream) {
     }
 }
 
+/// The paths with an answer of their own.
+fn is_fixed(p: &str) -> bool {
+    ["/hostname", "/env", "/healthz", "/readyz"].contains(&p)
+        || p.starts_with("/sleep/")
+        || p.starts_with("/exit/")
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
@@ -114,6 +127,10 @@ fn main() {
         .or_else(|| std::env::var("PORT").ok())
         .and_then(|p| p.parse::<u16>().ok())
         .unwrap_or(8080);
+    ECHO_ANY_PATH.store(
+        args.iter().any(|a| a == "--echo-any-path"),
+        Ordering::Relaxed,
+    );
     if let Some(d) = flag("--start-delay").and_then(|d| d.parse().ok()) {
         std::thread::sleep(Duration::from_secs(d));
     }

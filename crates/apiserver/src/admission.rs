@@ -171,7 +171,12 @@ pub fn default_ingress_class(classes: &[Value]) -> Option<&str> {
             c["metadata"]["annotations"][DEFAULT_INGRESS_CLASS_ANNOTATION].as_str() == Some("true")
         })
         .max_by(|a, b| {
-            let created = |c: &Value| c["metadata"]["creationTimestamp"].as_str().unwrap_or("").to_string();
+            let created = |c: &Value| {
+                c["metadata"]["creationTimestamp"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            };
             let name = |c: &'_ Value| c["metadata"]["name"].as_str().unwrap_or("").to_string();
             created(a)
                 .cmp(&created(b))
@@ -354,7 +359,10 @@ mod tests {
         let old = class("old", "2026-01-01T00:00:00Z", Some("true"));
         let new = class("new", "2026-01-02T00:00:00Z", Some("true"));
         let twin = class("a-twin", "2026-01-02T00:00:00Z", Some("true"));
-        assert_eq!(default_ingress_class(&[new.clone(), plain, old.clone(), off]), Some("new"));
+        assert_eq!(
+            default_ingress_class(&[new.clone(), plain, old.clone(), off]),
+            Some("new")
+        );
         // Created in the same second: the first name wins.
         assert_eq!(default_ingress_class(&[old, new, twin]), Some("a-twin"));
     }

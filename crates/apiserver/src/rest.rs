@@ -855,7 +855,9 @@ impl Resources {
         if !plugins.default_ingress_class
             || annotated
             || !ing.get("spec").is_some_and(Value::is_object)
-            || ing["spec"].get("ingressClassName").is_some_and(|c| !c.is_null())
+            || ing["spec"]
+                .get("ingressClassName")
+                .is_some_and(|c| !c.is_null())
         {
             return Ok(());
         }

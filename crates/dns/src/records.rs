@@ -12,9 +12,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 
+use ferrokube_api::endpointslice::service_of;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use ferrokube_api::endpointslice::service_of;
 
 /// The label naming a slice's Service.
 
@@ -67,7 +67,9 @@ impl Records {
             let Some((ns, svc)) = service_of(s) else {
                 continue;
             };
-            let entry = endpoints.entry((ns.to_string(), svc.to_string())).or_default();
+            let entry = endpoints
+                .entry((ns.to_string(), svc.to_string()))
+                .or_default();
             for e in &s.endpoints {
                 if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
                     continue;

@@ -68,10 +68,9 @@ impl Upstreams {
         let mut out = HashMap::new();
         for b in backends {
             let targets = match services(&b.namespace, &b.service) {
-                None => Targets::Unresolved(format!(
-                    "service {}/{} not found",
-                    b.namespace, b.service
-                )),
+                None => {
+                    Targets::Unresolved(format!("service {}/{} not found", b.namespace, b.service))
+                }
                 Some(svc) => resolve(
                     b,
                     &svc,
@@ -106,7 +105,9 @@ fn resolve(b: &Backend, svc: &Service, slices: &[&EndpointSlice]) -> Targets {
         ServicePortRef::Name(n) => p.name.as_deref() == Some(n.as_str()),
     });
     if spec.and_then(|s| s.type_.as_deref()) == Some("ExternalName") {
-        let name = spec.and_then(|s| s.external_name.clone()).unwrap_or_default();
+        let name = spec
+            .and_then(|s| s.external_name.clone())
+            .unwrap_or_default();
         // An ExternalName Service needs no ports: a numbered backend port is the port.
         let number = port.map(|p| p.port).or(match b.port {
             ServicePortRef::Number(n) => Some(n),
@@ -228,7 +229,10 @@ endpoints: [{addresses: [10.9.9.9]}]",
             u.get(&by_name).unwrap().targets,
             Targets::Endpoints(vec![addr("10.0.0.1:9000"), addr("10.0.0.2:9000")])
         );
-        assert!(matches!(u.get(&wrong_port).unwrap().targets, Targets::Unresolved(_)));
+        assert!(matches!(
+            u.get(&wrong_port).unwrap().targets,
+            Targets::Unresolved(_)
+        ));
         assert_eq!(
             u.get(&missing).unwrap().targets,
             Targets::Unresolved("service web/gone not found".into())

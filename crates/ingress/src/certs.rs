@@ -40,14 +40,16 @@ pub fn certified_key(cert_pem: &[u8], key_pem: &[u8]) -> Result<CertifiedKey, St
     let signer = rustls::crypto::ring::sign::any_supported_type(&key)
         .map_err(|e| format!("tls.key: {e}"))?;
     let ck = CertifiedKey::new(chain, signer);
-    ck.keys_match().map_err(|e| format!("tls.key does not match tls.crt: {e}"))?;
+    ck.keys_match()
+        .map_err(|e| format!("tls.key does not match tls.crt: {e}"))?;
     Ok(ck)
 }
 
 /// The self-signed fallback certificate.
 pub fn fake_certificate() -> Result<CertifiedKey, CertError> {
     let fail = |e: rcgen::Error| CertError::SelfSigned(e.to_string());
-    let mut params = rcgen::CertificateParams::new(vec!["ingress.local".to_string()]).map_err(fail)?;
+    let mut params =
+        rcgen::CertificateParams::new(vec!["ingress.local".to_string()]).map_err(fail)?;
     params
         .distinguished_name
         .push(rcgen::DnType::OrganizationName, "Acme Co");
@@ -254,7 +256,10 @@ spec:
         let msgs: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             msgs,
-            ["secret web/missing not found", "secret web/bad has no tls.key"]
+            [
+                "secret web/missing not found",
+                "secret web/bad has no tls.key"
+            ]
         );
         let r = Resolver::new(fake_certificate().unwrap());
         r.set(certs);

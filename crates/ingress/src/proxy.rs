@@ -78,7 +78,10 @@ impl Proxy {
             "# HELP ingress_controller_responses_total Responses sent to clients, by status code.\n# TYPE ingress_controller_responses_total counter\n",
         );
         for (code, n) in self.responses.lock().expect("metrics lock").iter() {
-            let _ = writeln!(out, "ingress_controller_responses_total{{code=\"{code}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "ingress_controller_responses_total{{code=\"{code}\"}} {n}"
+            );
         }
         out
     }
@@ -90,7 +93,10 @@ impl Proxy {
             let Some((tcp, peer)) = accept(&listener).await else {
                 continue;
             };
-            tokio::spawn(self.clone().connection(TokioIo::new(tcp), peer, false, port));
+            tokio::spawn(
+                self.clone()
+                    .connection(TokioIo::new(tcp), peer, false, port),
+            );
         }
     }
 
@@ -120,8 +126,13 @@ impl Proxy {
         }
     }
 
-    async fn connection<IO>(self: Arc<Self>, io: TokioIo<IO>, peer: SocketAddr, tls: bool, port: u16)
-    where
+    async fn connection<IO>(
+        self: Arc<Self>,
+        io: TokioIo<IO>,
+        peer: SocketAddr,
+        tls: bool,
+        port: u16,
+    ) where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let service = hyper::service::service_fn(move |req| {
@@ -156,7 +167,10 @@ impl Proxy {
             return error(StatusCode::NOT_FOUND, "default backend - 404");
         };
         let Some(upstream) = table.upstreams.get(backend) else {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "503 Service Temporarily Unavailable");
+            return error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "503 Service Temporarily Unavailable",
+            );
         };
         let stream = match &upstream.targets {
             Targets::Endpoints(_) => {
@@ -172,22 +186,24 @@ impl Proxy {
                 }
                 connected
             }
-            Targets::External(name, port) => match tokio::net::lookup_host((name.as_str(), *port)).await {
-                Ok(addrs) => {
-                    let mut connected = None;
-                    for addr in addrs.take(ATTEMPTS) {
-                        if let Ok(s) = connect(addr).await {
-                            connected = Some(s);
-                            break;
+            Targets::External(name, port) => {
+                match tokio::net::lookup_host((name.as_str(), *port)).await {
+                    Ok(addrs) => {
+                        let mut connected = None;
+                        for addr in addrs.take(ATTEMPTS) {
+                            if let Ok(s) = connect(addr).await {
+                                connected = Some(s);
+                                break;
+                            }
                         }
+                        connected
                     }
-                    connected
+                    Err(e) => {
+                        tracing::debug!(%name, "resolving: {e}");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::debug!(%name, "resolving: {e}");
-                    None
-                }
-            },
+            }
             Targets::Unresolved(why) => {
                 tracing::debug!(?backend, "{why}");
                 None
@@ -198,20 +214,23 @@ impl Proxy {
                 Targets::Endpoints(eps) if !eps.is_empty() => {
                     error(StatusCode::BAD_GATEWAY, "502 Bad Gateway")
                 }
-                _ => error(StatusCode::SERVICE_UNAVAILABLE, "503 Service Temporarily Unavailable"),
+                _ => error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "503 Service Temporarily Unavailable",
+                ),
             };
         };
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let out = outgoing(req, &host, peer, tls, port, upgrade);
-        let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
-        {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::debug!(?backend, "handshake: {e}");
-                return error(StatusCode::BAD_GATEWAY, "502 Bad Gateway");
-            }
-        };
+        let (mut sender, conn) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::debug!(?backend, "handshake: {e}");
+                    return error(StatusCode::BAD_GATEWAY, "502 Bad Gateway");
+                }
+            };
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
@@ -228,8 +247,11 @@ impl Proxy {
                 let backend_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     if let (Ok(c), Ok(b)) = (client.await, backend_upgrade.await) {
-                        let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(b))
-                            .await;
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(c),
+                            &mut TokioIo::new(b),
+                        )
+                        .await;
                     }
                 });
             }
@@ -277,8 +299,10 @@ fn request_host<B>(req: &Request<B>) -> String {
 fn is_upgrade(h: &HeaderMap) -> bool {
     h.contains_key(header::UPGRADE)
         && h.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            v.to_str().is_ok_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
         })
 }
 
@@ -352,7 +376,9 @@ fn outgoing(
 }
 
 fn empty() -> Body {
-    Full::new(Bytes::new()).map_err(|never| match never {}).boxed()
+    Full::new(Bytes::new())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// An error answered by the proxy itself.
@@ -391,10 +417,16 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_go_upgrades_are_seen() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Private"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, X-Private"),
+        );
         h.insert("x-private", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert("x-kept", HeaderValue::from_static("1"));
         assert!(!is_upgrade(&h));
         strip_hop_by_hop(&mut h);

@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
+use ferrokube_api::endpointslice::service_of;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use ferrokube_api::endpointslice::service_of;
 
 /// The label naming a slice's Service.
 /// Services labelled with this are left to another proxy.
