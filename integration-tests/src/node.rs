@@ -366,3 +366,74 @@ pub fn delete_all_pods(api: &ApiServer, names: &[&str], node: &Node) {
         node,
     );
 }
+
+/// An addon's test cluster: a world whose API server pods reach, `node-1`, the scheduler
+/// and kube-proxy (iptables mode), with each of `programs` pushed as the image
+/// `ferrokube/<program>`.
+/// (Fields drop in order: the processes, the node — its mounts — and last the world,
+/// whose directory can only go once nothing is mounted in it.)
+pub struct AddonCluster {
+    _parts: Vec<Component>,
+    pub node: Node,
+    pub w: World,
+}
+
+impl AddonCluster {
+    pub fn start(programs: &[&str]) -> AddonCluster {
+        let w = world_reachable_from_pods();
+        for p in programs {
+            w.reg.push_binary(p, &format!("ferrokube/{p}"));
+        }
+        let node = start_node(&w, &w.dir.path().join("node"));
+        let sched = start_scheduler(&w.api);
+        let proxy = start_kube_proxy(
+            &w.api,
+            "iptables",
+            &format!("127.0.0.1:{}", free_port()),
+            &format!("127.0.0.1:{}", free_port()),
+        );
+        AddonCluster {
+            _parts: vec![sched, proxy],
+            node,
+            w,
+        }
+    }
+
+    /// What a failing test shows: every pod and Endpoints, the output of each kubectl
+    /// command in `extra` (with its arguments), and the end of the kubelet's log.
+    pub fn logs(&self, extra: &[&[&str]]) -> String {
+        let get = |args: &[&str]| self.w.api.kubectl(args).unwrap_or_else(|e| e);
+        let mut out = format!(
+            "pods:\n{}\nendpoints:\n{}\n",
+            get(&["get", "pods", "-A", "-o", "wide"]),
+            get(&["get", "endpoints", "-A"]),
+        );
+        for args in extra {
+            out.push_str(&format!("kubectl {}:\n{}\n", args.join(" "), get(args)));
+        }
+        let log = std::fs::read_to_string(self.node.root.join("kubelet.log")).unwrap_or_default();
+        out.push_str("kubelet:\n");
+        out.push_str(&log[log.len().saturating_sub(2500)..]);
+        out
+    }
+}
+
+/// Runs the busybox pod `name` (sleeping an hour: a client to exec in) and waits, up to
+/// two minutes, until it runs; `logs` explains a failure.
+pub fn run_client(api: &ApiServer, name: &str, logs: impl Fn() -> String) {
+    api.ok(&[
+        "run",
+        name,
+        "--image=busybox",
+        "--restart=Never",
+        "--",
+        "sleep",
+        "3600",
+    ]);
+    crate::wait_until(
+        &format!("the client pod {name}"),
+        120,
+        || api.jsonpath(&["pod", name], "{.status.phase}") == "Running",
+        logs,
+    );
+}

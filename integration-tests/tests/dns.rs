@@ -6,52 +6,25 @@
 //! name, a headless Service's pods, StatefulSet pods by `<pod>.<svc>`, SRV of named
 //! ports, PTR of a cluster IP, an ExternalName's CNAME, NXDOMAIN for unknown names.
 
-use integration_tests::apiserver::Component;
-use integration_tests::node::{
-    apply, start_kube_proxy, start_node, start_scheduler, world_reachable_from_pods, Node, World,
-};
-use integration_tests::{free_port, wait_until};
+use integration_tests::node::{apply, run_client, AddonCluster};
+use integration_tests::wait_until;
 
 const ADDON: &str = include_str!("../../addons/cluster-dns.yaml");
 
-/// (Fields drop in order: the processes, the node — its mounts — and last the world,
-/// whose directory can only go once nothing is mounted in it.)
 struct Setup {
-    _parts: Vec<Component>,
-    node: Node,
-    w: World,
+    c: AddonCluster,
 }
 
 impl Setup {
     fn logs(&self) -> String {
-        let tail = |p: std::path::PathBuf| {
-            let l = std::fs::read_to_string(p).unwrap_or_default();
-            l[l.len().saturating_sub(2500)..].to_string()
-        };
-        let dns_logs = self
-            .w
-            .api
-            .kubectl(&[
-                "-n",
-                "kube-system",
-                "logs",
-                "-l",
-                "k8s-app=kube-dns",
-                "--tail=20",
-            ])
-            .unwrap_or_else(|e| e);
-        format!(
-            "pods:\n{}\nendpoints:\n{}\ndns logs:\n{dns_logs}\nkubelet:\n{}",
-            self.w
-                .api
-                .kubectl(&["get", "pods", "-A", "-o", "wide"])
-                .unwrap_or_else(|e| e),
-            self.w
-                .api
-                .kubectl(&["get", "endpoints", "-A"])
-                .unwrap_or_else(|e| e),
-            tail(self.node.root.join("kubelet.log")),
-        )
+        self.c.logs(&[&[
+            "-n",
+            "kube-system",
+            "logs",
+            "-l",
+            "k8s-app=kube-dns",
+            "--tail=20",
+        ]])
     }
 
     fn wait(&self, what: &str, f: impl FnMut() -> bool) {
@@ -64,6 +37,7 @@ impl Setup {
     fn nslookup(&self, args: &[&str]) -> (String, bool) {
         let script = format!("nslookup {} 2>&1; echo rc=$?", args.join(" "));
         let out = self
+            .c
             .w
             .api
             .kubectl(&["exec", "client", "--", "sh", "-c", &script])
@@ -82,22 +56,10 @@ impl Setup {
 
 #[test]
 fn cluster_dns_addon_resolves_services_and_pods() {
-    let w = world_reachable_from_pods();
-    w.reg.push_binary("cluster-dns", "ferrokube/cluster-dns");
-    let node = start_node(&w, &w.dir.path().join("node"));
-    let sched = start_scheduler(&w.api);
-    let proxy = start_kube_proxy(
-        &w.api,
-        "iptables",
-        &format!("127.0.0.1:{}", free_port()),
-        &format!("127.0.0.1:{}", free_port()),
-    );
     let s = Setup {
-        _parts: vec![sched, proxy],
-        node,
-        w,
+        c: AddonCluster::start(&["cluster-dns"]),
     };
-    let api = &s.w.api;
+    let api = &s.c.w.api;
     apply(api, ADDON);
     s.wait("two ready DNS pods behind kube-dns", || {
         api.jsonpath(
@@ -164,18 +126,9 @@ metadata: {name: ext}
 spec: {type: ExternalName, externalName: db.example.com}
 ",
     );
-    api.ok(&[
-        "run",
-        "client",
-        "--image=busybox",
-        "--restart=Never",
-        "--",
-        "sleep",
-        "3600",
-    ]);
-    s.wait("the client and the StatefulSet's pods", || {
-        api.jsonpath(&["pod", "client"], "{.status.phase}") == "Running"
-            && api.jsonpath(&["pod", "web-1"], "{.status.phase}") == "Running"
+    run_client(api, "client", || s.logs());
+    s.wait("the StatefulSet's pods", || {
+        api.jsonpath(&["pod", "web-1"], "{.status.phase}") == "Running"
     });
     let resolv = api.ok(&["exec", "client", "--", "cat", "/etc/resolv.conf"]);
     assert!(resolv.contains("nameserver 10.96.0.10"), "{resolv}");
@@ -245,7 +198,8 @@ spec: {type: ExternalName, externalName: db.example.com}
     );
     let curl = |url: String| {
         let o =
-            s.w.ns
+            s.c.w
+                .ns
                 .command("curl")
                 .args(["-sS", "-m", "3", "--noproxy", "*", &url])
                 .output()

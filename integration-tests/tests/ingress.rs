@@ -11,46 +11,28 @@
 
 use std::collections::BTreeSet;
 
-use integration_tests::apiserver::Component;
-use integration_tests::node::{
-    apply, start_kube_proxy, start_node, start_scheduler, world_reachable_from_pods, Node, World,
-    NODE_IP,
-};
-use integration_tests::{free_port, wait_until};
+use integration_tests::node::{apply, AddonCluster, NODE_IP};
+use integration_tests::wait_until;
 
 const ADDON: &str = include_str!("../../addons/ingress-controller.yaml");
 
-/// (Fields drop in order: the processes, the node — its mounts — and last the world,
-/// whose directory can only go once nothing is mounted in it.)
 struct Setup {
-    _parts: Vec<Component>,
-    node: Node,
-    w: World,
+    c: AddonCluster,
 }
 
 impl Setup {
     fn logs(&self) -> String {
-        let tail = |p: std::path::PathBuf| {
-            let l = std::fs::read_to_string(p).unwrap_or_default();
-            l[l.len().saturating_sub(2500)..].to_string()
-        };
-        let api = &self.w.api;
-        let get = |args: &[&str]| api.kubectl(args).unwrap_or_else(|e| e);
-        format!(
-            "pods:\n{}\nendpoints:\n{}\ningresses:\n{}\ncontroller logs:\n{}\nkubelet:\n{}",
-            get(&["get", "pods", "-A", "-o", "wide"]),
-            get(&["get", "endpoints", "-A"]),
-            get(&["get", "ingress", "-A"]),
-            get(&[
+        self.c.logs(&[
+            &["get", "ingress", "-A"],
+            &[
                 "-n",
                 "ingress-ferrokube",
                 "logs",
                 "-l",
                 "app.kubernetes.io/name=ingress-ferrokube",
                 "--tail=30",
-            ]),
-            tail(self.node.root.join("kubelet.log")),
-        )
+            ],
+        ])
     }
 
     fn wait(&self, what: &str, f: impl FnMut() -> bool) {
@@ -60,6 +42,7 @@ impl Setup {
     /// `curl` from the node with `args`: (HTTP status, body).
     fn curl(&self, args: &[&str]) -> (u16, String) {
         let o = self
+            .c
             .w
             .ns
             .command("curl")
@@ -97,24 +80,10 @@ impl Setup {
 
 #[test]
 fn ingress_controller_routes_hosts_and_paths_over_http_and_https() {
-    let w = world_reachable_from_pods();
-    w.reg
-        .push_binary("ingress-controller", "ferrokube/ingress-controller");
-    w.reg.push_test_server();
-    let node = start_node(&w, &w.dir.path().join("node"));
-    let sched = start_scheduler(&w.api);
-    let proxy = start_kube_proxy(
-        &w.api,
-        "iptables",
-        &format!("127.0.0.1:{}", free_port()),
-        &format!("127.0.0.1:{}", free_port()),
-    );
     let s = Setup {
-        _parts: vec![sched, proxy],
-        node,
-        w,
+        c: AddonCluster::start(&["ingress-controller", "test-server"]),
     };
-    let api = &s.w.api;
+    let api = &s.c.w.api;
     apply(api, ADDON);
     s.wait("the controller to be ready", || {
         api.jsonpath(
@@ -305,7 +274,7 @@ spec:
         .unwrap()
         .self_signed(&key)
         .unwrap();
-    let dir = s.w.dir.path();
+    let dir = s.c.w.dir.path();
     std::fs::write(dir.join("tls.crt"), cert.pem()).unwrap();
     std::fs::write(dir.join("tls.key"), key.serialize_pem()).unwrap();
     let crt = dir.join("tls.crt").display().to_string();
@@ -337,7 +306,8 @@ spec:
     });
     let other = format!("other.org:443:{NODE_IP}");
     let o =
-        s.w.ns
+        s.c.w
+            .ns
             .command("curl")
             .args([
                 "-sS",

@@ -13,7 +13,7 @@ use std::process::Output;
 
 use integration_tests::apiserver::Component;
 use integration_tests::node::{
-    apply, start_kube_proxy, start_node, start_scheduler, world, Node, World,
+    apply, run_client, start_kube_proxy, start_node, start_scheduler, world, Node, World,
 };
 use integration_tests::{free_port, wait_until};
 
@@ -179,18 +179,7 @@ fn proxies_services(mode: &'static str) {
     });
     // Both pods serve, from the node and from a pod.
     assert_eq!(s.answers(40, || s.curl(&url)), pods, "{}", s.logs());
-    api.ok(&[
-        "run",
-        "client",
-        "--image=busybox",
-        "--restart=Never",
-        "--",
-        "sleep",
-        "3600",
-    ]);
-    s.wait("the client pod", || {
-        api.jsonpath(&["pod", "client"], "{.status.phase}") == "Running"
-    });
+    run_client(api, "client", || s.logs());
     assert_eq!(s.answers(30, || s.wget_in("client", &url)), pods);
     // The Service's environment variables, as the kubelet set them.
     let by_env = api.ok(&[

@@ -61,12 +61,7 @@ impl ferrokube_serving::Health for Health {
 }
 
 async fn run(args: Args) -> Result<()> {
-    let cfg = match &args.kubeconfig {
-        Some(p) => {
-            Config::from_kubeconfig(p).with_context(|| format!("--kubeconfig {}", p.display()))?
-        }
-        None => Config::in_cluster().context("in-cluster configuration (or give --kubeconfig)")?,
-    };
+    let cfg = Config::from_kubeconfig_or_in_cluster(args.kubeconfig.as_deref())?;
     let client = Client::new(&cfg)?.with_field_manager("cluster-dns");
     let dns = Dns::new(&args.zone, args.upstream.clone());
     let udp = tokio::net::UdpSocket::bind(args.dns_addr)

@@ -70,12 +70,7 @@ async fn bind(ip: IpAddr, port: u16, what: &str) -> Result<tokio::net::TcpListen
 }
 
 async fn run(args: Args) -> Result<()> {
-    let cfg = match &args.kubeconfig {
-        Some(p) => {
-            Config::from_kubeconfig(p).with_context(|| format!("--kubeconfig {}", p.display()))?
-        }
-        None => Config::in_cluster().context("in-cluster configuration (or give --kubeconfig)")?,
-    };
+    let cfg = Config::from_kubeconfig_or_in_cluster(args.kubeconfig.as_deref())?;
     let client = Client::new(&cfg)?.with_field_manager("ingress-controller");
     let addresses: Vec<String> = args
         .publish_status_address

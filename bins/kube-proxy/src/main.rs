@@ -138,12 +138,9 @@ async fn run(args: Args) -> Result<()> {
         Some(c) => config::parse_cidrs("--blackhole-cidr", c)?,
         None => Vec::new(),
     };
-    let kubeconfig = cfg
-        .kubeconfig
-        .clone()
-        .context("no kubeconfig: give --kubeconfig or clientConnection.kubeconfig in --config")?;
-    let client_config = Config::from_kubeconfig(std::path::Path::new(&kubeconfig))
-        .with_context(|| format!("kubeconfig {kubeconfig}"))?;
+    // No kubeconfig: the pod's in-cluster configuration (kube-proxy as a DaemonSet).
+    let client_config =
+        Config::from_kubeconfig_or_in_cluster(cfg.kubeconfig.as_deref().map(std::path::Path::new))?;
     let client = Client::new(&client_config)?.with_field_manager("kube-proxy");
     let node = cfg
         .hostname_override

@@ -182,6 +182,16 @@ impl Config {
         })
     }
 
+    /// The configuration from `kubeconfig` when given, else the in-cluster one (upstream's
+    /// `clientcmd.BuildConfigFromFlags` with no master URL). Errors name the file.
+    pub fn from_kubeconfig_or_in_cluster(kubeconfig: Option<&Path>) -> Result<Config, Error> {
+        match kubeconfig {
+            Some(p) => Config::from_kubeconfig(p)
+                .map_err(|e| Error::Config(format!("kubeconfig {}: {e}", p.display()))),
+            None => Config::in_cluster(),
+        }
+    }
+
     /// The configuration of a process running in a pod: the API server at
     /// `KUBERNETES_SERVICE_HOST`:`KUBERNETES_SERVICE_PORT`, the pod's service-account token
     /// (re-read as the kubelet renews it) and the cluster CA, as upstream's
