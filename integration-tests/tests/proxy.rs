@@ -369,3 +369,84 @@ fn iptables_mode() {
 fn nftables_mode() {
     proxies_services("nftables");
 }
+
+/// A process killed when dropped (also when the test fails).
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A UDP flow keeps its endpoint through conntrack for as long as packets flow, so
+/// kube-proxy deletes the flows of an endpoint that leaves a Service: a client sending
+/// from one port without pause moves to the remaining endpoint, though the old one is
+/// still up and answering nothing differently.
+#[test]
+fn udp_flows_leave_a_removed_endpoint() {
+    let s = Setup::start("iptables");
+    let api = &s.w.api;
+    let listener = |name: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: udp}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: nc, image: busybox, command: [nc, -u, -l, -p, '5353']}}
+"
+        )
+    };
+    apply(api, &listener("udp-a"));
+    apply(
+        api,
+        "apiVersion: v1
+kind: Service
+metadata: {name: udp}
+spec:
+  selector: {app: udp}
+  ports: [{port: 53, targetPort: 5353, protocol: UDP}]
+",
+    );
+    s.wait("udp-a behind the Service", || s.ready_endpoints("udp") == 1);
+    let vip = api.jsonpath(&["service", "udp"], "{.spec.clusterIP}");
+    // From one source port, a datagram every 200 ms for at most two minutes.
+    let sender = format!(
+        "import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(('0.0.0.0', 40053))
+for i in range(600):
+    s.sendto(b'ping %d\\n' % i, ('{vip}', 53))
+    time.sleep(0.2)
+"
+    );
+    let _sender = KillOnDrop(
+        s.w.ns
+            .command("python3")
+            .args(["-c", &sender])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let received = |pod: &str| {
+        api.kubectl(&["logs", pod])
+            .unwrap_or_default()
+            .contains("ping")
+    };
+    s.wait("udp-a to receive the flow", || received("udp-a"));
+    apply(api, &listener("udp-b"));
+    s.wait("both endpoints", || s.ready_endpoints("udp") == 2);
+    // udp-a leaves the Service but keeps running: only the flow's deletion moves it.
+    api.ok(&["label", "pod", "udp-a", "app-"]);
+    s.wait("the flow to move to udp-b", || received("udp-b"));
+    let flows = s.node_cmd("conntrack", &["-L", "-p", "udp", "--orig-dst", &vip]);
+    let flows = String::from_utf8_lossy(&flows.stdout);
+    let a_ip = api.jsonpath(&["pod", "udp-a"], "{.status.podIP}");
+    assert!(
+        !flows.contains(&format!("src={a_ip} ")),
+        "a flow still goes to udp-a ({a_ip}):\n{flows}"
+    );
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use ferrokube_client::{Api, Client, Informer, ListParams};
-use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -136,7 +136,14 @@ impl Dns {
             })
         };
         let out = match answer {
-            Some(resp) => {
+            Some(mut resp) => {
+                // EDNS: a query with an OPT record gets one back (RFC 6891), with the
+                // payload size the client offered (at least 512).
+                if let Some(e) = &query.edns {
+                    let mut opt = Edns::new();
+                    opt.set_max_payload(e.max_payload().max(512));
+                    resp.edns = Some(opt);
+                }
                 let limit = if proto == "udp" {
                     query
                         .edns
@@ -150,7 +157,7 @@ impl Dns {
                 encode(resp, limit)
             }
             None => {
-                let answer = self.forward(bytes).await;
+                let answer = self.forward(bytes, proto).await;
                 let rcode = answer
                     .as_ref()
                     .and_then(|a| Message::from_vec(a).ok())
@@ -176,24 +183,18 @@ impl Dns {
         out
     }
 
-    /// Relays a query to the upstreams in turn; the first answer wins.
-    async fn forward(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+    /// Relays a query to the upstreams in turn, over the protocol it came by (CoreDNS's
+    /// `forward`); the first answer wins.
+    async fn forward(&self, bytes: &[u8], proto: &str) -> Option<Vec<u8>> {
         for up in &self.upstreams {
-            let bind: SocketAddr = if up.is_ipv4() {
-                ([0, 0, 0, 0], 0).into()
+            let answer = if proto == "tcp" {
+                forward_tcp(bytes, *up).await
             } else {
-                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+                forward_udp(bytes, *up).await
             };
-            let Ok(sock) = UdpSocket::bind(bind).await else {
-                continue;
-            };
-            if sock.send_to(bytes, up).await.is_err() {
-                continue;
-            }
-            let mut buf = vec![0u8; 65535];
-            match tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv_from(&mut buf)).await {
-                Ok(Ok((n, from))) if from == *up => return Some(buf[..n].to_vec()),
-                _ => tracing::debug!(upstream = %up, "no answer"),
+            match answer {
+                Ok(a) => return Some(a),
+                Err(e) => tracing::debug!(upstream = %up, proto, "no answer: {e}"),
             }
         }
         None
@@ -285,6 +286,42 @@ fn encode(resp: Message, limit: usize) -> Option<Vec<u8>> {
     t.additionals.clear();
     t.metadata.truncation = true;
     t.to_vec().ok()
+}
+
+/// One query to an upstream over UDP.
+async fn forward_udp(bytes: &[u8], up: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let bind: SocketAddr = if up.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let sock = UdpSocket::bind(bind).await?;
+    sock.connect(up).await?;
+    sock.send(bytes).await?;
+    let mut buf = vec![0u8; 65535];
+    let n = tokio::time::timeout(UPSTREAM_TIMEOUT, sock.recv(&mut buf))
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+    buf.truncate(n);
+    Ok(buf)
+}
+
+/// One query to an upstream over TCP (a length-prefixed message each way).
+async fn forward_tcp(bytes: &[u8], up: SocketAddr) -> std::io::Result<Vec<u8>> {
+    let exchange = async {
+        let mut conn = tokio::net::TcpStream::connect(up).await?;
+        let len = u16::try_from(bytes.len())
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "too long"))?;
+        conn.write_u16(len).await?;
+        conn.write_all(bytes).await?;
+        let n = usize::from(conn.read_u16().await?);
+        let mut buf = vec![0u8; n];
+        conn.read_exact(&mut buf).await?;
+        Ok(buf)
+    };
+    tokio::time::timeout(UPSTREAM_TIMEOUT, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))?
 }
 
 /// Serves UDP queries on `socket` until the task is dropped.
@@ -431,12 +468,42 @@ mod tests {
         assert_eq!(m.metadata.id, 5);
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert_eq!(m.authorities[0].name.to_ascii(), "example.org.");
+        // A query that came over TCP goes upstream over TCP.
+        let mut conn = tokio::net::TcpStream::connect(front).await.unwrap();
+        let q = query("other.example.org.", 6);
+        conn.write_u16(q.len() as u16).await.unwrap();
+        conn.write_all(&q).await.unwrap();
+        let mut buf = vec![0u8; usize::from(conn.read_u16().await.unwrap())];
+        conn.read_exact(&mut buf).await.unwrap();
+        let m = Message::from_vec(&buf).unwrap();
+        assert_eq!(
+            (m.metadata.id, m.metadata.response_code),
+            (6, ResponseCode::NXDomain)
+        );
+        let upstream_metrics = up.metrics();
+        assert!(
+            upstream_metrics.contains(
+                "coredns_dns_requests_total{proto=\"tcp\",type=\"A\",zone=\"example.org.\"} 1"
+            ) && upstream_metrics.contains(
+                "coredns_dns_requests_total{proto=\"udp\",type=\"A\",zone=\"example.org.\"} 1"
+            ),
+            "{upstream_metrics}"
+        );
+        // EDNS: an OPT record in, one back, with the client's payload size.
+        let mut q = Message::from_vec(&query("web.default.svc.cluster.local.", 7)).unwrap();
+        let mut opt = Edns::new();
+        opt.set_max_payload(1232);
+        q.edns = Some(opt);
+        let m = ask_udp(addr, &q.to_vec().unwrap()).await;
+        assert_eq!(m.edns.as_ref().map(|e| e.max_payload()), Some(1232));
+        let m = ask_udp(addr, &query("web.default.svc.cluster.local.", 8)).await;
+        assert!(m.edns.is_none());
         // Garbage gets FORMERR, not silence.
         let m = ask_udp(addr, &[0, 9, 1, 2, 3]).await;
         assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
         let metrics = dns.metrics();
         assert!(
-            metrics.contains("coredns_dns_responses_total{rcode=\"NOERROR\"} 3"),
+            metrics.contains("coredns_dns_responses_total{rcode=\"NOERROR\"} 5"),
             "{metrics}"
         );
     }
