@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::config::ProxyConfig;
-use crate::model::{Blocked, Endpoint, ServicePort};
+use crate::model::{Blocked, Endpoint, ExternalStep, ServicePort};
 use crate::{chain_hash, run, run_with_input, Error};
 
 /// Chains kube-proxy owns per Service and endpoint; stale ones are deleted.
@@ -351,33 +351,25 @@ fn write_port(
     }
     if c.external_chain {
         nat.chain(&ext);
-        if c.external_local {
-            // Pods and the node itself may reach a Local Service through any endpoint;
-            // outside clients only through this node's (keeping their address).
-            if let Some(src) = local_src {
-                nat.rule(
-                    &ext,
-                    &format!("-m comment --comment \"pod traffic for {name} external destinations\" -s {src} -j {svc}"),
-                );
-            }
-            nat.rule(
-                &ext,
-                &format!("-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"),
-            );
-            nat.rule(
-                &ext,
-                &format!("-m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc}"),
-            );
-            if c.local_chain {
-                nat.rule(&ext, &format!("-j {svl}"));
-            }
-        } else {
-            nat.rule(
-                &ext,
-                &format!("-m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ"),
-            );
-            nat.rule(&ext, &format!("-j {svc}"));
-        }
+    }
+    for step in c.external_steps(local_src) {
+        let rule = match step {
+            ExternalStep::PodsToCluster(src) => format!(
+                "-m comment --comment \"pod traffic for {name} external destinations\" -s {src} -j {svc}"
+            ),
+            ExternalStep::MasqueradeLocal => format!(
+                "-m comment --comment \"masquerade LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j KUBE-MARK-MASQ"
+            ),
+            ExternalStep::LocalToCluster => format!(
+                "-m comment --comment \"route LOCAL traffic for {name} external destinations\" -m addrtype --src-type LOCAL -j {svc}"
+            ),
+            ExternalStep::ToLocal => format!("-j {svl}"),
+            ExternalStep::MasqueradeAll => format!(
+                "-m comment --comment \"masquerade traffic for {name} external destinations\" -j KUBE-MARK-MASQ"
+            ),
+            ExternalStep::ToCluster => format!("-j {svc}"),
+        };
+        nat.rule(&ext, &rule);
     }
     if c.cluster_chain {
         nat.chain(&svc);

@@ -140,7 +140,44 @@ pub struct Categorized<'a> {
     pub external_chain: bool,
 }
 
+/// One step of a Service port's external chain (upstream's `KUBE-EXT-…` / `external-…`),
+/// in order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalStep<'a> {
+    /// Pods (source in this CIDR) may use any endpoint: on to the cluster chain.
+    PodsToCluster(&'a str),
+    /// Traffic from the node itself is masqueraded…
+    MasqueradeLocal,
+    /// …and may use any endpoint: on to the cluster chain.
+    LocalToCluster,
+    /// Everything else (outside clients, keeping their address): the local chain.
+    ToLocal,
+    /// Everything is masqueraded…
+    MasqueradeAll,
+    /// …and goes on to the cluster chain.
+    ToCluster,
+}
+
 impl Categorized<'_> {
+    /// The external chain's steps (none when there is no external chain): for a `Local`
+    /// policy, pods and the node reach any endpoint and outside clients only this node's;
+    /// else all is masqueraded and balanced over the cluster.
+    pub fn external_steps<'s>(&self, local_src: Option<&'s str>) -> Vec<ExternalStep<'s>> {
+        use ExternalStep::*;
+        if !self.external_chain {
+            return Vec::new();
+        }
+        if !self.external_local {
+            return vec![MasqueradeAll, ToCluster];
+        }
+        let mut steps: Vec<ExternalStep<'s>> = local_src.map(PodsToCluster).into_iter().collect();
+        steps.extend([MasqueradeLocal, LocalToCluster]);
+        if self.local_chain {
+            steps.push(ToLocal);
+        }
+        steps
+    }
+
     /// The endpoints that get a chain of their own, each once.
     pub fn chained_endpoints(&self) -> Vec<&Endpoint> {
         let mut out: Vec<&Endpoint> = Vec::new();
@@ -585,6 +622,43 @@ endpoints:
         assert!(c.cluster_chain, "kept for short-circuiting");
         assert!(!c.local_chain);
         assert!(c.external_chain, "pods and the node still go through it");
+    }
+
+    #[test]
+    fn external_chain_steps_by_policy() {
+        use ExternalStep::*;
+        let c = |external_chain, external_local, local_chain| Categorized {
+            cluster: Vec::new(),
+            local: Vec::new(),
+            any: true,
+            internal_local: false,
+            external_local,
+            internal_blocked: None,
+            external_blocked: None,
+            cluster_chain: true,
+            local_chain,
+            external_chain,
+        };
+        let pods = Some("10.244.0.0/16");
+        assert!(c(false, false, false).external_steps(pods).is_empty());
+        assert_eq!(
+            c(true, false, false).external_steps(pods),
+            [MasqueradeAll, ToCluster]
+        );
+        assert_eq!(
+            c(true, true, true).external_steps(pods),
+            [
+                PodsToCluster("10.244.0.0/16"),
+                MasqueradeLocal,
+                LocalToCluster,
+                ToLocal
+            ]
+        );
+        // No local endpoint: outside clients fall through to the drop; no pod CIDR known.
+        assert_eq!(
+            c(true, true, false).external_steps(None),
+            [MasqueradeLocal, LocalToCluster]
+        );
     }
 
     #[test]

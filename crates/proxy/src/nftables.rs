@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 
 use crate::config::ProxyConfig;
-use crate::model::{Blocked, Endpoint, ServicePort};
+use crate::model::{Blocked, Endpoint, ExternalStep, ServicePort};
 use crate::{chain_hash, run, run_with_input, Error};
 
 /// The table's family and name.
@@ -386,31 +386,27 @@ fn write_port(cfg: &ProxyConfig, p: &ServicePort, local_src: Option<&str>, s: &m
     }
     if c.external_chain {
         s.chain(&ext);
-        if c.external_local {
-            if let Some(src) = local_src {
-                s.rule(
-                    &ext,
-                    &format!("ip saddr {src} goto {svc} comment \"short-circuit pod traffic\""),
-                );
+    }
+    for step in c.external_steps(local_src) {
+        let rule = match step {
+            ExternalStep::PodsToCluster(src) => {
+                format!("ip saddr {src} goto {svc} comment \"short-circuit pod traffic\"")
             }
-            s.rule(
-                &ext,
-                "fib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\"",
-            );
-            s.rule(
-                &ext,
-                &format!("fib saddr type local goto {svc} comment \"short-circuit local traffic\""),
-            );
-            if c.local_chain {
-                s.rule(&ext, &format!("goto {local}"));
+            ExternalStep::MasqueradeLocal => {
+                "fib saddr type local jump mark-for-masquerade comment \"masquerade local traffic\""
+                    .to_string()
             }
-        } else {
-            s.rule(
-                &ext,
-                "jump mark-for-masquerade comment \"masquerade traffic for external destinations\"",
-            );
-            s.rule(&ext, &format!("goto {svc}"));
-        }
+            ExternalStep::LocalToCluster => {
+                format!("fib saddr type local goto {svc} comment \"short-circuit local traffic\"")
+            }
+            ExternalStep::ToLocal => format!("goto {local}"),
+            ExternalStep::MasqueradeAll => {
+                "jump mark-for-masquerade comment \"masquerade traffic for external destinations\""
+                    .to_string()
+            }
+            ExternalStep::ToCluster => format!("goto {svc}"),
+        };
+        s.rule(&ext, &rule);
     }
     if c.cluster_chain {
         s.chain(&svc);
