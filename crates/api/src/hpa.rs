@@ -37,8 +37,9 @@ fn is_cpu_utilization(m: &Value) -> bool {
         && m["resource"]["target"]["type"] == "Utilization"
 }
 
-/// A v2 metric in v1's annotation form (`targetAverageUtilization` ...).
-fn metric_to_v1(m: &Value) -> Value {
+/// `m` with its `resource` / `containerResource` source rebuilt: the name and container
+/// kept, the rest written by `fill(source, rebuilt)`.
+fn convert_sources(m: &Value, fill: impl Fn(&Value, &mut Value)) -> Value {
     let mut out = m.clone();
     for source in ["resource", "containerResource"] {
         if let Some(s) = m.get(source) {
@@ -46,80 +47,71 @@ fn metric_to_v1(m: &Value) -> Value {
             if let Some(c) = s.get("container") {
                 o["container"] = c.clone();
             }
-            let t = &s["target"];
-            if let Some(u) = t.get("averageUtilization") {
-                o["targetAverageUtilization"] = u.clone();
-            }
-            if let Some(v) = t.get("averageValue") {
-                o["targetAverageValue"] = v.clone();
-            }
+            fill(s, &mut o);
             out[source] = o;
         }
     }
     out
+}
+
+/// Copies `from[from_key]` to `to[to_key]` when present.
+fn carry(from: &Value, from_key: &str, to: &mut Value, to_key: &str) {
+    if let Some(x) = from.get(from_key) {
+        to[to_key] = x.clone();
+    }
+}
+
+/// A v2 metric in v1's annotation form (`targetAverageUtilization` ...).
+fn metric_to_v1(m: &Value) -> Value {
+    convert_sources(m, |s, o| {
+        carry(
+            &s["target"],
+            "averageUtilization",
+            o,
+            "targetAverageUtilization",
+        );
+        carry(&s["target"], "averageValue", o, "targetAverageValue");
+    })
 }
 
 /// v1's annotation form of a metric back in v2's.
 fn metric_to_v2(m: &Value) -> Value {
-    let mut out = m.clone();
-    for source in ["resource", "containerResource"] {
-        if let Some(s) = m.get(source) {
-            let mut o = json!({"name": s["name"]});
-            if let Some(c) = s.get("container") {
-                o["container"] = c.clone();
-            }
-            o["target"] = if let Some(u) = s.get("targetAverageUtilization") {
-                json!({"type": "Utilization", "averageUtilization": u})
-            } else if let Some(v) = s.get("targetAverageValue") {
-                json!({"type": "AverageValue", "averageValue": v})
-            } else {
-                s.get("target").cloned().unwrap_or(json!({}))
-            };
-            out[source] = o;
-        }
-    }
-    out
+    convert_sources(m, |s, o| {
+        o["target"] = if let Some(u) = s.get("targetAverageUtilization") {
+            json!({"type": "Utilization", "averageUtilization": u})
+        } else if let Some(v) = s.get("targetAverageValue") {
+            json!({"type": "AverageValue", "averageValue": v})
+        } else {
+            s.get("target").cloned().unwrap_or(json!({}))
+        };
+    })
 }
 
 /// A v2 current metric in v1's annotation form.
 fn current_to_v1(m: &Value) -> Value {
-    let mut out = m.clone();
-    for source in ["resource", "containerResource"] {
-        if let Some(s) = m.get(source) {
-            let mut o = json!({"name": s["name"]});
-            if let Some(c) = s.get("container") {
-                o["container"] = c.clone();
-            }
-            if let Some(u) = s["current"].get("averageUtilization") {
-                o["currentAverageUtilization"] = u.clone();
-            }
-            if let Some(v) = s["current"].get("averageValue") {
-                o["currentAverageValue"] = v.clone();
-            }
-            out[source] = o;
-        }
-    }
-    out
+    convert_sources(m, |s, o| {
+        carry(
+            &s["current"],
+            "averageUtilization",
+            o,
+            "currentAverageUtilization",
+        );
+        carry(&s["current"], "averageValue", o, "currentAverageValue");
+    })
 }
 
+/// v1's annotation form of a current metric back in v2's.
 fn current_to_v2(m: &Value) -> Value {
-    let mut out = m.clone();
-    for source in ["resource", "containerResource"] {
-        if let Some(s) = m.get(source) {
-            let mut o = json!({"name": s["name"], "current": {}});
-            if let Some(c) = s.get("container") {
-                o["container"] = c.clone();
-            }
-            if let Some(u) = s.get("currentAverageUtilization") {
-                o["current"]["averageUtilization"] = u.clone();
-            }
-            if let Some(v) = s.get("currentAverageValue") {
-                o["current"]["averageValue"] = v.clone();
-            }
-            out[source] = o;
-        }
-    }
-    out
+    convert_sources(m, |s, o| {
+        o["current"] = json!({});
+        carry(
+            s,
+            "currentAverageUtilization",
+            &mut o["current"],
+            "averageUtilization",
+        );
+        carry(s, "currentAverageValue", &mut o["current"], "averageValue");
+    })
 }
 
 fn annotations(v: &mut Value) -> &mut Map<String, Value> {
