@@ -205,6 +205,16 @@ spec:
     for (host, path, want) in cases {
         assert_eq!(s.backend(host, path), want, "{host}{path}\n{}", s.logs());
     }
+    // `kubectl create ingress` (a protobuf body: IngressRule's value is embedded).
+    api.ok(&[
+        "create",
+        "ingress",
+        "quick",
+        "--rule=quick.example.com/*=foo:80",
+    ]);
+    s.wait("the created Ingress to route", || {
+        s.backend("quick.example.com", "/x") == "foo"
+    });
     // The backend sees the client's request with the forwarding headers.
     let (code, echo) = s.get("foo.example.com", "/some/path?x=1");
     assert_eq!(code, 200, "{echo}");

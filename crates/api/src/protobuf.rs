@@ -88,6 +88,8 @@ struct Field {
     kind: Kind,
     repeated: bool,
     required: bool,
+    /// A Go struct embedded with `json:",inline"`: its fields are the parent's in JSON.
+    inline: bool,
     target: String,
 }
 
@@ -127,6 +129,7 @@ fn schema() -> &'static Schema {
                             kind,
                             repeated: *label == "rep",
                             required: *label == "req",
+                            inline: *label == "inl",
                             target: target.to_string(),
                         },
                     );
@@ -362,7 +365,13 @@ fn message(name: &str, buf: &[u8]) -> Result<Value, String> {
             _ => {
                 let values =
                     scalar(f.kind, r, &f.target).map_err(|e| format!("{name}.{}: {e}", f.json))?;
-                if f.repeated {
+                if f.inline {
+                    for v in values {
+                        if let Value::Object(fields) = v {
+                            out.extend(fields);
+                        }
+                    }
+                } else if f.repeated {
                     let a = out.entry(f.json.clone()).or_insert_with(|| json!([]));
                     if let Some(a) = a.as_array_mut() {
                         a.extend(values);
@@ -505,5 +514,50 @@ mod tests {
             json!([{"name": "web", "image": "nginx"}])
         );
         assert!(decode(b"{}").is_err());
+    }
+
+    #[test]
+    fn embedded_structs_decode_inline() {
+        // `kubectl create ingress web --rule=web.example.com/*=web:80`: IngressRule embeds
+        // IngressRuleValue (`json:",inline"`), so `http` is the rule's own field.
+        let mut port = Vec::new();
+        vi(2, 80, &mut port);
+        let mut svc = Vec::new();
+        ld(1, b"web", &mut svc);
+        ld(2, &port, &mut svc);
+        let mut backend = Vec::new();
+        ld(4, &svc, &mut backend);
+        let mut path = Vec::new();
+        ld(1, b"/", &mut path);
+        ld(2, &backend, &mut path);
+        ld(3, b"Prefix", &mut path);
+        let mut http = Vec::new();
+        ld(1, &path, &mut http);
+        let mut value = Vec::new();
+        ld(1, &http, &mut value);
+        let mut rule = Vec::new();
+        ld(1, b"web.example.com", &mut rule);
+        ld(2, &value, &mut rule);
+        let mut spec = Vec::new();
+        ld(3, &rule, &mut spec);
+        let mut meta = Vec::new();
+        ld(1, b"web", &mut meta);
+        let mut ing = Vec::new();
+        ld(1, &meta, &mut ing);
+        ld(2, &spec, &mut ing);
+        let mut tm = Vec::new();
+        ld(1, b"networking.k8s.io/v1", &mut tm);
+        ld(2, b"Ingress", &mut tm);
+        let mut env = MAGIC.to_vec();
+        ld(1, &tm, &mut env);
+        ld(2, &ing, &mut env);
+        let v = decode(&env).unwrap();
+        assert_eq!(
+            v["spec"]["rules"],
+            json!([{"host": "web.example.com", "http": {"paths": [
+                {"path": "/", "pathType": "Prefix",
+                 "backend": {"service": {"name": "web", "port": {"number": 80}}}}
+            ]}}])
+        );
     }
 }
