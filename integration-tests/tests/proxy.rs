@@ -382,11 +382,12 @@ impl Drop for KillOnDrop {
 
 /// A UDP flow keeps its endpoint through conntrack for as long as packets flow, so
 /// kube-proxy deletes the flows of an endpoint that leaves a Service: a client sending
-/// from one port without pause moves to the remaining endpoint, though the old one is
-/// still up and answering nothing differently.
+/// from one port without pause moves to the remaining endpoint, though the old one still
+/// runs.
 #[test]
 fn udp_flows_leave_a_removed_endpoint() {
     let s = Setup::start("iptables");
+    s.w.reg.push_test_server();
     let api = &s.w.api;
     let listener = |name: &str| {
         format!(
@@ -396,7 +397,7 @@ metadata: {{name: {name}, labels: {{app: udp}}}}
 spec:
   terminationGracePeriodSeconds: 1
   containers:
-  - {{name: nc, image: busybox, command: [nc, -u, -l, -p, '5353']}}
+  - {{name: udp, image: ferrokube/test-server, args: [udp, --port, '5353']}}
 "
         )
     };

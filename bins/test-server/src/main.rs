@@ -3,6 +3,7 @@
 //! ```text
 //! test-server [--port N] [--start-delay SECS] [--echo-any-path]
 //!                                               serve (PORT from the environment too)
+//! test-server udp [--port N]                     UDP: print each datagram, answer it
 //! test-server exit CODE                         exit with CODE at once
 //! test-server sleep SECS                        sleep, then exit 0
 //! ```
@@ -98,6 +99,25 @@ fn handle(stream: TcpStream) {
     }
 }
 
+/// Prints every datagram received on `port` (`udp from PEER: TEXT`) and answers it with
+/// `HOSTNAME TEXT`.
+fn serve_udp(port: u16) {
+    let socket = match std::net::UdpSocket::bind(("0.0.0.0", port)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: listening on udp port {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("listening on udp port {port}");
+    let mut buf = [0u8; 65535];
+    while let Ok((n, peer)) = socket.recv_from(&mut buf) {
+        let text = String::from_utf8_lossy(&buf[..n]).trim_end().to_string();
+        println!("udp from {peer}: {text}");
+        let _ = socket.send_to(format!("{} {text}\n", hostname()).as_bytes(), peer);
+    }
+}
+
 /// The paths with an answer of their own.
 fn is_fixed(p: &str) -> bool {
     ["/hostname", "/env", "/healthz", "/readyz"].contains(&p)
@@ -133,6 +153,10 @@ fn main() {
     );
     if let Some(d) = flag("--start-delay").and_then(|d| d.parse().ok()) {
         std::thread::sleep(Duration::from_secs(d));
+    }
+    if args.first().map(String::as_str) == Some("udp") {
+        serve_udp(port);
+        return;
     }
     let listener = match TcpListener::bind(("0.0.0.0", port)) {
         Ok(l) => l,
