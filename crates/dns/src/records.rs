@@ -16,8 +16,6 @@ use ferrokube_api::endpointslice::service_of;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-/// The label naming a slice's Service.
-
 /// What a Service name resolves to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {

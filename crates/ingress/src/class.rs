@@ -83,8 +83,10 @@ mod tests {
     }
 
     fn ingress(class: Option<&str>, annotation: Option<&str>) -> Ingress {
-        let mut i = Ingress::default();
-        i.spec = Some(Default::default());
+        let mut i = Ingress {
+            spec: Some(Default::default()),
+            ..Default::default()
+        };
         if let Some(c) = class {
             i.spec.as_mut().unwrap().ingress_class_name = Some(c.into());
         }

@@ -9,7 +9,6 @@ use ferrokube_api::endpointslice::service_of;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 
-/// The label naming a slice's Service.
 /// Services labelled with this are left to another proxy.
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Services labelled with this have no cluster IP proxying (headless in all but name).
