@@ -200,7 +200,8 @@ spec:
         ("other.org", "/any", "foo"),
         ("other.org", "/any/thing", "foo"),
         ("other.org", "/anything", "404"),
-        ("x.wild.example.com", "/any", "foo"),
+        // A host's server answers alone (as ingress-nginx's): no fall-through.
+        ("x.wild.example.com", "/any", "404"),
     ];
     for (host, path, want) in cases {
         assert_eq!(s.backend(host, path), want, "{host}{path}\n{}", s.logs());
@@ -241,7 +242,7 @@ spec:
         .collect();
     assert_eq!(pods.len(), 2, "{pods:?}");
 
-    // A defaultBackend catches what no rule does; the oldest Ingress's wins.
+    // An Ingress with only a defaultBackend: the catch-all server's default.
     apply(
         api,
         "apiVersion: networking.k8s.io/v1
@@ -301,6 +302,19 @@ spec:
         r#"{"spec":{"tls":[{"hosts":["foo.example.com"],"secretName":"foo-tls"}]}}"#,
     ]);
     let resolve = format!("foo.example.com:443:{NODE_IP}");
+    // Plain HTTP to a host with a certificate: redirected, as ingress-nginx does.
+    s.wait("the redirect to HTTPS", || {
+        let redirect = s.curl(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{redirect_url}\n%{http_code}",
+            "-H",
+            "Host: foo.example.com",
+            &format!("http://{NODE_IP}/x?y=1"),
+        ]);
+        redirect == (308, "https://foo.example.com/x?y=1".to_string())
+    });
     s.wait("HTTPS with the Secret's certificate", || {
         let (code, body) = s.curl(&[
             "--resolve",

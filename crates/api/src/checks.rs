@@ -552,6 +552,7 @@ pub fn object(kind: &str, obj: &Value) -> Errors {
             ));
         }
         "Service" => service(obj, &mut errs),
+        "Ingress" => ingress(obj, &mut errs),
         "ConfigMap" | "Secret" => {
             let mut seen = BTreeSet::new();
             for field in ["data", "binaryData", "stringData"] {
@@ -579,6 +580,139 @@ pub fn object(kind: &str, obj: &Value) -> Errors {
         _ => {}
     }
     errs
+}
+
+const PATH_TYPES: &[&str] = &["Exact", "ImplementationSpecific", "Prefix"];
+
+/// Upstream's Ingress checks: rules or a default backend, one backend type with a port
+/// name or number, hosts that are DNS subdomains (a `*.` first label allowed), and a
+/// `pathType` for every path, whose paths are absolute and, for Exact and Prefix, clean.
+fn ingress(obj: &Value, errs: &mut Errors) {
+    let rules = arr(obj, "/spec/rules");
+    let default = obj.pointer("/spec/defaultBackend");
+    if rules.is_empty() && default.is_none() {
+        errs.push(FieldError::invalid_raw(
+            "spec",
+            "[]networking.IngressRule(nil)".into(),
+            "either `defaultBackend` or `rules` must be specified",
+        ));
+    }
+    if let Some(b) = default {
+        ingress_backend(b, "spec.defaultBackend", errs);
+    }
+    for (i, rule) in rules.iter().enumerate() {
+        let at = format!("spec.rules[{i}]");
+        let host = s(rule, "/host");
+        if !host.is_empty() {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            for e in crate::validation::dns1123_subdomain(bare) {
+                errs.push(FieldError::invalid(format!("{at}.host"), host, e));
+            }
+            if bare.contains('*') {
+                errs.push(FieldError::invalid(
+                    format!("{at}.host"),
+                    host,
+                    "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain, which must consist of lower case alphanumeric characters, '-' or '.' and end with an alphanumeric character (e.g. '*.example.com', regex used for validation is '\\*\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')",
+                ));
+            }
+        }
+        for (j, p) in arr(rule, "/http/paths").iter().enumerate() {
+            let at = format!("{at}.http.paths[{j}]");
+            let path = s(p, "/path");
+            match p.get("pathType").and_then(Value::as_str) {
+                None => errs.push(FieldError::required(
+                    format!("{at}.pathType"),
+                    "pathType must be specified",
+                )),
+                Some(t) if !PATH_TYPES.contains(&t) => errs.push(FieldError::not_supported(
+                    format!("{at}.pathType"),
+                    t,
+                    PATH_TYPES,
+                )),
+                Some(t) => {
+                    if !path.starts_with('/') && (t != "ImplementationSpecific" || !path.is_empty())
+                    {
+                        errs.push(FieldError::invalid(
+                            format!("{at}.path"),
+                            path,
+                            "must be an absolute path",
+                        ));
+                    } else if t != "ImplementationSpecific" {
+                        for bad in ["//", "/./", "/../", "%2f", "%2F"] {
+                            if path.contains(bad) {
+                                errs.push(FieldError::invalid(
+                                    format!("{at}.path"),
+                                    path,
+                                    format!("must not contain '{bad}'"),
+                                ));
+                            }
+                        }
+                        for bad in ["/..", "/."] {
+                            if path.ends_with(bad) {
+                                errs.push(FieldError::invalid(
+                                    format!("{at}.path"),
+                                    path,
+                                    format!("cannot end with '{bad}'"),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+            match p.get("backend") {
+                Some(b) => ingress_backend(b, &format!("{at}.backend"), errs),
+                None => errs.push(FieldError::required(format!("{at}.backend"), "")),
+            }
+        }
+    }
+}
+
+fn ingress_backend(b: &Value, at: &str, errs: &mut Errors) {
+    let service = b.get("service");
+    let resource = b.get("resource");
+    match (service, resource) {
+        (Some(_), Some(_)) => errs.push(FieldError::invalid(
+            at,
+            "",
+            "cannot set both resource and service backends",
+        )),
+        (None, None) => errs.push(FieldError::invalid(
+            at,
+            "",
+            "one backend type must be specified",
+        )),
+        (Some(svc), None) => {
+            let at = format!("{at}.service");
+            if s(svc, "/name").is_empty() {
+                errs.push(FieldError::required(format!("{at}.name"), ""));
+            }
+            let name = s(svc, "/port/name");
+            let number = svc.pointer("/port/number").and_then(Value::as_i64);
+            match (name.is_empty(), number) {
+                (false, Some(_)) => errs.push(FieldError::invalid(
+                    format!("{at}.port"),
+                    "",
+                    "cannot set both port name & port number",
+                )),
+                (true, None) => errs.push(FieldError::required(
+                    format!("{at}.port"),
+                    "port name or number is required",
+                )),
+                (true, Some(n)) if !(1..=65535).contains(&n) => errs.push(FieldError::invalid_raw(
+                    format!("{at}.port.number"),
+                    n.to_string(),
+                    "must be between 1 and 65535, inclusive",
+                )),
+                (false, None) => {
+                    for e in port_name(name) {
+                        errs.push(FieldError::invalid(format!("{at}.port.name"), name, e));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (None, Some(_)) => {}
+    }
 }
 
 const SERVICE_TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
@@ -761,6 +895,64 @@ mod tests {
             true,
         );
         assert_eq!(e.len(), 1);
+    }
+
+    #[test]
+    fn ingresses_as_upstream_validates_them() {
+        let all = |v: Value| -> Vec<String> {
+            object("Ingress", &v)
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            all(json!({"spec": {}})),
+            ["spec: Invalid value: []networking.IngressRule(nil): either `defaultBackend` or `rules` must be specified"]
+        );
+        let path = |p: Value| json!({"spec": {"rules": [{"host": "foo.example.com", "http": {"paths": [p]}}]}});
+        let svc = json!({"service": {"name": "web", "port": {"number": 80}}});
+        assert!(all(path(
+            json!({"path": "/", "pathType": "Prefix", "backend": svc})
+        ))
+        .is_empty());
+        assert!(all(path(
+            json!({"pathType": "ImplementationSpecific", "backend": svc})
+        ))
+        .is_empty());
+        assert_eq!(
+            all(path(json!({"path": "/", "backend": svc}))),
+            ["spec.rules[0].http.paths[0].pathType: Required value: pathType must be specified"]
+        );
+        assert_eq!(
+            all(path(json!({"path": "/", "pathType": "Regex", "backend": svc}))),
+            ["spec.rules[0].http.paths[0].pathType: Unsupported value: \"Regex\": supported values: \"Exact\", \"ImplementationSpecific\", \"Prefix\""]
+        );
+        assert_eq!(
+            all(path(json!({"path": "foo", "pathType": "Exact", "backend": svc}))),
+            ["spec.rules[0].http.paths[0].path: Invalid value: \"foo\": must be an absolute path"]
+        );
+        assert_eq!(
+            all(path(
+                json!({"path": "/a//b", "pathType": "Prefix", "backend": svc})
+            )),
+            ["spec.rules[0].http.paths[0].path: Invalid value: \"/a//b\": must not contain '//'"]
+        );
+        let both = json!({"service": {"name": "web", "port": {"number": 80, "name": "http"}}});
+        assert_eq!(
+            all(path(json!({"path": "/", "pathType": "Prefix", "backend": both}))),
+            ["spec.rules[0].http.paths[0].backend.service.port: Invalid value: \"\": cannot set both port name & port number"]
+        );
+        assert_eq!(
+            all(path(json!({"path": "/", "pathType": "Prefix", "backend": {}}))),
+            ["spec.rules[0].http.paths[0].backend: Invalid value: \"\": one backend type must be specified"]
+        );
+        let host = |h: &str| json!({"spec": {"rules": [{"host": h}]}});
+        assert!(all(host("*.example.com")).is_empty());
+        assert_eq!(all(host("a.*.example.com")).len(), 2);
+        assert_eq!(
+            all(host("Foo.com"))[0].split(':').next(),
+            Some("spec.rules[0].host")
+        );
     }
 
     #[test]

@@ -215,18 +215,6 @@ pub fn apply(kind: &str, obj: &mut Value) {
                 }
             }
         }
-        "Ingress" => {
-            if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
-                for rule in each_object(spec, "rules") {
-                    let Some(http) = rule.get_mut("http").and_then(Value::as_object_mut) else {
-                        continue;
-                    };
-                    for p in each_object(http, "paths") {
-                        default(p, "pathType", json!("ImplementationSpecific"));
-                    }
-                }
-            }
-        }
         "NetworkPolicy" => {
             if let Some(spec) = object(o, "spec") {
                 let egress = spec.contains_key("egress");

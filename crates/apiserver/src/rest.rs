@@ -849,9 +849,28 @@ impl Resources {
     /// `spec.ingressClassName` nor the deprecated annotation) gets the default one.
     async fn admit_ingress(&self, ing: &mut Value) -> Result<(), StatusError> {
         let plugins = self.admission.get().copied().unwrap_or_default();
-        let annotated = meta::metadata(ing)
+        let annotation = meta::metadata(ing)
             .and_then(|m| m.get("annotations"))
-            .is_some_and(|a| a.get("kubernetes.io/ingress.class").is_some());
+            .and_then(|a| a.get("kubernetes.io/ingress.class"))
+            .and_then(Value::as_str)
+            .map(String::from);
+        let annotated = annotation.is_some();
+        // Upstream's create-time check: the annotation and the field agree.
+        if let (Some(a), Some(c)) = (&annotation, ing["spec"]["ingressClassName"].as_str()) {
+            if a != c {
+                let err = FieldError::invalid(
+                    "annotations.kubernetes.io/ingress.class",
+                    a,
+                    "must match `ingressClassName` when both are specified",
+                );
+                return Err(status::invalid(
+                    "networking.k8s.io",
+                    "Ingress",
+                    meta::name(ing),
+                    &[err],
+                ));
+            }
+        }
         if !plugins.default_ingress_class
             || annotated
             || !ing.get("spec").is_some_and(Value::is_object)

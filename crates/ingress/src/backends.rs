@@ -53,11 +53,13 @@ impl Upstream {
 pub struct Upstreams(HashMap<Backend, Arc<Upstream>>);
 
 impl Upstreams {
-    /// Resolves `backends` against the Services and EndpointSlices.
+    /// Resolves `backends` against the Services and EndpointSlices; each keeps its turn
+    /// from `previous` (the table being replaced).
     pub fn build<'a>(
         backends: impl IntoIterator<Item = &'a Backend>,
         services: impl Fn(&str, &str) -> Option<Arc<Service>>,
         slices: &[Arc<EndpointSlice>],
+        previous: &Upstreams,
     ) -> Upstreams {
         let mut by_service: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for s in slices {
@@ -80,11 +82,14 @@ impl Upstreams {
                         .unwrap_or_default(),
                 ),
             };
+            let turn = previous
+                .get(b)
+                .map_or(0, |u| u.next.load(Ordering::Relaxed));
             out.insert(
                 b.clone(),
                 Arc::new(Upstream {
                     targets,
-                    next: AtomicUsize::new(0),
+                    next: AtomicUsize::new(turn),
                 }),
             );
         }
@@ -219,7 +224,8 @@ endpoints: [{addresses: [10.9.9.9]}]",
         let missing = backend("gone", ServicePortRef::Number(80));
         let external = backend("ext", ServicePortRef::Number(5432));
         let all = [&by_number, &by_name, &wrong_port, &missing, &external];
-        let u = Upstreams::build(all, services, &[Arc::new(slice), Arc::new(other)]);
+        let slices = [Arc::new(slice), Arc::new(other)];
+        let u = Upstreams::build(all, services, &slices, &Upstreams::default());
         let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
         assert_eq!(
             u.get(&by_number).unwrap().targets,
@@ -247,5 +253,11 @@ endpoints: [{addresses: [10.9.9.9]}]",
         assert_eq!(up.pick(1), [addr("10.0.0.2:8080")]);
         assert_eq!(up.pick(1), [addr("10.0.0.1:8080")]);
         assert!(u.get(&external).unwrap().pick(3).is_empty());
+        // A rebuilt table keeps each backend's turn.
+        let again = Upstreams::build([&by_number], services, &slices, &u);
+        assert_eq!(
+            again.get(&by_number).unwrap().pick(1),
+            [addr("10.0.0.2:8080")]
+        );
     }
 }

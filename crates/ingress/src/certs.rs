@@ -1,11 +1,13 @@
 //! The certificates HTTPS is served with, chosen by SNI: each served Ingress's `spec.tls`
 //! entries name a `kubernetes.io/tls` Secret in the Ingress's namespace for a list of
-//! hosts (exact or `*.` wildcards). A name with no certificate of its own, or a client
-//! sending no SNI, gets the fallback: the first host-less entry's certificate if there
-//! is one, else a self-signed "Kubernetes Ingress Controller Fake Certificate" made at
-//! start, as ingress-nginx does.
+//! hosts (exact or `*.` wildcards); an entry listing no hosts serves those of the
+//! Ingress's rule hosts that its certificate's names cover. A name with no certificate
+//! of its own, or a client sending no SNI, gets a self-signed "Kubernetes Ingress
+//! Controller Fake Certificate" made at start, as ingress-nginx does. As ingress-nginx
+//! does by default, plain HTTP to a host with a certificate is redirected to HTTPS
+//! unless its Ingress says `nginx.ingress.kubernetes.io/ssl-redirect: "false"`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use k8s_openapi::api::core::v1::Secret;
@@ -63,13 +65,50 @@ pub fn fake_certificate() -> Result<CertifiedKey, CertError> {
         .map_err(CertError::SelfSigned)
 }
 
+/// The annotation turning the HTTPS redirect off for an Ingress's hosts.
+pub const SSL_REDIRECT_ANNOTATION: &str = "nginx.ingress.kubernetes.io/ssl-redirect";
+
 /// The certificates by host.
 #[derive(Debug, Default)]
 pub struct Certificates {
     exact: HashMap<String, Arc<CertifiedKey>>,
     /// `*.example.com` → certificate, keyed by `.example.com`.
     wildcard: HashMap<String, Arc<CertifiedKey>>,
-    fallback: Option<Arc<CertifiedKey>>,
+    /// Hosts (or `*.` patterns) whose plain HTTP is redirected to HTTPS.
+    redirect: HashSet<String>,
+}
+
+/// Whether a certificate name (exact or `*.` wildcard) covers `host`.
+fn covers(pattern: &str, host: &str) -> bool {
+    let (pattern, host) = (pattern.to_ascii_lowercase(), host.to_ascii_lowercase());
+    match pattern.strip_prefix('*') {
+        Some(suffix) => host
+            .split_once('.')
+            .is_some_and(|(first, rest)| !first.is_empty() && format!(".{rest}") == suffix),
+        None => pattern == host,
+    }
+}
+
+/// The DNS names a certificate is for (its subject alternative names).
+fn dns_names(key: &CertifiedKey) -> Vec<String> {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    let Some(leaf) = key.cert.first() else {
+        return Vec::new();
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(leaf) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Certificates {
@@ -101,12 +140,35 @@ impl Certificates {
                     })
                     .clone();
                 let Some(key) = key else { continue };
-                let hosts = tls.hosts.as_deref().unwrap_or_default();
-                if hosts.is_empty() && out.fallback.is_none() {
-                    out.fallback = Some(key.clone());
-                }
+                let listed: Vec<String> = tls
+                    .hosts
+                    .iter()
+                    .flatten()
+                    .map(|h| h.to_ascii_lowercase())
+                    .collect();
+                let hosts = if listed.is_empty() {
+                    // No hosts: the Ingress's rule hosts the certificate is for.
+                    let names = dns_names(&key);
+                    ing.spec
+                        .iter()
+                        .flat_map(|s| s.rules.iter().flatten())
+                        .filter_map(|r| r.host.as_deref())
+                        .map(str::to_ascii_lowercase)
+                        .filter(|h| names.iter().any(|n| covers(n, h)))
+                        .collect()
+                } else {
+                    listed
+                };
+                let redirect = ing
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(SSL_REDIRECT_ANNOTATION))
+                    .is_none_or(|v| v != "false");
                 for h in hosts {
-                    let h = h.to_ascii_lowercase();
+                    if redirect {
+                        out.redirect.insert(h.clone());
+                    }
                     match h.strip_prefix('*') {
                         Some(suffix) => out.wildcard.entry(suffix.to_string()),
                         None => out.exact.entry(h),
@@ -132,6 +194,12 @@ impl Certificates {
     /// Whether `name` has a certificate of its own.
     pub fn has(&self, name: &str) -> bool {
         self.for_name(name).is_some()
+    }
+
+    /// Whether plain HTTP for `host` is redirected to HTTPS.
+    pub fn redirects(&self, host: &str) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.redirect.iter().any(|p| covers(p, &host))
     }
 }
 
@@ -181,7 +249,6 @@ impl Resolver {
     pub fn choose(&self, name: Option<&str>) -> Arc<CertifiedKey> {
         let certs = self.current();
         name.and_then(|n| certs.for_name(n))
-            .or(certs.fallback.as_ref())
             .unwrap_or(&self.fake)
             .clone()
     }
@@ -237,18 +304,24 @@ spec:
   - {hosts: [foo.example.com], secretName: foo}
   - {hosts: ['*.apps.example.com'], secretName: wild}
   - {hosts: [gone.example.com], secretName: missing}
-  - {hosts: [bad.example.com], secretName: bad}",
+  - {hosts: [bad.example.com], secretName: bad}
+  - {secretName: hostless}
+  rules:
+  - host: covered.example.com
+  - host: uncovered.example.com",
         )
         .unwrap();
         let mut bad = (*other).clone();
         bad.data.as_mut().unwrap().remove("tls.key");
         let bad = Arc::new(bad);
+        let hostless = tls_secret("covered.example.com");
         let lookup = |ns: &str, name: &str| {
             assert_eq!(ns, "web");
             match name {
                 "foo" => Some(foo.clone()),
                 "wild" => Some(wild.clone()),
                 "bad" => Some(bad.clone()),
+                "hostless" => Some(hostless.clone()),
                 _ => None,
             }
         };
@@ -272,8 +345,26 @@ spec:
         assert_eq!(leaf(&r.choose(Some("y.x.apps.example.com"))), leaf(&r.fake));
         assert_eq!(leaf(&r.choose(Some("gone.example.com"))), leaf(&r.fake));
         assert_eq!(leaf(&r.choose(None)), leaf(&r.fake));
-        assert!(r.current().has("foo.example.com"));
-        assert!(!r.current().has("bar.example.com"));
+        // A host-less entry: the rule hosts its certificate names.
+        assert_eq!(
+            leaf(&r.choose(Some("covered.example.com"))),
+            want(&hostless)
+        );
+        assert_eq!(
+            leaf(&r.choose(Some("uncovered.example.com"))),
+            leaf(&r.fake)
+        );
+        let certs = r.current();
+        assert!(certs.has("foo.example.com"));
+        assert!(!certs.has("bar.example.com"));
+        assert!(certs.redirects("foo.example.com") && certs.redirects("x.apps.example.com"));
+        assert!(!certs.redirects("uncovered.example.com"));
+        // The annotation turns the redirect off.
+        let mut quiet = ing.clone();
+        quiet.metadata.annotations =
+            Some([(SSL_REDIRECT_ANNOTATION.into(), "false".into())].into());
+        let (certs, _) = Certificates::build([&quiet], lookup);
+        assert!(certs.has("foo.example.com") && !certs.redirects("foo.example.com"));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The controller loop: follows Ingresses, IngressClasses, Services, EndpointSlices and
-//! Secrets; after each burst of changes rebuilds the proxy's routing table and
+//! Secrets; after each burst of changes (and every 30 s) rebuilds the proxy's routing table and
 //! certificates from the Ingresses of its classes, and writes its status addresses
 //! into their `status.loadBalancer.ingress` (merged with other replicas' addresses, and
 //! taken out of Ingresses it no longer serves and, at shutdown, of every one).
@@ -22,6 +22,9 @@ use crate::certs::Certificates;
 use crate::class::Classes;
 use crate::proxy::{Proxy, Table};
 use crate::routes::Routes;
+
+/// How often the controller syncs without a change.
+const RESYNC: Duration = Duration::from_secs(30);
 
 /// What the controller answers to and reports.
 #[derive(Debug, Clone)]
@@ -91,7 +94,8 @@ impl Controller {
             self.ready.store(true, Ordering::Release);
             self.write_status(&client, &stores.ingresses.list(), &served)
                 .await;
-            dirty.notified().await;
+            // A change, or a periodic pass (status writes that failed are retried).
+            let _ = tokio::time::timeout(RESYNC, dirty.notified()).await;
             // Changes come in bursts (a Service, then its slices): take them together.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -120,6 +124,7 @@ impl Controller {
             routes.backends(),
             |ns, name| stores.services.get(&format!("{ns}/{name}")),
             &slices,
+            &self.proxy.table().upstreams,
         );
         let (certs, problems) = Certificates::build(served.iter().copied(), |ns, name| {
             stores.secrets.get(&format!("{ns}/{name}"))

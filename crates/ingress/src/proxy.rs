@@ -3,14 +3,19 @@
 //! one of the backend's ready endpoints (the next in turn; up to three are tried when
 //! connecting fails). Headers as ingress-nginx sets them: `Host` kept,
 //! `X-Real-IP`, `X-Forwarded-For`, `-Host`, `-Port`, `-Proto` and `-Scheme` from the
-//! client's connection. Upgrades (WebSocket) are passed through. Errors as nginx
+//! client's connection. Upgrades (WebSocket) are passed through. Plain HTTP to a host
+//! with a certificate is redirected to HTTPS (308, see [`crate::certs`]). Errors as nginx
 //! answers them: 404 with no route, 503 with no ready endpoint, 502 when no endpoint
-//! answers, 504 when one does not answer within the read timeout.
+//! answers, 504 when one does not answer within the read timeout of sending the request.
+//! A client has 60 s to send a request's headers (also the idle limit between requests).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,18 +23,22 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt as _, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::backends::{Targets, Upstreams};
 use crate::certs::Resolver;
-use crate::routes::Routes;
+use crate::routes::{bare_host, Routes};
 
 /// Connecting to an endpoint (nginx's `proxy_connect_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Waiting for a response's head (nginx's `proxy_read_timeout`).
+/// Waiting for a response's head once the request is sent (nginx's
+/// `proxy_read_timeout`).
 const READ_TIMEOUT: Duration = Duration::from_secs(60);
+/// Receiving a request's headers, and waiting for the next request on a kept-alive
+/// connection (nginx's `client_header_timeout`).
+const HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Endpoints tried per request.
 const ATTEMPTS: usize = 3;
 
@@ -49,6 +58,8 @@ pub struct Proxy {
     certs: Arc<Resolver>,
     /// Responses by status code.
     responses: Mutex<BTreeMap<u16, u64>>,
+    /// The HTTPS port, for redirects.
+    https_port: AtomicU16,
 }
 
 impl Proxy {
@@ -58,12 +69,18 @@ impl Proxy {
             table: RwLock::default(),
             certs,
             responses: Mutex::default(),
+            https_port: AtomicU16::new(443),
         })
     }
 
     /// Routes by `table` from now on.
     pub fn set_table(&self, table: Table) {
         *self.table.write().expect("table lock") = Arc::new(table);
+    }
+
+    /// The routing table now.
+    pub fn table(&self) -> Arc<Table> {
+        self.table.read().expect("table lock").clone()
     }
 
     /// The HTTPS certificates.
@@ -104,6 +121,7 @@ impl Proxy {
     /// client's SNI name selects.
     pub async fn serve_https(self: Arc<Self>, listener: TcpListener) -> Result<(), rustls::Error> {
         let port = listener.local_addr().map(|a| a.port()).unwrap_or(443);
+        self.https_port.store(port, Ordering::Relaxed);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
@@ -148,9 +166,16 @@ impl Proxy {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-            .serve_connection_with_upgrades(io, service)
-            .await;
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Some(HEADER_TIMEOUT));
+        let _ = builder.serve_connection_with_upgrades(io, service).await;
     }
 
     /// One request's response.
@@ -162,7 +187,10 @@ impl Proxy {
         port: u16,
     ) -> Response<Body> {
         let host = request_host(&req);
-        let table = self.table.read().expect("table lock").clone();
+        if !tls && self.certs.current().redirects(bare_host(&host)) {
+            return self.redirect(&req, &host);
+        }
+        let table = self.table();
         let Some(backend) = table.routes.lookup(&host, req.uri().path()) else {
             return error(StatusCode::NOT_FOUND, "default backend - 404");
         };
@@ -223,6 +251,12 @@ impl Proxy {
         let upgrade = is_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let out = outgoing(req, &host, peer, tls, port, upgrade);
+        // The read timeout runs from when the request is sent in full.
+        let (sent_tx, sent_rx) = tokio::sync::oneshot::channel();
+        let out = out.map(|body| Sent {
+            inner: body,
+            done: Some(sent_tx),
+        });
         let (mut sender, conn) =
             match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
                 Ok(c) => c,
@@ -234,13 +268,20 @@ impl Proxy {
         tokio::spawn(async move {
             let _ = conn.with_upgrades().await;
         });
-        let mut resp = match tokio::time::timeout(READ_TIMEOUT, sender.send_request(out)).await {
-            Ok(Ok(r)) => r,
-            Ok(Err(e)) => {
-                tracing::debug!(?backend, "request: {e}");
-                return error(StatusCode::BAD_GATEWAY, "502 Bad Gateway");
-            }
-            Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out"),
+        let read_timer = async {
+            // (An error: the body was dropped, sent or not; the clock starts.)
+            let _ = sent_rx.await;
+            tokio::time::sleep(READ_TIMEOUT).await;
+        };
+        let mut resp = tokio::select! {
+            r = sender.send_request(out) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(?backend, "request: {e}");
+                    return error(StatusCode::BAD_GATEWAY, "502 Bad Gateway");
+                }
+            },
+            () = read_timer => return error(StatusCode::GATEWAY_TIMEOUT, "504 Gateway Time-out"),
         };
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
             if let Some(client) = client_upgrade {
@@ -260,6 +301,61 @@ impl Proxy {
         }
         strip_hop_by_hop(resp.headers_mut());
         resp.map(|b| b.boxed())
+    }
+}
+
+impl Proxy {
+    /// The 308 to the same URL over HTTPS.
+    fn redirect<B>(&self, req: &Request<B>, host: &str) -> Response<Body> {
+        let port = self.https_port.load(Ordering::Relaxed);
+        let authority = match port {
+            443 => bare_host(host).to_string(),
+            p => format!("{}:{p}", bare_host(host)),
+        };
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        let location = format!("https://{authority}{path}");
+        Response::builder()
+            .status(StatusCode::PERMANENT_REDIRECT)
+            .header(header::LOCATION, location)
+            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+            .body(
+                Full::new(Bytes::from_static(b"308 Permanent Redirect\n"))
+                    .map_err(|never| match never {})
+                    .boxed(),
+            )
+            .unwrap_or_else(|_| error(StatusCode::BAD_REQUEST, "400 Bad Request"))
+    }
+}
+
+/// A request body that tells when it has been sent in full (or dropped).
+struct Sent<B> {
+    inner: B,
+    done: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for Sent<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some(done) = self.done.take() {
+                let _ = done.send(());
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -353,6 +449,17 @@ fn outgoing(
     let h = &mut parts.headers;
     let upgrade_to = h.get(header::UPGRADE).cloned();
     strip_hop_by_hop(h);
+    // HTTP/2 clients may split cookies over several fields; HTTP/1.1 has one.
+    let cookies: Vec<String> = h
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(String::from))
+        .collect();
+    if cookies.len() > 1 {
+        if let Ok(v) = HeaderValue::from_str(&cookies.join("; ")) {
+            h.insert(header::COOKIE, v);
+        }
+    }
     if upgrade {
         if let Some(u) = upgrade_to {
             h.insert(header::UPGRADE, u);
@@ -367,8 +474,7 @@ fn outgoing(
     }
     h.insert("x-real-ip", value(&ip));
     h.insert("x-forwarded-for", value(&ip));
-    let bare_host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    h.insert("x-forwarded-host", value(bare_host));
+    h.insert("x-forwarded-host", value(host));
     h.insert("x-forwarded-port", value(&port.to_string()));
     h.insert("x-forwarded-proto", value(scheme));
     h.insert("x-forwarded-scheme", value(scheme));

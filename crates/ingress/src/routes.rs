@@ -1,13 +1,16 @@
 //! The routing table of the Ingresses a controller serves: which backend a request's
-//! host and path go to, with upstream's matching rules —
-//! - hosts: exact (case-insensitive, port ignored) or `*.` wildcards matching exactly one
-//!   more label; a host's own rules win over a wildcard's, which win over host-less rules;
-//! - paths: `Exact` matches the path exactly; `Prefix` matches element-wise on `/`
-//!   (`/foo` matches `/foo`, `/foo/`, `/foo/bar`, not `/foobar`; a trailing `/` in the
-//!   rule is ignored); `ImplementationSpecific` is treated as `Prefix` here;
-//! - among matches the longest path wins, `Exact` before `Prefix` at equal length;
-//! - no match: the Ingress's `defaultBackend` (the oldest Ingress's when several set one),
-//!   else nothing (the controller answers 404).
+//! host and path go to, with upstream's matching rules laid out as ingress-nginx lays
+//! them out, one virtual server per host —
+//! - the server: the request's host exactly (case-insensitive, port ignored), else a
+//!   `*.` wildcard host matching exactly one more label, else the catch-all server of
+//!   the host-less rules;
+//! - paths within it: `Exact` matches the path exactly; `Prefix` matches element-wise on
+//!   `/` (`/foo` matches `/foo`, `/foo/`, `/foo/bar`, not `/foobar`; a trailing `/` in the
+//!   rule is ignored); `ImplementationSpecific` is treated as `Prefix` here; the longest
+//!   path wins, `Exact` before `Prefix` at equal length, the oldest Ingress on ties;
+//! - no path matches: the server's default — for a host, the `defaultBackend` of the
+//!   (oldest) Ingress that brought the host; for the catch-all server, the
+//!   `defaultBackend` of the oldest Ingress with no rules — else nothing (404).
 
 use std::collections::BTreeMap;
 
@@ -41,14 +44,26 @@ struct PathRule {
     backend: Backend,
 }
 
-/// Every served Ingress's rules, grouped by host.
+/// One virtual server: its path rules and what the rest of its paths go to.
+#[derive(Debug, Default, Clone)]
+struct Server {
+    rules: Vec<PathRule>,
+    default: Option<Backend>,
+}
+
+impl Server {
+    fn lookup(&self, path: &str) -> Option<&Backend> {
+        best(&self.rules, path).or(self.default.as_ref())
+    }
+}
+
+/// Every served Ingress's rules, by virtual server.
 #[derive(Debug, Default, Clone)]
 pub struct Routes {
-    exact_hosts: BTreeMap<String, Vec<PathRule>>,
-    /// `*.example.com` → rules, keyed by the suffix after `*`.
-    wildcard_hosts: BTreeMap<String, Vec<PathRule>>,
-    any_host: Vec<PathRule>,
-    default_backend: Option<Backend>,
+    exact_hosts: BTreeMap<String, Server>,
+    /// `*.example.com` → its server, keyed by the suffix after `*`.
+    wildcard_hosts: BTreeMap<String, Server>,
+    catch_all: Server,
 }
 
 fn backend(ns: &str, b: &IngressBackend) -> Option<Backend> {
@@ -67,8 +82,8 @@ fn backend(ns: &str, b: &IngressBackend) -> Option<Backend> {
 }
 
 impl Routes {
-    /// Builds the table from the Ingresses this controller serves, oldest first (the
-    /// order decides which `defaultBackend` wins).
+    /// Builds the table from the Ingresses this controller serves (sorted here oldest
+    /// first: the order decides defaults and ties).
     pub fn build<'a>(ingresses: impl IntoIterator<Item = &'a Ingress>) -> Routes {
         let mut list: Vec<&Ingress> = ingresses.into_iter().collect();
         list.sort_by_key(|i| {
@@ -82,38 +97,39 @@ impl Routes {
         for ing in list {
             let ns = ing.metadata.namespace.as_deref().unwrap_or("default");
             let Some(spec) = &ing.spec else { continue };
-            if r.default_backend.is_none() {
-                r.default_backend = spec.default_backend.as_ref().and_then(|b| backend(ns, b));
+            let default = spec.default_backend.as_ref().and_then(|b| backend(ns, b));
+            let rules = spec.rules.as_deref().unwrap_or_default();
+            if rules.is_empty() && r.catch_all.default.is_none() {
+                r.catch_all.default = default.clone();
             }
-            for rule in spec.rules.iter().flatten() {
-                let Some(http) = &rule.http else { continue };
-                let paths: Vec<PathRule> = http
-                    .paths
-                    .iter()
-                    .filter_map(|p| {
-                        Some(PathRule {
-                            path: p.path.clone().unwrap_or_else(|| "/".into()),
-                            kind: if p.path_type == "Exact" {
-                                Kind::Exact
-                            } else {
-                                Kind::Prefix
-                            },
-                            backend: backend(ns, &p.backend)?,
+            for rule in rules {
+                let server = match rule.host.as_deref().map(str::to_ascii_lowercase) {
+                    None => &mut r.catch_all,
+                    Some(h) if h.is_empty() => &mut r.catch_all,
+                    Some(h) => {
+                        let (map, key) = match h.strip_prefix('*') {
+                            Some(suffix) => (&mut r.wildcard_hosts, suffix.to_string()),
+                            None => (&mut r.exact_hosts, h),
+                        };
+                        // The Ingress that brings a host gives it its default.
+                        map.entry(key).or_insert_with(|| Server {
+                            rules: Vec::new(),
+                            default: default.clone(),
                         })
+                    }
+                };
+                let Some(http) = &rule.http else { continue };
+                server.rules.extend(http.paths.iter().filter_map(|p| {
+                    Some(PathRule {
+                        path: p.path.clone().unwrap_or_else(|| "/".into()),
+                        kind: if p.path_type == "Exact" {
+                            Kind::Exact
+                        } else {
+                            Kind::Prefix
+                        },
+                        backend: backend(ns, &p.backend)?,
                     })
-                    .collect();
-                match rule.host.as_deref().map(str::to_ascii_lowercase) {
-                    None => r.any_host.extend(paths),
-                    Some(h) if h.is_empty() => r.any_host.extend(paths),
-                    Some(h) => match h.strip_prefix('*') {
-                        Some(suffix) => r
-                            .wildcard_hosts
-                            .entry(suffix.to_string())
-                            .or_default()
-                            .extend(paths),
-                        None => r.exact_hosts.entry(h).or_default().extend(paths),
-                    },
-                }
+                }));
             }
         }
         r
@@ -122,23 +138,16 @@ impl Routes {
     /// The backend of a request for `host` (a Host header: the port is ignored) and
     /// `path`.
     pub fn lookup(&self, host: &str, path: &str) -> Option<&Backend> {
-        let host = host
-            .rsplit_once(':')
-            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
-            .map_or(host, |(h, _)| h)
-            .trim_end_matches('.')
-            .to_ascii_lowercase();
+        let host = bare_host(host).to_ascii_lowercase();
+        if let Some(s) = self.exact_hosts.get(&host) {
+            return s.lookup(path);
+        }
         let wildcard = host.split_once('.').and_then(|(first, rest)| {
             (!first.is_empty())
                 .then(|| self.wildcard_hosts.get(&format!(".{rest}")))
                 .flatten()
         });
-        // The most specific host group that has a matching path; then the default.
-        [self.exact_hosts.get(&host), wildcard, Some(&self.any_host)]
-            .into_iter()
-            .flatten()
-            .find_map(|rules| best(rules, path))
-            .or(self.default_backend.as_ref())
+        wildcard.unwrap_or(&self.catch_all).lookup(path)
     }
 
     /// Every backend some request can reach, each once.
@@ -146,20 +155,31 @@ impl Routes {
         self.exact_hosts
             .values()
             .chain(self.wildcard_hosts.values())
-            .flatten()
-            .chain(&self.any_host)
-            .map(|r| &r.backend)
-            .chain(&self.default_backend)
+            .chain([&self.catch_all])
+            .flat_map(|s| s.rules.iter().map(|r| &r.backend).chain(&s.default))
             .collect()
     }
 
     /// Whether nothing is routed (no rules and no default backend).
     pub fn is_empty(&self) -> bool {
-        self.exact_hosts.is_empty()
-            && self.wildcard_hosts.is_empty()
-            && self.any_host.is_empty()
-            && self.default_backend.is_none()
+        self.backends().is_empty()
     }
+}
+
+/// A Host header's host: without its port (an IPv6 literal keeps its brackets) and
+/// trailing dot.
+pub fn bare_host(host: &str) -> &str {
+    let h = match host.rsplit_once(':') {
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => {
+            if h.starts_with('[') && !h.ends_with(']') {
+                host
+            } else {
+                h
+            }
+        }
+        _ => host,
+    };
+    h.trim_end_matches('.')
 }
 
 /// Whether a `Prefix` rule path matches a request path element-wise.
@@ -277,16 +297,17 @@ mod tests {
         let exact = routes(Some("foo.bar.com"), &[("Prefix", "/", "foo")]);
         assert_eq!(to(&exact, "foo.bar.com", "/").as_deref(), Some("foo"));
         assert_eq!(to(&exact, "FOO.bar.com:8080", "/").as_deref(), Some("foo"));
+        assert_eq!(to(&exact, "foo.bar.com.", "/").as_deref(), Some("foo"));
         assert_eq!(to(&exact, "bar.com", "/"), None);
         let wild = routes(Some("*.foo.com"), &[("Prefix", "/", "wild")]);
         assert_eq!(to(&wild, "bar.foo.com", "/").as_deref(), Some("wild"));
         assert_eq!(to(&wild, "baz.bar.foo.com", "/"), None, "one label only");
         assert_eq!(to(&wild, "foo.com", "/"), None);
-        let both = Routes::build([
+        let all = Routes::build([
             &ingress(
                 "metadata: {name: a, namespace: default, creationTimestamp: '2024-01-01T00:00:00Z'}
 spec:
-  defaultBackend: {service: {name: fallback, port: {name: http}}}
+  defaultBackend: {service: {name: a-default, port: {name: http}}}
   rules:
   - host: '*.foo.com'
     http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: wild, port: {number: 80}}}}]}
@@ -295,25 +316,45 @@ spec:
             &ingress(
                 "metadata: {name: b, namespace: other, creationTimestamp: '2024-02-01T00:00:00Z'}
 spec:
-  defaultBackend: {service: {name: later, port: {number: 80}}}
   rules:
   - host: a.foo.com
     http: {paths: [{path: /app, pathType: Exact, backend: {service: {name: app, port: {number: 8080}}}}]}",
             ),
+            &ingress(
+                "metadata: {name: c, namespace: other, creationTimestamp: '2024-03-01T00:00:00Z'}
+spec:
+  defaultBackend: {service: {name: catch-all, port: {number: 80}}}",
+            ),
+            &ingress(
+                "metadata: {name: d, namespace: other, creationTimestamp: '2024-04-01T00:00:00Z'}
+spec:
+  defaultBackend: {service: {name: later, port: {number: 80}}}",
+            ),
         ]);
-        let app = both.lookup("a.foo.com", "/app").unwrap();
+        let app = all.lookup("a.foo.com", "/app").unwrap();
         assert_eq!(
             (app.namespace.as_str(), app.service.as_str(), &app.port),
             ("other", "app", &ServicePortRef::Number(8080))
         );
-        // The host's own rules do not match: its wildcard's do.
-        assert_eq!(to(&both, "a.foo.com", "/else").as_deref(), Some("wild"));
-        assert_eq!(to(&both, "x.org", "/any/thing").as_deref(), Some("any"));
-        let fallback = both.lookup("x.org", "/nothing").unwrap();
-        assert_eq!(
-            (fallback.service.as_str(), &fallback.port),
-            ("fallback", &ServicePortRef::Name("http".into())),
-            "the oldest Ingress's defaultBackend"
-        );
+        // A host's server answers alone: no fall-through to the wildcard or the
+        // catch-all; b set no defaultBackend, so 404.
+        assert_eq!(to(&all, "a.foo.com", "/else"), None);
+        // The wildcard's unmatched paths: the defaultBackend of the Ingress that brought it.
+        let d = all.lookup("x.foo.com", "/").unwrap();
+        assert_eq!(d.service, "wild");
+        assert_eq!(to(&all, "x.org", "/any/thing").as_deref(), Some("any"));
+        // The catch-all server's default: the oldest Ingress without rules.
+        assert_eq!(to(&all, "x.org", "/nothing").as_deref(), Some("catch-all"));
+        let backends: Vec<&str> = all.backends().iter().map(|b| b.service.as_str()).collect();
+        assert_eq!(backends, ["a-default", "any", "wild", "app", "catch-all"]);
+    }
+
+    #[test]
+    fn host_headers_lose_their_port() {
+        assert_eq!(bare_host("foo.com:8080"), "foo.com");
+        assert_eq!(bare_host("foo.com."), "foo.com");
+        assert_eq!(bare_host("[::1]:80"), "[::1]");
+        assert_eq!(bare_host("[::1]"), "[::1]");
+        assert_eq!(bare_host("10.0.0.1"), "10.0.0.1");
     }
 }
