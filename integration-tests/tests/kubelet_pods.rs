@@ -558,6 +558,27 @@ fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
     );
     // A pod deleted while the kubelet is away (forced: nobody is there to finish it).
     api.ok(&["delete", "pod", "goner", "--grace-period=0", "--force"]);
+    // The node's network rebuilt meanwhile (as when its namespace is made anew): the
+    // keeper's interface is gone with it.
+    let keeper_uid = pod(api, "keeper")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let keeper_netns = root.join("netns").join(&keeper_uid);
+    let pod_eth0 = || {
+        Command::new("nsenter")
+            .arg(format!("--net={}", keeper_netns.display()))
+            .args(["ip", "link", "show", "eth0"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    assert!(pod_eth0(), "the pod has its interface");
+    let deleted = Command::new("nsenter")
+        .arg(format!("--net={}", keeper_netns.display()))
+        .args(["ip", "link", "del", "eth0"])
+        .status()
+        .unwrap();
+    assert!(deleted.success() && !pod_eth0());
     // Back again: the same container, no restart, and the deleted pod's traces gone.
     node.child =
         w.ns.command(binary("kubelet"))
@@ -586,6 +607,8 @@ fn kubelet_restart_keeps_containers_and_cleans_up_what_went() {
         || !root.join("pods").join(&goner_uid).exists(),
         &node,
     );
+    // The kubelet finds the sandbox's network gone and attaches it again.
+    wait_for("the keeper's network back", 30, pod_eth0, &node);
     std::thread::sleep(Duration::from_secs(2));
     let p = pod(api, "keeper");
     assert_eq!(p["status"]["containerStatuses"][0]["containerID"], before);

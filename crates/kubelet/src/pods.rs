@@ -70,6 +70,8 @@ pub struct Pods {
     tokens: std::sync::Mutex<HashMap<TokenCacheKey, CachedToken>>,
     /// Per pod: when its emptyDir usage was last measured against the size limits.
     usage_checked: std::sync::Mutex<HashMap<String, Instant>>,
+    /// Pods whose recorded network was found attached since this kubelet started.
+    network_checked: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Repeating events by subject (`<uid>/` for a pod, `<uid>/<container>`): the last
     /// message reported and when, so that a sync every second does not repeat it.
     reported: std::sync::Mutex<HashMap<String, (String, Instant)>>,
@@ -159,6 +161,7 @@ impl Pods {
             volumes: Default::default(),
             reported: Default::default(),
             usage_checked: Default::default(),
+            network_checked: Default::default(),
             tokens: Default::default(),
             workers: Default::default(),
             next_worker: Default::default(),
@@ -509,13 +512,42 @@ impl Pods {
     }
 
     /// Attaches the pod's network namespace to the pod network, once; the addresses are
-    /// kept in `network.json` under the pod's directory.
+    /// kept in `network.json` under the pod's directory. After a restart the kubelet
+    /// checks, once per pod, that a recorded attachment still stands: when the node's
+    /// network was rebuilt meanwhile (its namespace recreated, the pod's interface gone
+    /// with it), the sandbox is attached again, as upstream recreates a sandbox whose
+    /// network is gone.
     fn attach_network(&self, pod: &Pod, uid: &str, netns: &Path) -> Result<(), String> {
         let record = self.pod_dir(uid).join("network.json");
-        if record.exists() {
-            return Ok(());
-        }
         let Some(cni) = &self.cni else { return Ok(()) };
+        if record.exists() {
+            if self
+                .network_checked
+                .lock()
+                .expect("network lock")
+                .contains(uid)
+            {
+                return Ok(());
+            }
+            match sandbox::has_pod_interface(netns) {
+                Ok(false) => {
+                    tracing::warn!(pod = uid, "the pod's network is gone; attaching it again");
+                    cni.del(uid, netns, &Self::port_mappings(pod));
+                    let _ = std::fs::remove_file(&record);
+                }
+                Ok(true) => {
+                    self.network_checked
+                        .lock()
+                        .expect("network lock")
+                        .insert(uid.to_string());
+                    return Ok(());
+                }
+                Err(e) => {
+                    tracing::warn!(pod = uid, "checking the pod's network: {e}");
+                    return Ok(());
+                }
+            }
+        }
         if let Some(why) = cni.readiness() {
             return Err(format!("network is not ready: {why}"));
         }

@@ -52,6 +52,25 @@ pub fn create_netns(root: &Path, pod_uid: &str) -> std::io::Result<PathBuf> {
     Ok(path)
 }
 
+/// Whether the network namespace at `netns` has an interface besides loopback (the pod
+/// network's): not once the node network it was attached to is gone.
+pub fn has_pod_interface(netns: &Path) -> std::io::Result<bool> {
+    let file = std::fs::File::open(netns)?;
+    // A fresh thread enters the namespace, so the kubelet's other threads keep the node's.
+    std::thread::spawn(move || -> std::io::Result<bool> {
+        nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)?;
+        let tid = nix::unistd::gettid();
+        let dev = std::fs::read_to_string(format!("/proc/self/task/{tid}/net/dev"))?;
+        Ok(dev
+            .lines()
+            .skip(2)
+            .filter_map(|l| l.split(':').next())
+            .any(|name| name.trim() != "lo"))
+    })
+    .join()
+    .map_err(|_| std::io::Error::other("netns thread panicked"))?
+}
+
 /// Removes a pod's network namespace.
 pub fn remove_netns(root: &Path, pod_uid: &str) -> std::io::Result<()> {
     let path = netns_path(root, pod_uid);
