@@ -111,13 +111,51 @@ fn dns_names(key: &CertifiedKey) -> Vec<String> {
         .collect()
 }
 
+/// Keys loaded from Secrets, kept from one build to the next while a Secret's
+/// resourceVersion stays: a rebuild (any Endpoints change causes one) parses only the
+/// Secrets that changed.
+#[derive(Debug, Default)]
+pub struct KeyCache(HashMap<(String, String), (String, Arc<CertifiedKey>)>);
+
+impl KeyCache {
+    fn load(
+        &mut self,
+        ns: &str,
+        name: &str,
+        secret: &impl Fn(&str, &str) -> Option<Arc<Secret>>,
+    ) -> Result<Arc<CertifiedKey>, CertError> {
+        let id = format!("{ns}/{name}");
+        let s = secret(ns, name).ok_or_else(|| CertError::Missing(id.clone()))?;
+        let version = s.metadata.resource_version.clone().unwrap_or_default();
+        let slot = (ns.to_string(), name.to_string());
+        if let Some((v, key)) = self.0.get(&slot) {
+            if !version.is_empty() && *v == version {
+                return Ok(key.clone());
+            }
+        }
+        let data = s.data.as_ref();
+        let get = |k: &'static str| {
+            data.and_then(|d| d.get(k))
+                .map(|b| b.0.clone())
+                .ok_or_else(|| CertError::NoKey(id.clone(), k))
+        };
+        let key = certified_key(&get("tls.crt")?, &get("tls.key")?)
+            .map_err(|e| CertError::Invalid(id.clone(), e))?;
+        let key = Arc::new(key);
+        self.0.insert(slot, (version, key.clone()));
+        Ok(key)
+    }
+}
+
 impl Certificates {
     /// The certificates of the served Ingresses (oldest first: the first entry for a host
-    /// wins), reading Secrets through `secret(namespace, name)`. Entries that cannot be
-    /// served are left out and reported.
+    /// wins), reading Secrets through `secret(namespace, name)` and keeping their keys in
+    /// `cache` (keys no Ingress uses any more leave it). Entries that cannot be served are
+    /// left out and reported.
     pub fn build<'a>(
         ingresses: impl IntoIterator<Item = &'a Ingress>,
         secret: impl Fn(&str, &str) -> Option<Arc<Secret>>,
+        cache: &mut KeyCache,
     ) -> (Certificates, Vec<CertError>) {
         let mut out = Certificates::default();
         let mut problems = Vec::new();
@@ -131,8 +169,8 @@ impl Certificates {
                 };
                 let key = loaded
                     .entry((ns.to_string(), name.to_string()))
-                    .or_insert_with(|| match load(ns, name, &secret) {
-                        Ok(k) => Some(Arc::new(k)),
+                    .or_insert_with(|| match cache.load(ns, name, &secret) {
+                        Ok(k) => Some(k),
                         Err(e) => {
                             problems.push(e);
                             None
@@ -177,6 +215,7 @@ impl Certificates {
                 }
             }
         }
+        cache.0.retain(|slot, _| loaded.contains_key(slot));
         (out, problems)
     }
 
@@ -201,22 +240,6 @@ impl Certificates {
         let host = host.trim_end_matches('.').to_ascii_lowercase();
         self.redirect.iter().any(|p| covers(p, &host))
     }
-}
-
-fn load(
-    ns: &str,
-    name: &str,
-    secret: &impl Fn(&str, &str) -> Option<Arc<Secret>>,
-) -> Result<CertifiedKey, CertError> {
-    let id = format!("{ns}/{name}");
-    let s = secret(ns, name).ok_or_else(|| CertError::Missing(id.clone()))?;
-    let data = s.data.as_ref();
-    let get = |k: &'static str| {
-        data.and_then(|d| d.get(k))
-            .map(|b| b.0.clone())
-            .ok_or_else(|| CertError::NoKey(id.clone(), k))
-    };
-    certified_key(&get("tls.crt")?, &get("tls.key")?).map_err(|e| CertError::Invalid(id.clone(), e))
 }
 
 /// The rustls resolver over the current certificates (swapped in as they change).
@@ -325,7 +348,8 @@ spec:
                 _ => None,
             }
         };
-        let (certs, problems) = Certificates::build([&ing], lookup);
+        let mut cache = KeyCache::default();
+        let (certs, problems) = Certificates::build([&ing], lookup, &mut cache);
         let msgs: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert_eq!(
             msgs,
@@ -363,8 +387,36 @@ spec:
         let mut quiet = ing.clone();
         quiet.metadata.annotations =
             Some([(SSL_REDIRECT_ANNOTATION.into(), "false".into())].into());
-        let (certs, _) = Certificates::build([&quiet], lookup);
+        let (certs, _) = Certificates::build([&quiet], lookup, &mut KeyCache::default());
         assert!(certs.has("foo.example.com") && !certs.redirects("foo.example.com"));
+    }
+
+    #[test]
+    fn keys_are_parsed_again_only_when_their_secret_changes() {
+        let ing: Ingress = serde_norway::from_str(
+            "metadata: {name: i, namespace: web}
+spec: {tls: [{hosts: [foo.example.com], secretName: foo}]}",
+        )
+        .unwrap();
+        let versioned = |v: &str| {
+            let mut s = (*tls_secret("foo.example.com")).clone();
+            s.metadata.resource_version = Some(v.into());
+            Arc::new(s)
+        };
+        let (v1, v2) = (versioned("1"), versioned("2"));
+        let mut cache = KeyCache::default();
+        let key = |secret: &Arc<Secret>, cache: &mut KeyCache| {
+            let (certs, _) = Certificates::build([&ing], |_, _| Some(secret.clone()), cache);
+            certs.for_name("foo.example.com").unwrap().clone()
+        };
+        let first = key(&v1, &mut cache);
+        assert!(Arc::ptr_eq(&first, &key(&v1, &mut cache)), "reused");
+        let changed = key(&v2, &mut cache);
+        assert!(!Arc::ptr_eq(&first, &changed));
+        assert_ne!(leaf(&first), leaf(&changed), "the new Secret's certificate");
+        // No Ingress names it any more: it leaves the cache.
+        let _ = Certificates::build([], |_, _| Some(v2.clone()), &mut cache);
+        assert!(cache.0.is_empty());
     }
 
     #[test]

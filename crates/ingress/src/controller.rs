@@ -18,7 +18,7 @@ use k8s_openapi::api::networking::v1::{
 };
 
 use crate::backends::Upstreams;
-use crate::certs::Certificates;
+use crate::certs::{Certificates, KeyCache};
 use crate::class::Classes;
 use crate::proxy::{Proxy, Table};
 use crate::routes::Routes;
@@ -85,12 +85,13 @@ impl Controller {
             secrets: spawn_informer::<Secret>(&client, &dirty),
         };
         let mut reported = BTreeSet::new();
+        let mut keys = KeyCache::default();
         loop {
             if !stores.synced() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
-            let served = self.sync(&stores, &mut reported);
+            let served = self.sync(&stores, &mut reported, &mut keys);
             self.ready.store(true, Ordering::Release);
             self.write_status(&client, &stores.ingresses.list(), &served)
                 .await;
@@ -102,7 +103,12 @@ impl Controller {
     }
 
     /// Rebuilds the table and certificates; returns the keys of the served Ingresses.
-    fn sync(&self, stores: &Stores, reported: &mut BTreeSet<String>) -> BTreeSet<String> {
+    fn sync(
+        &self,
+        stores: &Stores,
+        reported: &mut BTreeSet<String>,
+        keys: &mut KeyCache,
+    ) -> BTreeSet<String> {
         let classes = stores.classes.list();
         let classes = Classes::new(&self.opts.controller, classes.iter().map(|c| c.as_ref()));
         let all = stores.ingresses.list();
@@ -126,9 +132,11 @@ impl Controller {
             &slices,
             &self.proxy.table().upstreams,
         );
-        let (certs, problems) = Certificates::build(served.iter().copied(), |ns, name| {
-            stores.secrets.get(&format!("{ns}/{name}"))
-        });
+        let (certs, problems) = Certificates::build(
+            served.iter().copied(),
+            |ns, name| stores.secrets.get(&format!("{ns}/{name}")),
+            keys,
+        );
         // Each problem once, while it lasts.
         let now: BTreeSet<String> = problems.iter().map(ToString::to_string).collect();
         for p in now.difference(reported) {
