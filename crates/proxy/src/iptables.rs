@@ -4,12 +4,12 @@
 //! KUBE-POSTROUTING; REJECT/DROP for Services without endpoints in `filter`), with the
 //! jumps from the built-in chains kept in place by `iptables -C` / `-I`.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fmt::Write as _;
 
 use crate::config::ProxyConfig;
 use crate::model::{Blocked, Endpoint, ExternalStep, ServicePort};
-use crate::{chain_hash, run, run_with_input, Error};
+use crate::{chain_hash, run, run_with_input, Chains, Error};
 
 /// Chains kube-proxy owns per Service and endpoint; stale ones are deleted.
 const OWNED_PREFIXES: [&str; 5] = [
@@ -117,7 +117,7 @@ impl Tables {
             .iter()
             .map(String::as_str)
             .filter(|c| OWNED_PREFIXES.iter().any(|p| c.starts_with(p)))
-            .filter(|c| !self.nat.chains.contains_key(*c))
+            .filter(|c| !self.nat.chains.contains(c))
             .collect();
         format!(
             "{}{}",
@@ -130,12 +130,12 @@ impl Tables {
     /// sync that was applied), deleting those it had and this one has not: upstream's
     /// partial sync, which keeps a sync small however many Services there are.
     pub fn partial(&self, prev: &Tables) -> String {
-        let stale: Vec<&str> = prev
+        let stale: Vec<&str> = self
             .nat
             .chains
-            .keys()
+            .gone_since(&prev.nat.chains)
+            .into_iter()
             .map(String::as_str)
-            .filter(|c| !self.nat.chains.contains_key(*c))
             .collect();
         format!(
             "{}{}",
@@ -148,22 +148,21 @@ impl Tables {
 /// A table's chains, each with its rules in order.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Table {
-    chains: BTreeMap<String, String>,
+    chains: Chains,
 }
 
 impl Table {
     fn chain(&mut self, name: &str) {
-        self.chains.entry(name.to_string()).or_default();
+        self.chains.declare(name);
     }
 
     fn rule(&mut self, chain: &str, args: &str) {
-        let rules = self.chains.entry(chain.to_string()).or_default();
-        let _ = writeln!(rules, "-A {chain} {args}");
+        self.chains.push(chain, format_args!("-A {chain} {args}"));
     }
 
     /// How many rules it has.
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(|r| r.lines().count()).sum()
+        self.chains.rule_count()
     }
 
     /// Restore input: the chains that differ from `prev` (all without one), then `-X`
@@ -172,7 +171,7 @@ impl Table {
         let changed: Vec<(&String, &String)> = self
             .chains
             .iter()
-            .filter(|(c, r)| prev.is_none_or(|p| p.chains.get(*c) != Some(*r)))
+            .filter(|(c, r)| prev.is_none_or(|p| p.chains.get(c) != Some(*r)))
             .collect();
         let mut out = format!("*{name}\n");
         for (c, _) in &changed {

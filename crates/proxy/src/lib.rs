@@ -14,7 +14,54 @@ pub mod model;
 pub mod nftables;
 pub mod proxier;
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
 use sha2::Digest as _;
+
+/// One table's chains, each with its rendered rule lines in order (what both modes
+/// render a sync into, and diff against the last sync).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Chains(BTreeMap<String, String>);
+
+impl Chains {
+    /// Declares `name` (with no rules yet, if new).
+    pub fn declare(&mut self, name: &str) {
+        self.0.entry(name.to_string()).or_default();
+    }
+
+    /// Appends a rendered rule line to `chain`, declaring it.
+    pub fn push(&mut self, chain: &str, line: std::fmt::Arguments<'_>) {
+        let rules = self.0.entry(chain.to_string()).or_default();
+        let _ = rules.write_fmt(line);
+        rules.push('\n');
+    }
+
+    /// Whether `name` is declared.
+    pub fn contains(&self, name: &str) -> bool {
+        self.0.contains_key(name)
+    }
+
+    /// Every chain and its rule lines, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+
+    /// A chain's rule lines.
+    pub fn get(&self, name: &str) -> Option<&String> {
+        self.0.get(name)
+    }
+
+    /// How many rules there are.
+    pub fn rule_count(&self) -> usize {
+        self.0.values().map(|r| r.lines().count()).sum()
+    }
+
+    /// The chains `prev` has and these have not.
+    pub fn gone_since<'a>(&self, prev: &'a Chains) -> Vec<&'a String> {
+        prev.0.keys().filter(|c| !self.contains(c)).collect()
+    }
+}
 
 /// What can go wrong programming the node.
 #[derive(Debug, thiserror::Error)]

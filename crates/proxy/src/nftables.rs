@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use crate::config::ProxyConfig;
 use crate::model::{Blocked, Endpoint, ExternalStep, ServicePort};
-use crate::{chain_hash, run, run_with_input, Error};
+use crate::{chain_hash, run, run_with_input, Chains, Error};
 
 /// The table's family and name.
 pub const TABLE: &str = "ip kube-proxy";
@@ -91,7 +91,7 @@ fn hashed(readable: String) -> String {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Script {
     /// Chains (base and regular) and their `add rule` lines.
-    chains: BTreeMap<String, String>,
+    chains: Chains,
     /// (set or map, key) → value (`None` for a set's element).
     elements: BTreeMap<(&'static str, String), Option<String>>,
     /// Affinity sets and their declarations.
@@ -100,12 +100,12 @@ pub struct Script {
 
 impl Script {
     fn chain(&mut self, name: &str) {
-        self.chains.entry(name.to_string()).or_default();
+        self.chains.declare(name);
     }
 
     fn rule(&mut self, chain: &str, rule: &str) {
-        let rules = self.chains.entry(chain.to_string()).or_default();
-        let _ = writeln!(rules, "add rule {TABLE} {chain} {rule}");
+        self.chains
+            .push(chain, format_args!("add rule {TABLE} {chain} {rule}"));
     }
 
     fn element(&mut self, set: &'static str, key: String, value: Option<String>) {
@@ -114,7 +114,7 @@ impl Script {
 
     /// How many rules it has.
     pub fn rule_count(&self) -> usize {
-        self.chains.values().map(|r| r.lines().count()).sum()
+        self.chains.rule_count()
     }
 
     fn is_base(chain: &str) -> bool {
@@ -155,13 +155,13 @@ impl Script {
     /// that this sync does not, fill in rules and elements — one transaction.
     pub fn full(&self, existing: &Existing) -> String {
         let mut out = String::new();
-        let chains: Vec<&String> = self.chains.keys().collect();
+        let chains: Vec<&String> = self.chains.iter().map(|(c, _)| c).collect();
         let sets: Vec<(&String, &String)> = self.affinity.iter().collect();
         self.header(&mut out, &chains, &sets);
         let stale: Vec<&String> = existing
             .chains
             .iter()
-            .filter(|c| !self.chains.contains_key(*c) && !Self::is_base(c))
+            .filter(|c| !self.chains.contains(c) && !Self::is_base(c))
             .collect();
         // (Chains the table does not have yet need no flush.)
         for c in chains
@@ -185,7 +185,7 @@ impl Script {
         {
             let _ = writeln!(out, "delete set {TABLE} {s}");
         }
-        for rules in self.chains.values() {
+        for (_, rules) in self.chains.iter() {
             out.push_str(rules);
         }
         for ((set, key), value) in &self.elements {
@@ -202,8 +202,9 @@ impl Script {
         let mut out = String::new();
         let new_chains: Vec<&String> = self
             .chains
-            .keys()
-            .filter(|c| !prev.chains.contains_key(*c))
+            .iter()
+            .map(|(c, _)| c)
+            .filter(|c| !prev.chains.contains(c))
             .collect();
         let new_sets: Vec<(&String, &String)> = self
             .affinity
@@ -216,7 +217,7 @@ impl Script {
                 let _ = writeln!(out, "delete element {TABLE} {set} {{ {key} }}");
             }
         }
-        for (c, rules) in &self.chains {
+        for (c, rules) in self.chains.iter() {
             match prev.chains.get(c) {
                 Some(old) if old == rules => {}
                 Some(_) => {
@@ -228,11 +229,7 @@ impl Script {
         }
         // Gone chains may refer to each other (a service chain's vmap to its endpoint
         // chains): empty them all before deleting any.
-        let gone: Vec<&String> = prev
-            .chains
-            .keys()
-            .filter(|c| !self.chains.contains_key(*c))
-            .collect();
+        let gone = self.chains.gone_since(&prev.chains);
         for c in &gone {
             let _ = writeln!(out, "flush chain {TABLE} {c}");
         }
