@@ -559,7 +559,13 @@ impl Pods {
             serde_json::to_vec(&json!({"ips": ips, "ports": Self::port_mappings(pod)}))
                 .unwrap_or_default(),
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())?;
+        // Attached just now: nothing to check until the kubelet restarts.
+        self.network_checked
+            .lock()
+            .expect("network lock")
+            .insert(uid.to_string());
+        Ok(())
     }
 
     fn pod_ips(&self, uid: &str) -> Vec<String> {
@@ -1064,6 +1070,7 @@ impl Pods {
         }
         crate::volumes::teardown(&self.pod_dir(uid));
         self.volumes.lock().expect("lock").remove(uid);
+        self.network_checked.lock().expect("lock").remove(uid);
         self.tokens
             .lock()
             .expect("lock")
